@@ -1,0 +1,25 @@
+# Two commands for a newcomer: `make train` (the main job) and `make test`.
+# Both create .venv and install the pinned stack first when it is missing or stale.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup train test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash base_model.sh
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check par_xl tests benchmarks *.py
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

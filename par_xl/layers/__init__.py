@@ -1,0 +1,9 @@
+"""Keras layers of the PAR Transformer-XL, registered under the "par_xl" package."""
+
+from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
+from par_xl.layers.feed_forward import FeedForward
+from par_xl.layers.gumbel_choice import GumbelChoice
+from par_xl.layers.relative_attention import RelativeAttention
+from par_xl.layers.stochastic_block import StochasticBlock
+
+__all__ = ["AdaptiveSoftmax", "FeedForward", "GumbelChoice", "RelativeAttention", "StochasticBlock"]

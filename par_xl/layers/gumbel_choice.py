@@ -1,0 +1,118 @@
+"""Gumbel-softmax choice among K options (Jang et al. 2017, arXiv 1611.01144)."""
+
+import keras
+from keras import ops
+
+INFERENCE_MODES = ("expected", "argmax")
+MIN_TAU = 1e-3  # a trainable tau is clipped here so that logits / tau stays finite
+
+
+@keras.saving.register_keras_serializable(package="par_xl")
+class GumbelChoice(keras.layers.Layer):
+    """Learned logits over K choices, relaxed into per-example weights by Gumbel noise.
+
+    Training: `softmax((logits + g) / tau)` with `g ~ Gumbel(0, 1)` drawn independently for
+    each example, so one batch explores several choices. The logits are unconstrained weights
+    (the original kept clipped probabilities and took `log(max(pi, 0) + eps)`, which has no
+    gradient once a weight falls below zero). With `straight_through`, the forward pass uses
+    the one-hot argmax sample and the backward pass the relaxed sample's gradient.
+
+    Inference: no noise; `"expected"` gives `softmax(logits)`, `"argmax"` its one-hot argmax.
+
+    tau lives in a variable that `TauAnnealing` (or anything else) assigns; with
+    `tau_is_trainable` it is a trainable weight instead, clipped below at 1e-3.
+
+    Args:
+        num_choices: K.
+        tau: initial temperature.
+        straight_through: hard one-hot samples in the forward pass.
+        tau_is_trainable: learn tau by gradient descent.
+        inference: `"expected"` or `"argmax"`.
+        seed: seed of the noise generator.
+
+    Call arguments:
+        inputs: any tensor whose first axis is the batch B (only its shape is used).
+        training: enables the noise.
+
+    Returns:
+        `(B, K)` non-negative weights that sum to one per example.
+    """
+
+    def __init__(
+        self,
+        num_choices=3,
+        tau=1.0,
+        straight_through=False,
+        tau_is_trainable=False,
+        inference="expected",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_choices < 1:
+            raise ValueError(f"num_choices must be positive, received {num_choices}.")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, received tau={tau}.")
+        if inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, received {inference!r}.")
+        self.num_choices = num_choices
+        self.initial_tau = tau
+        self.straight_through = straight_through
+        self.tau_is_trainable = tau_is_trainable
+        self.inference = inference
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, inputs_shape=None):
+        self.logits = self.add_weight(
+            name="logits", shape=(self.num_choices,), initializer="zeros", dtype="float32"
+        )
+        self.tau = self.add_weight(
+            name="tau",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_tau),
+            trainable=self.tau_is_trainable,
+            dtype="float32",
+        )
+        self.built = True
+
+    def probabilities(self):
+        """`softmax(logits)`: the expected choice weights, `(K,)`."""
+        return ops.softmax(self.logits)
+
+    def call(self, inputs, training=None):
+        batch = ops.shape(inputs)[0]
+        if not training:
+            if self.inference == "expected":
+                weights = self.probabilities()
+            else:
+                weights = ops.one_hot(ops.argmax(self.logits), self.num_choices)
+            return ops.cast(
+                ops.broadcast_to(weights, (batch, self.num_choices)), self.compute_dtype
+            )
+
+        uniform = keras.random.uniform(
+            (batch, self.num_choices), minval=1e-10, maxval=1.0, seed=self.seed_generator
+        )
+        gumbel = -ops.log(-ops.log(uniform))  # (B, K)
+        tau = ops.maximum(self.tau, MIN_TAU)
+        soft = ops.softmax((self.logits + gumbel) / tau, axis=-1)  # (B, K)
+        if self.straight_through:
+            hard = ops.one_hot(ops.argmax(soft, axis=-1), self.num_choices)
+            soft = hard + soft - ops.stop_gradient(soft)
+        return ops.cast(soft, self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape):
+        return (inputs_shape[0], self.num_choices)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_choices=self.num_choices,
+            tau=self.initial_tau,
+            straight_through=self.straight_through,
+            tau_is_trainable=self.tau_is_trainable,
+            inference=self.inference,
+            seed=self.seed,
+        )
+        return config

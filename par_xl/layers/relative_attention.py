@@ -1,0 +1,161 @@
+"""Transformer-XL relative multi-head attention over `[memory; segment]`.
+
+Shape letters, used throughout the package:
+    B batch, T segment length, M memory length, K = M + T key length,
+    D model width, N heads, H head size (D = N * H).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from par_xl.layers.initializers import default_initializer
+
+
+def sinusoid_positions(key_length, width, dtype="float32"):
+    """Sinusoidal encodings of the distances `K-1, ..., 1, 0` (Vaswani et al. 2017).
+
+    Row j encodes distance `K - 1 - j`, the distance from the last query to key j, which is
+    the order `relative_shift` expects. Shape `(K, D)`: `[sin(d * f), cos(d * f)]` over the
+    `D / 2` frequencies `f_k = 10000^(-2k / D)`.
+    """
+    if width % 2:
+        raise ValueError(f"Sinusoid width must be even, received width={width}.")
+    distances = ops.arange(key_length - 1, -1, -1, dtype="float32")  # (K,)
+    frequencies = 1.0 / (10000.0 ** (ops.arange(0, width, 2, dtype="float32") / width))
+    angles = distances[:, None] * frequencies[None, :]  # (K, D/2)
+    return ops.cast(ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1), dtype)
+
+
+def relative_shift(scores):
+    """Re-index position scores from "key row j" to "distance from query i".
+
+    Input `scores[..., i, c]` is the score of query i against distance `K-1-c`; the output
+    `[..., i, j]` is the score against key j, i.e. against distance `M + i - j`, for every
+    `j <= M + i` (the causal part; the rest is junk that the causal mask removes). Done with
+    one pad and two reshapes instead of a gather (Dai et al. 2019, appendix B).
+
+    Args:
+        scores: `(..., T, K)` with `K >= T`.
+    Returns:
+        `(..., T, K)`.
+    """
+    *lead, t, k = scores.shape
+    padded = ops.pad(scores, [[0, 0]] * len(lead) + [[0, 0], [1, 0]])  # (..., T, K+1)
+    padded = ops.reshape(padded, (*lead, k + 1, t))  # (..., K+1, T)
+    return ops.reshape(padded[..., 1:, :], (*lead, t, k))  # (..., T, K)
+
+
+def causal_memory_mask(segment_length, memory_length, valid_memory):
+    """Which keys each query may see: valid memory slots and segment positions `<= i`.
+
+    Memory is right-aligned: of the M slots only the last `valid_memory` hold real states
+    (fewer than M after a reset). Returns a boolean `(T, K)` mask.
+    """
+    query = ops.arange(segment_length)[:, None]  # (T, 1)
+    key = ops.arange(memory_length + segment_length)[None, :]  # (1, K)
+    causal = key <= memory_length + query
+    filled = key >= memory_length - ops.cast(valid_memory, "int32")
+    return ops.logical_and(causal, filled)
+
+
+@keras.saving.register_keras_serializable(package="par_xl")
+class RelativeAttention(keras.layers.Layer):
+    """Relative multi-head attention with Transformer-XL memory (Dai et al. 2019, arXiv 1901.02860).
+
+    Score of query i against key j, per head, with `R` the sinusoidal encoding of the distance
+    `M + i - j`, `u` and `v` learned global content and position biases:
+
+        (q_i + u) . k_j  +  (q_i + v) . (W_r R)        scaled by 1 / sqrt(H)
+
+    Keys and values are projected from `[memory; segment]`; queries from the segment only.
+    Memory never receives gradients (the caller passes it through `stop_gradient`).
+
+    Args:
+        num_heads: N.
+        head_size: H.
+        attention_dropout: dropout rate on the attention probabilities.
+        kernel_initializer: initializer of the projections and biases.
+
+    Call arguments:
+        inputs: `(B, T, D)` segment states.
+        memory: `(B, M, D)` states of the previous segments, or `None` (M = 0).
+        position_encoding: `(K, D)` from `sinusoid_positions(K, D)`.
+        mask: `(T, K)` boolean, from `causal_memory_mask`.
+        training: enables attention dropout.
+
+    Returns:
+        `(B, T, D)`: the attention output projected back to width D (no residual, no norm).
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        head_size,
+        attention_dropout=0.0,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_heads < 1 or head_size < 1:
+            raise ValueError(
+                f"num_heads and head_size must be positive, received num_heads={num_heads}, "
+                f"head_size={head_size}."
+            )
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), received {attention_dropout}.")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.attention_dropout = attention_dropout
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or default_initializer()
+        )
+        self.dropout = keras.layers.Dropout(attention_dropout, dtype=self.dtype_policy)
+
+    def build(self, inputs_shape, *args, **kwargs):
+        width = inputs_shape[-1]
+        heads = (width, self.num_heads, self.head_size)
+
+        def weight(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer)
+
+        self.query_kernel = weight("query_kernel", heads)  # (D, N, H)
+        self.key_kernel = weight("key_kernel", heads)  # (D, N, H)
+        self.value_kernel = weight("value_kernel", heads)  # (D, N, H)
+        self.position_kernel = weight("position_kernel", heads)  # (D, N, H)
+        self.content_bias = weight("content_bias", heads[1:])  # u: (N, H)
+        self.position_bias = weight("position_bias", heads[1:])  # v: (N, H)
+        self.output_kernel = weight("output_kernel", (self.num_heads, self.head_size, width))
+        self.built = True
+
+    def call(self, inputs, memory, position_encoding, mask, training=None):
+        keys_in = inputs if memory is None else ops.concatenate([memory, inputs], axis=1)
+        query = ops.einsum("btd,dnh->btnh", inputs, self.query_kernel)  # (B, T, N, H)
+        key = ops.einsum("bkd,dnh->bknh", keys_in, self.key_kernel)  # (B, K, N, H)
+        value = ops.einsum("bkd,dnh->bknh", keys_in, self.value_kernel)  # (B, K, N, H)
+        position = ops.einsum("kd,dnh->knh", position_encoding, self.position_kernel)  # (K,N,H)
+
+        content = ops.einsum("btnh,bknh->bntk", query + self.content_bias, key)  # (B, N, T, K)
+        positional = ops.einsum("btnh,knh->bntk", query + self.position_bias, position)
+        scores = (content + relative_shift(positional)) * (1.0 / math.sqrt(self.head_size))
+
+        # Softmax in float32 so that mixed precision keeps the masked logits exact.
+        scores = ops.where(mask, ops.cast(scores, "float32"), -1e30)  # (B, N, T, K)
+        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        probs = self.dropout(probs, training=training)
+        attended = ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
+        return ops.einsum("btnh,nhd->btd", attended, self.output_kernel)  # (B, T, D)
+
+    def compute_output_shape(self, inputs_shape, *args, **kwargs):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            head_size=self.head_size,
+            attention_dropout=self.attention_dropout,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config

@@ -1,0 +1,369 @@
+"""The PAR Transformer-XL language model: supernet and derived architectures.
+
+How the XL memory is carried
+----------------------------
+`model.fit` over context-batched data must give every batch the memory of the previous one,
+under `jit_compile=True` and on the JAX backend. The memory is therefore model state: one
+non-trainable variable `(B, M, D)` per attention-capable block plus a scalar count of valid
+slots, created in `build` from the (static) batch size of the data. `call` reads them, runs
+the segment, and assigns the new memory, exactly like a BatchNormalization layer updates its
+moving statistics: TensorFlow assigns the variables inside the compiled step, JAX's stateless
+training loop returns them as updated non-trainable state. The memory is written through
+`stop_gradient`, so it never receives gradients. Other designs fail one of the three
+requirements: Python-side caches do not survive `tf.function`/`jax.jit`, and passing memory
+as model inputs/outputs does not fit `fit`'s `(inputs, labels)` data contract.
+
+`forward` is the stateless core (memory in, memory out) that `call` wraps; generation and
+tests use it directly with any batch size and memory length.
+
+The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
+segment attends to nothing but itself, exactly as with no memory at all; each segment makes
+`min(M, seen)` slots valid. Memory of block l is its *input* in the previous segment
+(Transformer-XL), so only blocks that can attend keep one.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
+from par_xl.layers.initializers import default_initializer
+from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
+from par_xl.layers.stochastic_block import CHOICES, StochasticBlock
+from par_xl.metrics import LanguageModelMetrics
+
+
+@keras.saving.register_keras_serializable(package="par_xl")
+class PARTransformerXL(keras.Model):
+    """Pay Attention when Required Transformer-XL (Mandava et al. 2020, arXiv 2009.04534).
+
+    Embedding scaled by `sqrt(D)` -> dropout -> N `StochasticBlock`s with XL memory ->
+    dropout -> `AdaptiveSoftmax`. The supernet (`architecture=None`) learns, per block, a
+    Gumbel-softmax choice among attention, feed-forward and identity; `derive()` turns it
+    into the fixed architecture it prefers, e.g. `"AAFAFI"`.
+
+    Args:
+        vocab_size: V.
+        d_model: D.
+        num_heads: N; must divide D.
+        d_ffn: inner width of feed-forward blocks.
+        num_layers: number of blocks.
+        mem_len: M, memory positions per block carried across calls (0 for none).
+        dropout_rate: embedding, residual and feed-forward dropout.
+        attention_dropout_rate: dropout on attention probabilities.
+        cutoffs: adaptive-softmax cutoffs (ids ordered by frequency); empty for a plain softmax.
+        proj_factor: adaptive-softmax width divisor per tail cluster.
+        tie_embeddings: use the adaptive softmax's tables as the input embedding.
+        architecture: `None` for the supernet, else a string over "AFI" of length num_layers.
+        tau, straight_through, tau_is_trainable: Gumbel-softmax settings (see `GumbelChoice`).
+        choice_at_inference: `"expected"` (softmax of the choice logits) or `"argmax"`.
+        initializer_range: standard deviation of the normal weight initializer.
+        seed: seed of the Gumbel noise generators.
+
+    Call arguments:
+        inputs: `(B, T)` int token ids; B must equal the batch size the model was built with
+            when `mem_len > 0` (the memory state has that batch size).
+        training: enables dropout and Gumbel noise.
+
+    Returns:
+        `(B, T, D)` final hidden states; `log_probs(hidden)` turns them into `(B, T, V)`
+        log-probabilities, and `fit`/`evaluate` compute the adaptive-softmax loss from them.
+
+    Example:
+        >>> model = PARTransformerXL(vocab_size=100, d_model=16, num_heads=2, d_ffn=32,
+        ...                          num_layers=2, mem_len=4, cutoffs=[20, 60])
+        >>> model.compile(optimizer="adam")
+        >>> model.fit(dataset_of_input_label_pairs, epochs=1)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        d_model=128,
+        num_heads=4,
+        d_ffn=512,
+        num_layers=6,
+        mem_len=16,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.0,
+        cutoffs=(),
+        proj_factor=4,
+        tie_embeddings=False,
+        architecture=None,
+        tau=1.0,
+        straight_through=False,
+        tau_is_trainable=False,
+        choice_at_inference="expected",
+        initializer_range=0.02,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if d_model % num_heads:
+            raise ValueError(
+                f"num_heads must divide d_model, received d_model={d_model}, num_heads={num_heads}."
+            )
+        if d_model % 2:
+            raise ValueError(f"d_model must be even (sinusoid encodings), received {d_model}.")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be positive, received {num_layers}.")
+        if mem_len < 0:
+            raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+        if architecture is not None and (
+            len(architecture) != num_layers or set(architecture) - set(CHOICES)
+        ):
+            raise ValueError(
+                f"architecture must be a string of {num_layers} letters from {CHOICES!r}, "
+                f"received {architecture!r}."
+            )
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_ffn = d_ffn
+        self.num_layers = num_layers
+        self.mem_len = mem_len
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.proj_factor = proj_factor
+        self.tie_embeddings = tie_embeddings
+        self.architecture_string = architecture
+        self.tau = tau
+        self.straight_through = straight_through
+        self.tau_is_trainable = tau_is_trainable
+        self.choice_at_inference = choice_at_inference
+        self.initializer_range = initializer_range
+        self.seed = seed
+
+        initializer = default_initializer(initializer_range)
+        self.output_layer = AdaptiveSoftmax(
+            vocab_size,
+            cutoffs=cutoffs,
+            proj_factor=proj_factor,
+            kernel_initializer=initializer,
+            name="adaptive_softmax",
+            dtype=self.dtype_policy,
+        )
+        self.cutoffs = self.output_layer.cutoffs
+        self.embedding = None
+        if not tie_embeddings:
+            self.embedding = keras.layers.Embedding(
+                vocab_size,
+                d_model,
+                embeddings_initializer=initializer,
+                name="embedding",
+                dtype=self.dtype_policy,
+            )
+        self.embedding_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.output_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.blocks = [
+            StochasticBlock(
+                num_heads,
+                d_model // num_heads,
+                d_ffn,
+                dropout=dropout_rate,
+                attention_dropout=attention_dropout_rate,
+                choice=None if architecture is None else architecture[i],
+                tau=tau,
+                straight_through=straight_through,
+                tau_is_trainable=tau_is_trainable,
+                inference=choice_at_inference,
+                seed=None if seed is None else seed + i,
+                kernel_initializer=initializer,
+                name=f"block_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i in range(num_layers)
+        ]
+        self.lm_metrics = LanguageModelMetrics()
+        self.memory = []  # per attention-capable block, (B, M, D), set in build
+        self.memory_length = None
+
+    @property
+    def memory_blocks(self):
+        """Indices of the blocks that keep memory (those that may attend)."""
+        return [i for i, block in enumerate(self.blocks) if block.uses_attention]
+
+    def build(self, inputs_shape):
+        self._batch_shape = tuple(inputs_shape)
+        batch, segment = inputs_shape[:2]
+        hidden_shape = (batch, segment, self.d_model)
+        if self.embedding is not None:
+            self.embedding.build(inputs_shape)
+        self.output_layer.build(hidden_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        if self.mem_len and self.memory_blocks and batch is not None:
+            self.memory = [
+                self.add_weight(
+                    name=f"memory_{i}",
+                    shape=(batch, self.mem_len, self.d_model),
+                    initializer="zeros",
+                    trainable=False,
+                )
+                for i in self.memory_blocks
+            ]
+            self.memory_length = self.add_weight(
+                name="memory_length", shape=(), initializer="zeros", dtype="int32", trainable=False
+            )
+        self.built = True
+
+    def embed(self, ids):
+        """Scaled input embedding: `(B, T)` ids -> `(B, T, D)`."""
+        vectors = self.output_layer.embed(ids) if self.embedding is None else self.embedding(ids)
+        return vectors * ops.cast(math.sqrt(self.d_model), vectors.dtype)
+
+    def initial_memory(self, batch_size, mem_len=None):
+        """Empty memory for `forward`: a list of `(B, M, D)` zeros and a valid length of 0."""
+        mem_len = self.mem_len if mem_len is None else mem_len
+        if not (mem_len and self.memory_blocks):
+            return None, 0
+        shape = (batch_size, mem_len, self.d_model)
+        return [ops.zeros(shape, self.compute_dtype) for _ in self.memory_blocks], 0
+
+    def forward(self, inputs, memory=None, memory_length=0, training=None):
+        """Stateless core: one segment given the previous segments' memory.
+
+        Args:
+            inputs: `(B, T)` ids.
+            memory: `None`, or one `(B, M, D)` tensor per block in `memory_blocks`; any M.
+            memory_length: how many trailing memory slots hold real states (scalar, <= M).
+            training: enables dropout and Gumbel noise.
+
+        Returns:
+            `(hidden (B, T, D), new_memory, new_memory_length)`; the new memory keeps the last
+            M block inputs of `[memory; segment]`, without gradients.
+        """
+        segment = inputs.shape[1]
+        mem_len = memory[0].shape[1] if memory else 0
+        hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
+        positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
+        positions = self.embedding_dropout(positions, training=training)  # (K, D)
+        mask = causal_memory_mask(segment, mem_len, memory_length)  # (T, K)
+        memory_iter = iter(memory or [])
+        new_memory = []
+        for block in self.blocks:
+            block_memory = next(memory_iter) if block.uses_attention and mem_len else None
+            if block_memory is not None:
+                block_memory = ops.cast(block_memory, hidden.dtype)
+                extended = ops.concatenate([block_memory, hidden], axis=1)  # (B, M + T, D)
+                new_memory.append(ops.stop_gradient(extended[:, -mem_len:]))  # (B, M, D)
+            hidden = block(hidden, block_memory, positions, mask, training=training)
+        hidden = self.output_dropout(hidden, training=training)
+        if not mem_len:
+            return hidden, None, 0
+        return hidden, new_memory, ops.minimum(memory_length + segment, mem_len)
+
+    def call(self, inputs, training=None):
+        if not self.memory:
+            if self.mem_len and self.memory_blocks:
+                raise ValueError(
+                    "This model has mem_len > 0 but no memory state: build it with a static "
+                    "batch size (e.g. call it on a batch), or use `forward` with explicit memory."
+                )
+            return self.forward(inputs, training=training)[0]
+        batch = self.memory[0].shape[0]
+        if inputs.shape[0] is not None and inputs.shape[0] != batch:
+            raise ValueError(
+                f"The memory state was built for batch size {batch}, received inputs of shape "
+                f"{tuple(inputs.shape)}. Use `forward` with `initial_memory(batch_size)` for "
+                "other batch sizes."
+            )
+        hidden, new_memory, new_length = self.forward(
+            inputs, [ops.stop_gradient(v) for v in self.memory], self.memory_length, training
+        )
+        for variable, value in zip(self.memory, new_memory):
+            variable.assign(ops.cast(value, variable.dtype))
+        self.memory_length.assign(ops.cast(new_length, "int32"))
+        return hidden
+
+    def reset_memory(self):
+        """Empties the memory state (start of an epoch, of an evaluation, of a new text)."""
+        for variable in self.memory:
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
+        if self.memory_length is not None:
+            self.memory_length.assign(0)
+
+    def log_probs(self, hidden):
+        """`(B, T, D)` hidden states -> `(B, T, V)` normalized log-probabilities."""
+        return self.output_layer.log_probs(hidden)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Mean adaptive-softmax NLL of the labels `y` given the hidden states `y_pred`."""
+        token_nll = self.output_layer.loss(y_pred, y)  # (B, T)
+        self.lm_metrics.update_state(token_nll)
+        loss = ops.mean(token_nll)
+        for extra in self.losses:
+            loss = loss + ops.cast(extra, loss.dtype)
+        return loss
+
+    # Architecture search.
+
+    @property
+    def choice_layers(self):
+        return [block.gumbel for block in self.blocks if block.choice is None]
+
+    def set_tau(self, value):
+        """Sets the Gumbel-softmax temperature of every supernet block."""
+        for choice in self.choice_layers:
+            choice.tau.assign(value)
+
+    def architecture(self):
+        """Choice probabilities `(num_layers, 3)` over "AFI" and the argmax string."""
+        rows = []
+        for block in self.blocks:
+            if block.choice is None:
+                rows.append(ops.convert_to_numpy(block.gumbel.probabilities()))
+            else:
+                rows.append(np.eye(len(CHOICES))[CHOICES.index(block.choice)])
+        probabilities = np.stack(rows).astype("float32")
+        return probabilities, "".join(CHOICES[i] for i in probabilities.argmax(axis=1))
+
+    def derive(self, architecture=None):
+        """The fixed-architecture model this supernet prefers, with its trained weights.
+
+        Each block keeps only its chosen sublayer, with the supernet's weights for it; the
+        embedding and adaptive softmax are copied too. The result trains and serializes like
+        any `PARTransformerXL`; its memory starts empty.
+        """
+        if not self.built:
+            raise ValueError("derive() needs a built model: call it on a batch first.")
+        architecture = architecture or self.architecture()[1]
+        derived = self.__class__.from_config({**self.get_config(), "architecture": architecture})
+        derived.build(self._batch_shape)
+        if self.embedding is not None:
+            derived.embedding.set_weights(self.embedding.get_weights())
+        derived.output_layer.set_weights(self.output_layer.get_weights())
+        sublayers = {
+            "A": ("attention", "attention_norm"),
+            "F": ("feed_forward", "feed_forward_norm"),
+        }
+        for source, target in zip(self.blocks, derived.blocks):
+            for name in sublayers.get(target.choice, ()):
+                getattr(target, name).set_weights(getattr(source, name).get_weights())
+        return derived
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            d_ffn=self.d_ffn,
+            num_layers=self.num_layers,
+            mem_len=self.mem_len,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            cutoffs=list(self.cutoffs),
+            proj_factor=self.proj_factor,
+            tie_embeddings=self.tie_embeddings,
+            architecture=self.architecture_string,
+            tau=self.tau,
+            straight_through=self.straight_through,
+            tau_is_trainable=self.tau_is_trainable,
+            choice_at_inference=self.choice_at_inference,
+            initializer_range=self.initializer_range,
+            seed=self.seed,
+        )
+        return config

@@ -1,0 +1,123 @@
+"""AdaptiveSoftmax: normalization, loss = -log p, plain-softmax limit, gradients, embedding."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
+
+
+def make_layer(vocab=30, cutoffs=(5, 12), width=8, proj_factor=2, seed=0):
+    keras.utils.set_random_seed(seed)
+    layer = AdaptiveSoftmax(
+        vocab, cutoffs=cutoffs, proj_factor=proj_factor, kernel_initializer="glorot_uniform"
+    )
+    layer.build((None, width))
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:  # non-zero biases so that every term matters
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    return layer
+
+
+def test_reduced_widths():
+    layer = make_layer(vocab=30, cutoffs=(5, 12, 20), width=16, proj_factor=2)
+    assert [tail[0].shape for tail in layer.tails] == [(7, 8), (8, 4), (10, 2)]
+
+
+@pytest.mark.parametrize("cutoffs", [(), (5,), (5, 12), (1, 2, 29)])
+def test_log_probs_normalized_and_loss_matches(cutoffs):
+    layer = make_layer(cutoffs=cutoffs)
+    hidden = np.random.default_rng(1).normal(size=(3, 4, 8)).astype("float32")
+    log_probs = ops.convert_to_numpy(layer.log_probs(hidden))
+    assert log_probs.shape == (3, 4, 30)
+    np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
+    labels = np.random.default_rng(2).integers(0, 30, size=(3, 4))
+    labels[0, :] = [0, 29, cutoffs[0] if cutoffs else 1, 4]  # cluster edges
+    loss = ops.convert_to_numpy(layer.loss(hidden, labels))
+    expected = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_and_tail_factorization():
+    layer = make_layer(cutoffs=(5, 12))
+    hidden = np.random.default_rng(3).normal(size=(8,)).astype("float32")
+    w = {v.name: ops.convert_to_numpy(v) for v in layer.weights}
+
+    def log_softmax(x):
+        return x - np.log(np.exp(x - x.max()).sum()) - x.max()
+
+    head = log_softmax(
+        np.concatenate([w["head_embedding"] @ hidden, hidden @ w["cluster_kernel"]])
+        + w["head_bias"]
+    )
+    tail2 = log_softmax(
+        w["tail_embedding_2"] @ (w["tail_projection_2"] @ hidden) + w["tail_bias_2"]
+    )
+    got = ops.convert_to_numpy(layer.log_probs(hidden[None]))[0]
+    np.testing.assert_allclose(got[3], head[3], rtol=1e-5)
+    np.testing.assert_allclose(got[12 + 4], head[5 + 1] + tail2[4], rtol=1e-5)
+
+
+def test_no_cutoffs_is_full_softmax_cross_entropy():
+    layer = make_layer(cutoffs=())
+    hidden = np.random.default_rng(4).normal(size=(6, 8)).astype("float32")
+    labels = np.arange(6) * 5
+    logits = hidden @ ops.convert_to_numpy(layer.head_embedding).T + ops.convert_to_numpy(
+        layer.head_bias
+    )
+    expected = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer.loss(hidden, labels)), ops.convert_to_numpy(expected), rtol=1e-5
+    )
+
+
+def test_gradients_match_finite_differences():
+    import tensorflow as tf
+
+    layer = make_layer(vocab=9, cutoffs=(3, 6), width=4, proj_factor=2)
+    hidden = tf.constant(np.random.default_rng(5).normal(size=(5, 4)), tf.float64)
+    labels = np.array([0, 4, 8, 2, 6])
+
+    def total_loss(h):
+        return tf.reduce_sum(tf.cast(layer.loss(tf.cast(h, tf.float32), labels), tf.float64))
+
+    with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        loss = total_loss(hidden)
+    analytic = tape.gradient(loss, hidden).numpy()
+    numeric = np.zeros_like(analytic)
+    eps = 1e-2
+    for index in np.ndindex(*analytic.shape):
+        step = np.zeros(analytic.shape)
+        step[index] = eps
+        numeric[index] = (total_loss(hidden + step) - total_loss(hidden - step)).numpy() / (2 * eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-2, atol=2e-3)
+    # The embedding tables get gradients too: every cluster is used by some label.
+    with tf.GradientTape() as tape:
+        loss = total_loss(hidden)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
+
+
+def test_embed_uses_the_cluster_tables():
+    layer = make_layer(cutoffs=(5, 12))
+    ids = np.array([[0, 4, 5, 11, 12, 29]])
+    got = ops.convert_to_numpy(layer.embed(ids))[0]
+    w = {v.name: ops.convert_to_numpy(v) for v in layer.weights}
+    np.testing.assert_allclose(got[1], w["head_embedding"][4], rtol=1e-6)
+    np.testing.assert_allclose(got[3], w["tail_embedding_1"][6] @ w["tail_projection_1"], rtol=1e-5)
+    np.testing.assert_allclose(
+        got[5], w["tail_embedding_2"][17] @ w["tail_projection_2"], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("cutoffs", [(5, 5), (0, 3), (3, 30), (7, 3)])
+def test_rejects_bad_cutoffs(cutoffs):
+    with pytest.raises(ValueError, match="strictly increasing"):
+        AdaptiveSoftmax(30, cutoffs=cutoffs)
+
+
+def test_config_round_trip():
+    layer = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2)
+    assert AdaptiveSoftmax.from_config(layer.get_config()).get_config() == layer.get_config()
