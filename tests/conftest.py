@@ -1,8 +1,10 @@
-"""Shared test fixtures: where the read-only WikiText-2 copy lives."""
+"""Shared test fixtures: the read-only WikiText-2 copy, its TFRecords, a small generated corpus."""
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,3 +21,61 @@ def wikitext2_dir() -> Path:
     if not (path / "train.txt").is_file():
         pytest.skip(f"WikiText-2 not found at {path} (set WIKITEXT2_DIR)")
     return path
+
+
+class BuiltData(NamedTuple):
+    """Built data: `<tfrecords_directory>/{train,valid,test}/`, `<sp_model_prefix>.model`."""
+
+    tfrecords_directory: Path
+    sp_model_prefix: Path
+
+
+@pytest.fixture(scope="session")
+def wikitext2_tfrecords(wikitext2_dir, tmp_path_factory) -> BuiltData:
+    """WikiText-2 built once per session with the original defaults (vocabulary 12000, lowercase,
+    batch 32, seq_len 32, 4 train shards). Takes 10-20 s: use it from tests marked slow."""
+    from par_xl.data import BuildConfig, build_data
+
+    root = tmp_path_factory.mktemp("wikitext2_tfrecords")
+    built = BuiltData(root / "tfrecords", root / "sp12k")
+    build_data(
+        BuildConfig(
+            input_text=str(wikitext2_dir),
+            tfrecords_directory=str(built.tfrecords_directory),
+            sp_model_prefix=str(built.sp_model_prefix),
+        )
+    )
+    return built
+
+
+def _write_small_corpus(directory: Path, lines: dict[str, int], seed: int = 0) -> Path:
+    """Writes `<split>.txt` files of generated WikiText-like text (Zipfian words from a small
+    vocabulary, mixed case, title lines and empty lines) with the given line counts."""
+    rng = np.random.default_rng(seed)
+    syllables = "ka lo mi ne ru sa to vi ze po qua er ba di fu".split()
+    words = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(400)]
+    words += [",", ".", "the", "of", "@-@", "<unk>"]
+    weights = 1.0 / np.arange(1, len(words) + 1)
+    weights /= weights.sum()
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, count in lines.items():
+        out = []
+        for i in range(count):
+            if i % 9 == 0:
+                out.append("")
+            elif i % 9 == 1:
+                out.append(f" = {' '.join(rng.choice(words, size=2)).title()} = ")
+            else:
+                line = rng.choice(words, size=rng.integers(3, 40), p=weights)
+                line = [w.capitalize() if rng.random() < 0.1 else w for w in line]
+                out.append(" " + " ".join(line))
+        (directory / f"{split}.txt").write_text("\n".join(out) + "\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def small_text_dir(tmp_path_factory) -> Path:
+    """A small generated corpus (train 3000 lines, valid and test 400) in WikiText layout."""
+    return _write_small_corpus(
+        tmp_path_factory.mktemp("small_text"), {"train": 3000, "valid": 400, "test": 400}
+    )

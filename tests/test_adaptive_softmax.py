@@ -121,3 +121,48 @@ def test_rejects_bad_cutoffs(cutoffs):
 def test_config_round_trip():
     layer = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2)
     assert AdaptiveSoftmax.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("members", [1, 3, 6])
+def test_tail_capacity_is_exact_below_and_above_capacity(jit, members):
+    """3 slots per tail: 1 or 3 members take the gathered branch, 6 the dense fallback."""
+    import tensorflow as tf
+
+    dense = make_layer(cutoffs=(5, 12))
+    sparse = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2, tail_capacity=[3, 3])
+    sparse.build((None, 8))
+    sparse.set_weights(dense.get_weights())
+    rng = np.random.default_rng(members)
+    hidden = tf.constant(rng.normal(size=(2, 6, 8)).astype("float32"))
+    labels = rng.integers(0, 5, size=12)  # head tokens
+    labels[rng.choice(12, members, replace=False)] = rng.integers(12, 30, size=members)
+    labels[rng.choice(np.flatnonzero(labels < 5), 1)] = 7  # one member of tail 1
+    labels = labels.reshape(2, 6)
+
+    def loss_and_grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(hidden)
+            loss = tf.reduce_sum(layer.loss(hidden, labels) * np.arange(12).reshape(2, 6))
+        return [loss, *tape.gradient(loss, [hidden, *layer.trainable_weights])]
+
+    expected = loss_and_grads(dense)
+    got = tf.function(loss_and_grads, jit_compile=jit)(sparse)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_tail_capacity_validation():
+    with pytest.raises(ValueError, match="tail_capacity"):
+        AdaptiveSoftmax(30, cutoffs=(5, 12), tail_capacity=[3])
+
+
+def test_tail_capacity_is_the_most_any_batch_needs():
+    from par_xl.layers.adaptive_softmax import tail_capacity
+
+    batches = [np.array([0, 6, 6, 13, 29]), np.array([[5, 6], [7, 8]]), np.array([1, 2, 3, 4])]
+    # Tail 1 = [5, 12): at most 4 (second batch); tail 2 = [12, 30): at most 2 (first batch).
+    assert tail_capacity(batches, (5, 12), 30, multiple=1) == [4, 2]
+    assert tail_capacity(batches, (5, 12), 30, multiple=8) == [8, 8]

@@ -1,6 +1,7 @@
 """Adaptive softmax over a frequency-ordered vocabulary (Grave et al. 2017, arXiv 1609.04309)."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from par_xl.layers.initializers import default_initializer
@@ -19,6 +20,25 @@ def validate_cutoffs(cutoffs, vocab_size):
     return cutoffs
 
 
+def tail_capacity(label_batches, cutoffs, vocab_size, multiple=8):
+    """The most labels any batch puts in each tail cluster, rounded up to `multiple`.
+
+    Args:
+        label_batches: iterable of integer label arrays, one per batch (any shape).
+        cutoffs: the adaptive-softmax cutoffs.
+        vocab_size: V.
+
+    Returns:
+        A list with one capacity per tail cluster, for `AdaptiveSoftmax(tail_capacity=...)`.
+    """
+    bounds = [*validate_cutoffs(cutoffs, vocab_size), vocab_size]
+    most = np.zeros(len(bounds) - 1, dtype=np.int64)
+    for labels in label_batches:
+        counts = np.histogram(np.asarray(labels).ravel(), bins=bounds)[0]
+        most = np.maximum(most, counts)
+    return [int(-(-max(m, 1) // multiple) * multiple) for m in most]
+
+
 @keras.saving.register_keras_serializable(package="par_xl")
 class AdaptiveSoftmax(keras.layers.Layer):
     """Two-level softmax: a head over frequent tokens and clusters, tails of rare tokens.
@@ -29,9 +49,12 @@ class AdaptiveSoftmax(keras.layers.Layer):
     head tokens and `log p_head(cluster i) + log p_i(w)` for tail tokens. With no cutoffs this
     is a plain softmax.
 
-    The training loss (`loss`) computes each cluster's normalizer densely for every position,
-    so all shapes are static under XLA, and never forms the full-vocabulary softmax;
-    `log_probs` forms it, for evaluation and generation.
+    The loss (`loss`) never forms the full-vocabulary softmax: the head is scored for every
+    position, a tail cluster only for the positions whose label falls in it, up to
+    `tail_capacity[i]` of them in a static slice (so XLA sees fixed shapes); a batch with more
+    takes a dense branch that scores all positions, so the loss is exact either way. With no
+    capacity every tail is scored densely. `log_probs` forms the full distribution, for
+    evaluation and generation.
 
     Weights are stored as embedding tables, cluster i as `tail_embedding_i (n_i, d_i)` and
     `tail_projection_i (d_i, D)`: the output score of a token is `(h P_i^T) . E_i[w]`. `embed`
@@ -42,6 +65,8 @@ class AdaptiveSoftmax(keras.layers.Layer):
         vocab_size: V; ids must be ordered by decreasing frequency for the clusters to pay.
         cutoffs: strictly increasing ids in `(0, V)`; empty for a plain softmax.
         proj_factor: width divisor per tail cluster.
+        tail_capacity: per tail cluster, how many positions per call the loss scores
+            sparsely (e.g. the most any training batch has); `None` scores every position.
         kernel_initializer: initializer of all tables and projections.
 
     Call arguments:
@@ -51,7 +76,15 @@ class AdaptiveSoftmax(keras.layers.Layer):
         `(..., V)` normalized log-probabilities (same as `log_probs`).
     """
 
-    def __init__(self, vocab_size, cutoffs=(), proj_factor=4, kernel_initializer=None, **kwargs):
+    def __init__(
+        self,
+        vocab_size,
+        cutoffs=(),
+        proj_factor=4,
+        tail_capacity=None,
+        kernel_initializer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, received {vocab_size}.")
@@ -60,6 +93,14 @@ class AdaptiveSoftmax(keras.layers.Layer):
         self.vocab_size = vocab_size
         self.cutoffs = validate_cutoffs(cutoffs, vocab_size)
         self.proj_factor = proj_factor
+        if tail_capacity is not None:
+            tail_capacity = [int(c) for c in tail_capacity]
+            if len(tail_capacity) != len(self.cutoffs) or min(tail_capacity, default=1) < 1:
+                raise ValueError(
+                    f"tail_capacity must hold one positive size per tail cluster "
+                    f"({len(self.cutoffs)}), received {tail_capacity}."
+                )
+        self.tail_capacity = tail_capacity
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
@@ -95,21 +136,64 @@ class AdaptiveSoftmax(keras.layers.Layer):
             )
         self.built = True
 
-    def _head_log_probs(self, hidden):
-        logits = ops.concatenate(
-            [
-                ops.einsum("...d,vd->...v", hidden, self.head_embedding),  # (..., c_1)
-                ops.matmul(hidden, self.cluster_kernel),  # (..., C)
-            ],
-            axis=-1,
+    def _head_logits(self, hidden):
+        return (
+            ops.concatenate(
+                [
+                    ops.matmul(hidden, ops.transpose(self.head_embedding)),  # (..., c_1)
+                    ops.matmul(hidden, self.cluster_kernel),  # (..., C)
+                ],
+                axis=-1,
+            )
+            + self.head_bias
         )
-        return ops.log_softmax(ops.cast(logits + self.head_bias, "float32"), axis=-1)
 
-    def _tail_log_probs(self, hidden, i):
+    def _tail_logits(self, hidden, i):
         embedding, projection, bias = self.tails[i - 1]
-        reduced = ops.einsum("...d,rd->...r", hidden, projection)  # (..., d_i)
-        logits = ops.einsum("...r,vr->...v", reduced, embedding) + bias  # (..., n_i)
-        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+        reduced = ops.matmul(hidden, ops.transpose(projection))  # (..., d_i)
+        return reduced, ops.matmul(reduced, ops.transpose(embedding)) + bias  # (..., n_i)
+
+    def _head_nll(self, hidden, target):
+        """`-log p_head(target)` for `(P, D)` states and `(P,)` head ids."""
+        logits = ops.cast(self._head_logits(hidden), "float32")  # (P, c_1 + C)
+        rows = ops.concatenate([self.head_embedding, ops.transpose(self.cluster_kernel)], axis=0)
+        picked = ops.sum(hidden * ops.take(rows, target, axis=0), axis=-1)
+        picked = ops.cast(picked + ops.take(self.head_bias, target), "float32")  # (P,)
+        return ops.logsumexp(logits, axis=-1) - picked
+
+    def _tail_nll(self, hidden, local, i):
+        """`-log p_i(local)` for `(R, D)` states and `(R,)` ids local to tail cluster i."""
+        embedding, _, bias = self.tails[i - 1]
+        reduced, logits = self._tail_logits(hidden, i)  # (R, d_i), (R, n_i)
+        picked = ops.sum(reduced * ops.take(embedding, local, axis=0), axis=-1)
+        picked = ops.cast(picked + ops.take(bias, local), "float32")  # (R,)
+        return ops.logsumexp(ops.cast(logits, "float32"), axis=-1) - picked
+
+    def _tail_loss(self, hidden, labels, i):
+        """Tail cluster i's share of the NLL, `(P,)`, zero for tokens outside the cluster.
+
+        With a capacity below P, only the rows whose label is in the cluster are scored:
+        `top_k` on the membership puts them first, in a static `(capacity,)` slice. A batch
+        with more members than that takes the dense branch, so the loss is always exact.
+        """
+        low, high = self.bounds[i], self.bounds[i + 1]
+        member = ops.logical_and(labels >= low, labels < high)  # (P,)
+        local = ops.clip(labels - low, 0, high - low - 1)
+        rows = labels.shape[0]
+        capacity = self.tail_capacity[i - 1] if self.tail_capacity else rows
+
+        def dense():
+            return ops.where(member, self._tail_nll(hidden, local, i), 0.0)
+
+        if capacity >= rows:
+            return dense()
+
+        _, index = ops.top_k(ops.cast(member, "float32"), k=capacity)  # members first
+        nll = self._tail_nll(ops.take(hidden, index, axis=0), ops.take(local, index), i)
+        nll = ops.where(ops.take(member, index), nll, 0.0)  # (capacity,)
+        gathered = ops.scatter(index[:, None], nll, (rows,))
+        fits = ops.sum(ops.cast(member, "int32")) <= capacity
+        return ops.where(fits, gathered, ops.cond(fits, lambda: ops.zeros((rows,)), dense))
 
     def loss(self, hidden, labels):
         """Per-token negative log-likelihood `-log p(labels)`, `(...)`, float32.
@@ -118,29 +202,27 @@ class AdaptiveSoftmax(keras.layers.Layer):
             hidden: `(..., D)`.
             labels: `(...)` integer ids in `[0, V)`.
         """
-        labels = ops.cast(labels, "int32")
+        shape = labels.shape
+        hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))  # (P, D)
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))  # (P,)
         head_size = self.bounds[1]
         cluster = ops.zeros_like(labels)  # 0 for head tokens, i for tail cluster i
         for i, low in enumerate(self.cutoffs, start=1):
             cluster = ops.where(labels >= low, i, cluster)
-        head_target = ops.where(cluster == 0, labels, head_size + cluster - 1)
-        head = self._head_log_probs(hidden)
-        log_prob = ops.take_along_axis(head, head_target[..., None], axis=-1)[..., 0]
+        nll = self._head_nll(hidden, ops.where(cluster == 0, labels, head_size + cluster - 1))
         for i in range(1, self.num_tails + 1):
-            local = ops.clip(labels - self.bounds[i], 0, self.bounds[i + 1] - self.bounds[i] - 1)
-            tail = self._tail_log_probs(hidden, i)
-            picked = ops.take_along_axis(tail, local[..., None], axis=-1)[..., 0]
-            log_prob = log_prob + ops.where(cluster == i, picked, 0.0)
-        return -log_prob
+            nll = nll + self._tail_loss(hidden, labels, i)
+        return ops.reshape(nll, shape)
 
     def log_probs(self, hidden):
         """Full normalized log-distribution over the vocabulary, `(..., V)`, float32."""
-        head = self._head_log_probs(hidden)
+        head = ops.log_softmax(ops.cast(self._head_logits(hidden), "float32"), axis=-1)
         head_size = self.bounds[1]
         parts = [head[..., :head_size]]
         for i in range(1, self.num_tails + 1):
             cluster_log_prob = head[..., head_size + i - 1 : head_size + i]
-            parts.append(cluster_log_prob + self._tail_log_probs(hidden, i))
+            tail_logits = ops.cast(self._tail_logits(hidden, i)[1], "float32")
+            parts.append(cluster_log_prob + ops.log_softmax(tail_logits, axis=-1))
         return ops.concatenate(parts, axis=-1)
 
     def call(self, inputs):
@@ -169,6 +251,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
             vocab_size=self.vocab_size,
             cutoffs=list(self.cutoffs),
             proj_factor=self.proj_factor,
+            tail_capacity=self.tail_capacity,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmark scripts: the machine's fp32 matmul peak, medians."""
+
+import statistics
+import time
+
+import numpy as np
+
+
+def median(values):
+    return float(statistics.median(values))
+
+
+def matmul_peak_gflops(size=2048, repeats=5):
+    """Measured fp32 matmul GFLOP/s of this machine (TensorFlow, square products), median."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    product = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    product(a, b).numpy()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).numpy()
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return median(rates)
+
+
+def zipf_tokens(shape, vocab_size, seed=0, exponent=1.1):
+    """Random ids with a Zipf-like frequency, most frequent first, like real text."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, vocab_size + 1) ** exponent
+    return rng.choice(vocab_size, size=shape, p=weights / weights.sum()).astype("int32")

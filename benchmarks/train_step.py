@@ -1,0 +1,112 @@
+"""Steady-state training throughput of the base PAR supernet, XLA on and off; prints JSON.
+
+    python benchmarks/train_step.py [--repeats 5] [--steps 40]
+
+Each configuration is compiled, warmed up, then timed over `--repeats` runs of `--steps`
+training steps through `model.fit` (the real path: callbacks, progress off); the figures are
+medians. FLOPs per token and the utilization of this machine's fp32 matmul peak (measured in
+the same run) come with them.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
+
+FLAGS = flags.DEFINE_integer("repeats", 5, "Timed runs per configuration.")
+flags.DEFINE_integer("steps", 40, "Training steps per timed run.")
+flags.DEFINE_integer("warmup", 10, "Untimed steps after compilation.")
+flags.DEFINE_integer("batch_size", 32, "Batch size B.")
+flags.DEFINE_integer("seq_len", 32, "Segment length T.")
+flags.DEFINE_string("architecture", None, "Fixed architecture (e.g. AAFAFF); default supernet.")
+flags.DEFINE_list("modes", ["xla", "no_xla"], "Which of xla, no_xla to run.")
+flags.DEFINE_bool("tail_capacity", True, "Score tail clusters sparsely (as train.py does).")
+FLAGS = flags.FLAGS
+
+BASE = dict(
+    vocab_size=12000,
+    d_model=128,
+    num_heads=4,
+    d_ffn=512,
+    num_layers=6,
+    mem_len=16,
+    dropout_rate=0.1,
+    cutoffs=[250, 2500],
+    proj_factor=4,
+)
+
+
+def measure(jit_compile):
+    import keras
+    import tensorflow as tf
+
+    from par_xl.flops import training_flops_per_token
+    from par_xl.layers.adaptive_softmax import tail_capacity
+    from par_xl.models import PARTransformerXL
+
+    keras.utils.set_random_seed(0)
+    shape = (FLAGS.steps, FLAGS.batch_size, FLAGS.seq_len)
+    inputs = zipf_tokens(shape, BASE["vocab_size"], seed=1)
+    labels = zipf_tokens(shape, BASE["vocab_size"], seed=2)
+    capacity = None
+    if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
+        capacity = tail_capacity(labels, BASE["cutoffs"], BASE["vocab_size"])
+    model = PARTransformerXL(**BASE, architecture=FLAGS.architecture, tail_capacity=capacity)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
+    data = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat()
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0)
+    warmup_seconds = time.perf_counter() - start
+    rates = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+        rates.append(FLAGS.steps * FLAGS.batch_size * FLAGS.seq_len / (time.perf_counter() - start))
+    tokens_per_second = median(rates)
+    return {
+        "tokens_per_second": round(tokens_per_second),
+        "ms_per_step": round(1000 * FLAGS.batch_size * FLAGS.seq_len / tokens_per_second, 2),
+        "runs_tokens_per_second": [round(r) for r in rates],
+        "compile_and_warmup_seconds": round(warmup_seconds, 1),
+        "flops_per_token": training_flops_per_token(model, FLAGS.seq_len, FLAGS.batch_size),
+        "parameters": model.count_params(),
+        "tail_capacity": capacity,
+    }
+
+
+def main(_):
+    import tensorflow as tf
+
+    results = {"mode_" + mode: measure(mode == "xla") for mode in FLAGS.modes}
+    peak = matmul_peak_gflops()
+    for result in results.values():
+        achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e9
+        result["achieved_gflops"] = round(achieved, 1)
+        result["utilization_of_peak"] = round(achieved / peak, 3)
+    report = {
+        "benchmark": "train_step",
+        "config": {
+            **BASE,
+            "batch_size": FLAGS.batch_size,
+            "seq_len": FLAGS.seq_len,
+            "architecture": FLAGS.architecture or "supernet",
+        },
+        "tensorflow": tf.__version__,
+        "cpu_threads": os.cpu_count(),
+        "matmul_peak_gflops": round(peak, 1),
+        **results,
+    }
+    if {"mode_xla", "mode_no_xla"} <= results.keys():
+        xla, no_xla = results["mode_xla"], results["mode_no_xla"]
+        report["xla_speedup"] = round(xla["tokens_per_second"] / no_xla["tokens_per_second"], 2)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,157 @@
+"""Typed model and training configuration, named model presets, and their validation.
+
+`train.py` fills these from flags; the trainer saves both beside every checkpoint
+(`config.json`), so a run can be resumed, evaluated or sampled from without its flags.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from par_xl.layers.gumbel_choice import INFERENCE_MODES
+
+OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
+TAU_SCHEDULES = ("exponential", "linear")
+
+
+class ConfigError(ValueError):
+    """A flag or configuration value that cannot work; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a PARTransformerXL; `vocab_size` comes from the data's metadata."""
+
+    vocab_size: int = 12000
+    d_model: int = 128
+    num_heads: int = 4
+    d_ffn: int = 512
+    num_layers: int = 6
+    mem_len: int = 16
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0
+    cutoffs: tuple[int, ...] = (250, 2500)
+    proj_factor: int = 4
+    tie_embeddings: bool = False
+    architecture: str | None = None
+    straight_through: bool = False
+    tau_is_trainable: bool = False
+    choice_at_inference: str = "expected"
+
+    def validate(self):
+        """Raises ConfigError naming the first flag whose value cannot work."""
+        positive = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "proj_factor")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"--num_heads={self.num_heads} must divide --d_model={self.d_model}.")
+        if self.d_model % 2:
+            raise ConfigError(f"--d_model must be even, received {self.d_model}.")
+        if self.mem_len < 0:
+            raise ConfigError(f"--mem_len must be >= 0, received {self.mem_len}.")
+        for name in ("dropout_rate", "attention_dropout_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1), received {getattr(self, name)}.")
+        cutoffs = list(self.cutoffs)
+        if cutoffs != sorted(set(cutoffs)) or (
+            cutoffs and not 0 < cutoffs[0] <= cutoffs[-1] < self.vocab_size
+        ):
+            raise ConfigError(
+                f"--cutoffs must be strictly increasing and between 0 and the vocabulary size "
+                f"{self.vocab_size} (exclusive), received {cutoffs}."
+            )
+        if self.architecture is not None and (
+            len(self.architecture) != self.num_layers or set(self.architecture) - set("AFI")
+        ):
+            raise ConfigError(
+                f"--architecture must be {self.num_layers} letters from A, F, I "
+                f"(one per layer), received {self.architecture!r}."
+            )
+        if self.choice_at_inference not in INFERENCE_MODES:
+            raise ConfigError(
+                f"--choice_at_inference must be one of {INFERENCE_MODES}, "
+                f"received {self.choice_at_inference!r}."
+            )
+
+
+PRESETS = {
+    # The original PAR base_model.sh.
+    "base": ModelConfig(),
+    # Trains in seconds on a CPU: tests, the notebook, the smoke run.
+    "tiny": ModelConfig(d_model=32, num_heads=2, d_ffn=64, num_layers=3, mem_len=8),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the model shape."""
+
+    train_directory: str
+    valid_directory: str
+    test_directory: str | None = None
+    sp_model_prefix: str | None = None
+    model_name: str = "par_xl"
+    log_dir: str = "runs"
+    checkpoint_dir: str | None = None  # default: <log_dir>/<model_name>/checkpoints
+    max_lr: float = 1e-4
+    warmup_steps: int = 4000
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    tau_schedule: str = "exponential"
+    opt_name: str = "adam"
+    epochs: int = 20
+    max_steps: int = 0  # stop early (the schedules still span all epochs); 0: no limit
+    eval_every: int = 0  # also evaluate on the valid split every N steps; 0: epoch ends only
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    jit_compile: bool = True
+    mixed_precision: bool = False
+    steps_per_execution: int = 1
+    seed: int = 0
+    resume: bool = False
+    tail_capacity: bool = True  # score adaptive-softmax tails sparsely (exact either way)
+
+    @property
+    def run_directory(self):
+        return f"{self.log_dir}/{self.model_name}"
+
+    @property
+    def checkpoints(self):
+        return self.checkpoint_dir or f"{self.run_directory}/checkpoints"
+
+    def validate(self):
+        """Raises ConfigError naming the first flag whose value cannot work."""
+        for name in ("max_lr", "tau_start", "tau_end"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")
+        for name in ("epochs", "checkpoint_every", "log_every", "steps_per_execution"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")
+        for name in ("warmup_steps", "max_steps", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, received {getattr(self, name)}.")
+        if self.opt_name not in OPTIMIZERS:
+            raise ConfigError(
+                f"--opt_name must be one of {OPTIMIZERS}, received {self.opt_name!r}."
+            )
+        if self.tau_schedule not in TAU_SCHEDULES:
+            raise ConfigError(
+                f"--tau_schedule must be one of {TAU_SCHEDULES}, received {self.tau_schedule!r}."
+            )
+
+
+def to_json(model_config, train_config):
+    """Both configurations as one JSON document (what `config.json` holds)."""
+    return json.dumps(
+        {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)},
+        indent=2,
+    )
+
+
+def from_json(text):
+    """Inverse of `to_json`: `(ModelConfig, TrainConfig)`."""
+    document = json.loads(text)
+    model = dict(document["model"])
+    model["cutoffs"] = tuple(model["cutoffs"])
+    return ModelConfig(**model), TrainConfig(**document["train"])

@@ -1,0 +1,1 @@
+"""Training: schedules, callbacks, checkpoints, evaluation and the run itself."""

@@ -1,0 +1,79 @@
+"""create_tfrecords.sh: gets the text (copy or download), builds, and skips a finished build."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from par_xl.data import SPLITS, read_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"VOCAB_SIZE": "200", "BATCH_SIZE": "4", "SEQ_LEN": "8", "SHARDS": "2", "NUM_THREADS": "1"}
+
+
+def run_script(data_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    """Runs the script with small sizes; WIKITEXT2_DIR only when given."""
+    inherited = {k: v for k, v in os.environ.items() if k != "WIKITEXT2_DIR"}
+    env = {
+        **inherited,
+        "PYTHON": sys.executable,
+        "DATA_DIR": str(data_dir),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **SMALL,
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(REPO / "create_tfrecords.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_copies_builds_and_then_skips(small_text_dir, tmp_path):
+    data = tmp_path / "data"
+    first = run_script(data, WIKITEXT2_DIR=str(small_text_dir))
+    assert first.returncode == 0, first.stderr
+    for split in SPLITS:
+        text = (data / "wikitext-2" / f"{split}.txt").read_bytes()
+        assert text == (small_text_dir / f"{split}.txt").read_bytes()
+        metadata = read_metadata(data / "tfrecords" / split)
+        assert (metadata.vocab_size, metadata.batch_size, metadata.seq_len) == (200, 4, 8)
+    assert read_metadata(data / "tfrecords" / "train").sp_model == str(data / "sp12k.model")
+    metadata_file = data / "tfrecords" / "train" / "metadata.json"
+    built = metadata_file.stat().st_mtime_ns
+
+    second = run_script(data, WIKITEXT2_DIR=str(small_text_dir))
+    assert second.returncode == 0, second.stderr
+    assert "already built" in second.stdout
+    assert metadata_file.stat().st_mtime_ns == built
+
+    rebuilt = run_script(data, REBUILD="1", SEQ_LEN="16")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "Using WikiText-2" in rebuilt.stdout
+    assert read_metadata(data / "tfrecords" / "train").seq_len == 16
+
+
+def test_downloads_with_fallback_url(small_text_dir, tmp_path):
+    archive = tmp_path / "wikitext-2-v1.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for split in SPLITS:
+            z.write(small_text_dir / f"{split}.txt", f"wikitext-2/wiki.{split}.tokens")
+    data = tmp_path / "data"
+    urls = f"file://{tmp_path}/missing.zip file://{archive}"
+    result = run_script(data, WIKITEXT2_URLS=urls)
+    assert result.returncode == 0, result.stderr
+    assert "missing.zip failed" in result.stderr
+    for split in SPLITS:
+        text = (data / "wikitext-2" / f"{split}.txt").read_bytes()
+        assert text == (small_text_dir / f"{split}.txt").read_bytes()
+        read_metadata(data / "tfrecords" / split)
+    assert sorted(os.listdir(data)) == ["sp12k.model", "sp12k.vocab", "tfrecords", "wikitext-2"]
+
+
+def test_missing_copy_source_is_an_error(tmp_path):
+    result = run_script(tmp_path / "data", WIKITEXT2_DIR=str(tmp_path))
+    assert result.returncode == 1
+    assert f"WIKITEXT2_DIR={tmp_path} holds no train.txt" in result.stderr

@@ -1,0 +1,136 @@
+r"""Trains a PAR Transformer-XL on TFRecords from build_data.py, or evaluates a checkpoint.
+
+  python train.py --train_directory=data/tfrecords/train --valid_directory=data/tfrecords/valid \
+      --test_directory=data/tfrecords/test --sp_model_prefix=data/sp12k --model_name=base
+  python train.py ... --resume                  # continue after an interrupt (SIGINT/SIGTERM save)
+  python train.py --mode=evaluate --checkpoint_dir=runs/base/checkpoints [--eval_directory=...]
+
+Flag names follow the original PAR scripts. The work is `par_xl.training.trainer`.
+"""
+
+import dataclasses
+import json
+import sys
+
+from absl import app, flags
+
+from par_xl.configs import OPTIMIZERS, PRESETS, TAU_SCHEDULES, ConfigError, ModelConfig, TrainConfig
+
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (or resume), or evaluate.")
+flags.DEFINE_string("train_directory", None, "Training split directory (from build_data.py).")
+flags.DEFINE_string("valid_directory", None, "Validation split directory.")
+flags.DEFINE_string("test_directory", None, "Test split directory, evaluated at the end.")
+flags.DEFINE_string(
+    "sp_model_prefix", None, "SentencePiece model prefix; checked against the data's hash."
+)
+flags.DEFINE_enum("preset", "base", sorted(PRESETS), "Model preset; the flags below override it.")
+flags.DEFINE_integer("d_model", None, "Model width D.")
+flags.DEFINE_integer("num_heads", None, "Attention heads; must divide d_model.")
+flags.DEFINE_integer("d_ffn", None, "Feed-forward inner width.")
+flags.DEFINE_integer("num_layers", None, "Number of stochastic blocks.")
+flags.DEFINE_integer("mem_len", None, "XL memory length per block (0: none).")
+flags.DEFINE_float("dropout_rate", None, "Embedding, residual and feed-forward dropout.")
+flags.DEFINE_float("attention_dropout_rate", None, "Dropout on attention probabilities.")
+flags.DEFINE_multi_integer(
+    "cutoffs", None, "Adaptive-softmax cutoff (repeat the flag); --cutoffs=0 for a plain softmax."
+)
+flags.DEFINE_integer("proj_factor", None, "Adaptive-softmax width divisor per tail cluster.")
+flags.DEFINE_bool("tie_embeddings", None, "Tie the input embedding to the adaptive softmax.")
+flags.DEFINE_string("architecture", None, "Train a fixed architecture, e.g. AAFAFF (no search).")
+flags.DEFINE_bool("straight_through", None, "Straight-through (hard) Gumbel samples.")
+flags.DEFINE_bool("tau_is_trainable", None, "Learn tau instead of annealing it.")
+flags.DEFINE_enum(
+    "choice_at_inference", None, ["expected", "argmax"], "Block weights at inference."
+)
+flags.DEFINE_float("max_lr", 1e-4, "Peak learning rate.")
+flags.DEFINE_integer("warmup_steps", 4000, "Linear warmup steps, then cosine decay to 0.")
+flags.DEFINE_float("tau_start", 1.0, "Gumbel-softmax temperature at step 0.")
+flags.DEFINE_float("tau_end", 0.1, "Temperature at the last step.")
+flags.DEFINE_enum("tau_schedule", "exponential", TAU_SCHEDULES, "Shape of the tau annealing.")
+flags.DEFINE_enum("opt_name", "adam", OPTIMIZERS, "Optimizer.")
+flags.DEFINE_integer("epochs", 20, "Epochs; the schedules span all of them.")
+flags.DEFINE_integer("max_steps", 0, "Stop after this many steps (schedules unchanged); 0: all.")
+flags.DEFINE_integer("eval_every", 0, "Also evaluate the valid split every N steps (0: epochs).")
+flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint every N steps (and at epoch ends).")
+flags.DEFINE_integer("log_every", 100, "Log line every N steps.")
+flags.DEFINE_string("model_name", "par_xl", "Run name: the run directory is <log_dir>/<name>.")
+# --log_dir is absl.logging's flag ("directory to write logfiles into"): run directories go
+# there too, default "runs".
+flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default <log_dir>/<name>/checkpoints).")
+flags.DEFINE_bool("resume", False, "Continue the run in --checkpoint_dir from its latest save.")
+flags.DEFINE_bool(
+    "jit_compile",
+    None,
+    "XLA-compile the steps. Default: on with a GPU or TPU; off on CPU, where TF's XLA backward "
+    "pass is slower (benchmarks/RESULTS.md).",
+)
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (for GPUs).")
+flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call.")
+flags.DEFINE_bool("tail_capacity", True, "Score adaptive-softmax tails only where needed.")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, Gumbel noise).")
+flags.DEFINE_string("eval_directory", None, "--mode=evaluate: split directory (default: test).")
+flags.DEFINE_string("checkpoint", None, "--mode=evaluate: checkpoint file (default: latest).")
+FLAGS = flags.FLAGS
+
+MODEL_FLAGS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
+
+
+def model_config_from_flags():
+    """The preset, with every model flag given on the command line applied over it."""
+    overrides = {
+        name: getattr(FLAGS, name) for name in MODEL_FLAGS if getattr(FLAGS, name) is not None
+    }
+    if "cutoffs" in overrides:
+        overrides["cutoffs"] = tuple(c for c in overrides["cutoffs"] if c != 0)
+    return dataclasses.replace(PRESETS[FLAGS.preset], **overrides)
+
+
+def default_jit_compile():
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from par_xl.data import DataError
+    from par_xl.training import trainer
+
+    jit_compile = default_jit_compile() if FLAGS.jit_compile is None else FLAGS.jit_compile
+    try:
+        if FLAGS.mode == "evaluate":
+            if not FLAGS.checkpoint_dir:
+                raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
+            result = trainer.evaluate(
+                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile
+            )
+            print(json.dumps(result, indent=2))
+            return 0
+        for name in ("train_directory", "valid_directory"):
+            if not getattr(FLAGS, name):
+                raise ConfigError(f"--{name} is required.")
+        train_config = TrainConfig(
+            **{
+                f.name: getattr(FLAGS, f.name)
+                for f in dataclasses.fields(TrainConfig)
+                if f.name not in ("jit_compile", "log_dir")
+            },
+            jit_compile=jit_compile,
+            log_dir=FLAGS.log_dir or "runs",
+        )
+        trainer.train(model_config_from_flags(), train_config)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    except trainer.cb.TrainingDiverged as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("train.py: interrupted; checkpoint saved, continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
