@@ -3,6 +3,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+# WikiText-2 without internet: the read-only copy beside the repository, when there is one.
+WIKITEXT2_DIR ?= $(wildcard $(CURDIR)/../shared/data/wikitext-2)
+export WIKITEXT2_DIR
 
 .PHONY: setup train test lint clean
 

@@ -67,6 +67,9 @@ flags.DEFINE_bool(
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (for GPUs).")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call.")
 flags.DEFINE_bool("tail_capacity", True, "Score adaptive-softmax tails only where needed.")
+flags.DEFINE_bool(
+    "unigram_bias_init", True, "Start the output biases at the training split's unigram."
+)
 flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, Gumbel noise).")
 flags.DEFINE_string("eval_directory", None, "--mode=evaluate: split directory (default: test).")
 flags.DEFINE_string("checkpoint", None, "--mode=evaluate: checkpoint file (default: latest).")

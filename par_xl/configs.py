@@ -111,6 +111,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     tail_capacity: bool = True  # score adaptive-softmax tails sparsely (exact either way)
+    unigram_bias_init: bool = True  # start the output biases at the training unigram
 
     @property
     def run_directory(self):

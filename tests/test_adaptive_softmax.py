@@ -166,3 +166,17 @@ def test_tail_capacity_is_the_most_any_batch_needs():
     # Tail 1 = [5, 12): at most 4 (second batch); tail 2 = [12, 30): at most 2 (first batch).
     assert tail_capacity(batches, (5, 12), 30, multiple=1) == [4, 2]
     assert tail_capacity(batches, (5, 12), 30, multiple=8) == [8, 8]
+
+
+@pytest.mark.parametrize("cutoffs", [(), (5, 12)])
+def test_unigram_bias_init_predicts_the_unigram_distribution(cutoffs):
+    layer = make_layer(cutoffs=cutoffs)
+    counts = np.random.default_rng(0).integers(1, 100, size=30).astype("float64")
+    layer.initialize_biases(counts)
+    for weight in layer.weights:
+        if "bias" not in weight.name:
+            weight.assign(np.zeros(weight.shape))
+    log_probs = ops.convert_to_numpy(layer.log_probs(np.ones((2, 8), "float32")))
+    np.testing.assert_allclose(np.exp(log_probs[0]), counts / counts.sum(), rtol=1e-4)
+    with pytest.raises(ValueError, match="frequencies"):
+        layer.initialize_biases(np.ones(29))

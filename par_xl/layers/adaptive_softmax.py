@@ -242,6 +242,32 @@ class AdaptiveSoftmax(keras.layers.Layer):
             vectors = vectors + ops.where(in_cluster, ops.matmul(local, projection), 0.0)
         return vectors
 
+    def initialize_biases(self, frequencies):
+        """Sets the biases so that zero hidden states predict the unigram distribution.
+
+        Head token i gets `log p(i)`, the logit of tail cluster c `log P(c)`, token i of
+        cluster c `log p(i | c)`: the model starts at the unigram perplexity instead of
+        relearning token frequencies through a small learning rate ("init the output bias to
+        the data's distribution").
+
+        Args:
+            frequencies: `(V,)` counts or probabilities per id; zeros get a small floor.
+        """
+        probs = np.asarray(frequencies, "float64")
+        if probs.shape != (self.vocab_size,) or probs.min() < 0 or not probs.sum() > 0:
+            raise ValueError(
+                f"frequencies must be {self.vocab_size} non-negative values with a positive "
+                f"sum, received shape {probs.shape}."
+            )
+        probs = probs / probs.sum() + 1e-8
+        probs /= probs.sum()
+        head_size = self.bounds[1]
+        masses = [probs[lo:hi].sum() for lo, hi in zip(self.bounds[1:-1], self.bounds[2:])]
+        self.head_bias.assign(np.log(np.concatenate([probs[:head_size], masses])))
+        for i, (_, _, bias) in enumerate(self.tails, start=1):
+            low, high = self.bounds[i], self.bounds[i + 1]
+            bias.assign(np.log(probs[low:high] / probs[low:high].sum()))
+
     def compute_output_shape(self, inputs_shape):
         return (*inputs_shape[:-1], self.vocab_size)
 

@@ -93,6 +93,8 @@ class NaNGuard(keras.callbacks.Callback):
 class Checkpointer(keras.callbacks.Callback):
     """Saves every `every` steps, at each epoch end, at the end, and on SIGINT / SIGTERM.
 
+    Only finite weights are saved: a diverged state raises `TrainingDiverged` instead.
+
     A signal handler only sets `interrupted`; the save happens at the next batch end, then
     training stops.
     """
@@ -107,6 +109,11 @@ class Checkpointer(keras.callbacks.Callback):
     def save(self):
         step = global_step(self.model)
         if step != self.last_saved:
+            if not all(np.isfinite(ops.convert_to_numpy(w)).all() for w in self.model.weights):
+                raise TrainingDiverged(
+                    f"The weights are no longer finite at step {step}; training stopped. The "
+                    f"last good checkpoint is {self.checkpoints.latest()}."
+                )
             path = self.checkpoints.save(self.model, step)
             self.last_saved = step
             log.info("step %d: saved checkpoint %s", step, path)
@@ -231,6 +238,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             self.evaluate()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:  # stopped early (max_steps, signal): the caller decides
+            return
         result = self.evaluate()
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in result.items() if k not in ("step", "batches")})

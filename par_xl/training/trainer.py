@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, from_json, to_json
-from par_xl.data import DataError, load_dataset, read_metadata, sha256_file
+from par_xl.cutoffs import read_unigram_file
+from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata, sha256_file
 from par_xl.data.files import atomic_write_text
 from par_xl.flops import training_flops_per_token
 from par_xl.layers.adaptive_softmax import tail_capacity
@@ -177,6 +178,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig):
             labels = (y for _, y in load_dataset(train_config.train_directory).as_numpy_iterator())
             capacity = tail_capacity(labels, model_config.cutoffs, model_config.vocab_size)
         model = build_model(model_config, train_config, batch_shape, total_steps, capacity)
+        if train_config.unigram_bias_init and not train_config.resume:
+            unigram = Path(train_config.train_directory) / UNIGRAM_FILE
+            model.output_layer.initialize_biases(read_unigram_file(unigram))
         step = checkpoints.restore(model) if train_config.resume else 0
         if train_config.resume:
             log.info("resumed from %s at step %d", checkpoints.latest(), step)

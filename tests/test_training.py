@@ -1,0 +1,323 @@
+"""train.py and par_xl.training: schedules, memory semantics, validation, resume, NaN stop,
+evaluation and generation on a tiny model trained on generated text."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from par_xl.configs import ConfigError, ModelConfig, TrainConfig
+from par_xl.data import BuildConfig, build_data, load_dataset
+from par_xl.models import PARTransformerXL
+from par_xl.models.generation import filter_log_probs, generate
+from par_xl.training import callbacks as cb
+from par_xl.training.evaluation import evaluate_split
+from par_xl.training.schedules import WarmupCosine, tau_at
+from par_xl.training.trainer import check_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(small_text_dir, tmp_path_factory):
+    """The generated corpus built with a 200-piece vocabulary into 4 x 16 batches."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    build_data(
+        BuildConfig(
+            input_text=str(small_text_dir),
+            tfrecords_directory=str(root / "tf"),
+            sp_model_prefix=str(root / "sp"),
+            vocab_size=200,
+            batch_size=4,
+            seq_len=16,
+        )
+    )
+    return root
+
+
+def train_args(data, run_dir, name, *extra):
+    return [
+        f"--train_directory={data}/tf/train",
+        f"--valid_directory={data}/tf/valid",
+        f"--test_directory={data}/tf/test",
+        f"--sp_model_prefix={data}/sp",
+        "--preset=tiny",
+        "--cutoffs=20",
+        "--cutoffs=80",
+        "--epochs=1",
+        "--warmup_steps=10",
+        "--max_lr=3e-3",
+        "--log_every=10",
+        f"--log_dir={run_dir}",
+        f"--model_name={name}",
+        *extra,
+    ]
+
+
+def run_script(script, *args, **kwargs):
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True, text=True, cwd=REPO, **kwargs,
+    )  # fmt: skip
+
+
+# Schedules.
+
+
+def test_warmup_cosine_values():
+    schedule = WarmupCosine(max_lr=1e-3, warmup_steps=100, total_steps=1100)
+    values = [float(ops.convert_to_numpy(schedule(s))) for s in (0, 50, 100, 600, 1100, 2000)]
+    np.testing.assert_allclose(values, [0.0, 5e-4, 1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    quarter = float(ops.convert_to_numpy(schedule(350)))
+    np.testing.assert_allclose(quarter, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, rtol=1e-5)
+
+
+def test_tau_schedules():
+    assert tau_at(0, 1000, 1.0, 0.1) == pytest.approx(1.0)
+    assert tau_at(500, 1000, 1.0, 0.1) == pytest.approx(0.1**0.5)
+    assert tau_at(1000, 1000, 1.0, 0.1) == pytest.approx(0.1)
+    assert tau_at(5000, 1000, 1.0, 0.1) == pytest.approx(0.1)
+    assert tau_at(250, 1000, 1.0, 0.2, "linear") == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="tau schedule"):
+        tau_at(1, 10, 1.0, 0.1, "cubic")
+
+
+# Memory semantics.
+
+
+def tiny_model(batch=2, segment=4):
+    keras.utils.set_random_seed(0)
+    model = PARTransformerXL(vocab_size=30, d_model=8, num_heads=2, d_ffn=16, num_layers=2,
+                             mem_len=4, cutoffs=[10])  # fmt: skip
+    model.compile(optimizer="adam")
+    model.build((batch, segment))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_memory_resets_only_at_the_start_of_a_data_epoch():
+    model = tiny_model()
+    reset = cb.MemoryReset(steps_per_epoch=5)
+    reset.set_model(model)
+    for step, emptied in ((7, False), (10, True)):
+        model.memory[0].assign(np.ones(model.memory[0].shape))
+        model.memory_length.assign(4)
+        model.optimizer.iterations.assign(step)
+        reset.on_epoch_begin(0)
+        assert (int(ops.convert_to_numpy(model.memory_length)) == 0) is emptied
+        assert (np.abs(ops.convert_to_numpy(model.memory[0])).sum() == 0) is emptied
+
+
+def test_evaluation_uses_its_own_memory_and_restores_training_state():
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 30, (2, 4)), rng.integers(0, 30, (2, 4))) for _ in range(3)]
+    model(batches[0][0])  # some training memory
+    before = [ops.convert_to_numpy(v).copy() for v in model.non_trainable_variables]
+    result = evaluate_split(model, batches)
+    for v, old in zip(model.non_trainable_variables, before):
+        np.testing.assert_array_equal(ops.convert_to_numpy(v), old)
+    # The same evaluation by hand: memory from empty, carried across the batches.
+    model.reset_memory()
+    losses = [float(np.mean(ops.convert_to_numpy(model.output_layer.loss(model(x), y))))
+              for x, y in batches]  # fmt: skip
+    np.testing.assert_allclose(result["loss"], np.mean(losses), rtol=1e-5)
+    np.testing.assert_allclose(result["perplexity_batch_mean"], np.mean(np.exp(losses)), rtol=1e-5)
+    assert result["perplexity_batch_mean"] >= result["perplexity"]
+
+
+# Validation of flags and data.
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(num_heads=3), "--num_heads=3 must divide --d_model=128"),
+        (dict(cutoffs=(2500, 250)), "--cutoffs must be strictly increasing"),
+        (dict(cutoffs=(250, 12000)), "--cutoffs must be strictly increasing"),
+        (dict(dropout_rate=1.0), "--dropout_rate must be in [0, 1)"),
+        (dict(architecture="AAF"), "--architecture must be 6 letters"),
+    ],
+)
+def test_model_flags_are_validated(changes, message):
+    config = ModelConfig(**changes)
+    with pytest.raises(ConfigError) as error:
+        config.validate()
+    assert message in str(error.value)
+
+
+def test_train_flags_are_validated():
+    with pytest.raises(ConfigError, match="--opt_name"):
+        TrainConfig("a", "b", opt_name="adagrad").validate()
+    with pytest.raises(ConfigError, match="--warmup_steps must be >= 0"):
+        TrainConfig("a", "b", warmup_steps=-1).validate()
+
+
+def test_data_checks_name_the_problem(tiny_data, tmp_path):
+    config = TrainConfig(f"{tiny_data}/tf/train", f"{tiny_data}/tf/valid")
+    model = ModelConfig(cutoffs=(20, 80))
+    assert check_data(model, config)["train"].vocab_size == 200
+    with pytest.raises(ValueError, match="--cutoffs must be strictly increasing .* 200"):
+        check_data(ModelConfig(cutoffs=(250, 2500)), config)
+    other = tmp_path / "other.model"
+    other.write_bytes(b"not the model")
+    wrong = TrainConfig(config.train_directory, config.valid_directory,
+                        sp_model_prefix=str(tmp_path / "other"))  # fmt: skip
+    with pytest.raises(ValueError, match="is not the SentencePiece model the data was built with"):
+        check_data(model, wrong)
+    with pytest.raises(ValueError, match="metadata.json"):
+        check_data(model, TrainConfig(str(tmp_path), config.valid_directory))
+
+
+def test_cli_reports_bad_flags_without_traceback(tiny_data, tmp_path):
+    result = run_script("train.py", *train_args(tiny_data, tmp_path, "bad", "--num_heads=3"))
+    assert result.returncode == 2
+    assert "--num_heads=3 must divide --d_model=32" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# End to end: train, interrupt and resume, NaN stop, evaluate, generate.
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    """An uninterrupted 60-step run with checkpoints every 10 steps."""
+    runs = tmp_path_factory.mktemp("runs")
+    args = train_args(tiny_data, runs, "full", "--max_steps=60", "--checkpoint_every=10",
+                      "--eval_every=30")  # fmt: skip
+    result = run_script("train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs / "full"
+
+
+def read_results(run):
+    return json.loads((run / "results.json").read_text())
+
+
+def test_training_run_writes_logs_checkpoints_and_results(trained_run):
+    results = read_results(trained_run)
+    assert results["step"] == 60
+    assert [v["step"] for v in results["validation_history"]] == [30, 60]
+    first, last = results["validation_history"]
+    assert last["loss"] < first["loss"]  # it learns
+    assert np.isfinite(results["test"]["perplexity"])
+    log = (trained_run / "training_log.log").read_text()
+    assert "Total params" in log and '"max_lr": 0.003' in log
+    assert "step 60 | loss" in log and "ms/step" in log
+    assert sorted(p.name for p in (trained_run / "checkpoints").glob("ckpt-*")) == [
+        "ckpt-00000050.weights.h5", "ckpt-00000060.weights.h5"]  # fmt: skip
+    events = list(trained_run.rglob("events.out.tfevents.*"))
+    assert {p.parent.name for p in events} >= {"train", "validation"}
+
+
+def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_path):
+    args = train_args(tiny_data, tmp_path, "resumed", "--max_steps=60", "--checkpoint_every=10",
+                      "--eval_every=30")  # fmt: skip
+    log = tmp_path / "resumed" / "training_log.log"
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "step 20 | loss" in log.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "continue with --resume" in stderr
+    interrupted_at = json.loads((tmp_path / "resumed/checkpoints/latest.json").read_text())["step"]
+    assert 20 <= interrupted_at < 60
+
+    refused = run_script("train.py", *args)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    resumed = run_script("train.py", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = read_results(trained_run), read_results(tmp_path / "resumed")
+    assert got["step"] == 60
+    np.testing.assert_allclose(got["valid"]["loss"], expected["valid"]["loss"], rtol=1e-4)
+    np.testing.assert_allclose(got["test"]["loss"], expected["test"]["loss"], rtol=1e-4)
+    assert "resumed from" in log.read_text()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    args = train_args(tiny_data, tmp_path, "nan", "--max_lr=1e6", "--warmup_steps=0",
+                      "--checkpoint_every=1", "--max_steps=200", "--opt_name=sgd")  # fmt: skip
+    result = run_script("train.py", *args)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "no longer finite at step" in result.stderr or "loss became" in result.stderr
+    step = int(result.stderr.split("at step ")[1].split(";")[0])
+    latest = json.loads((tmp_path / "nan/checkpoints/latest.json").read_text())["step"]
+    assert latest < step
+    evaluated = run_script("train.py", "--mode=evaluate",
+                           f"--checkpoint_dir={tmp_path}/nan/checkpoints")  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert np.isfinite(json.loads(evaluated.stdout[evaluated.stdout.index("{"):])["loss"])
+
+
+def test_evaluate_mode_reproduces_the_final_test_perplexity(trained_run):
+    result = run_script("train.py", "--mode=evaluate",
+                        f"--checkpoint_dir={trained_run}/checkpoints")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["split"] == "test"
+    expected = read_results(trained_run)["test"]["perplexity"]
+    np.testing.assert_allclose(report["perplexity"], expected, rtol=1e-5)
+
+
+def test_generate_prints_text(trained_run):
+    result = run_script("generate.py", f"--checkpoint_dir={trained_run}/checkpoints",
+                        "--prompt=The ka lo", "--num_tokens=20", "--top_k=20",
+                        "--temperature=0.8")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("the ka lo")  # the model lowercases
+    assert len(result.stdout.split()) > 3
+
+
+def test_cached_generation_equals_recomputing_the_prefix():
+    model = tiny_model(batch=1, segment=4)
+    prompt = [3, 7, 1, 12]
+    ids, distributions = generate(model, prompt, 6, seed=1, mem_len=16)
+    for i, log_probs in enumerate(distributions):
+        context = np.array([prompt + ids[:i]], "int32")
+        full = ops.convert_to_numpy(model.log_probs(model.forward(context)[0]))[0, -1]
+        np.testing.assert_allclose(log_probs, full, rtol=1e-4, atol=1e-5)
+
+
+def test_filtering_keeps_top_k_and_the_nucleus():
+    log_probs = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
+    np.testing.assert_allclose(filter_log_probs(log_probs), np.exp(log_probs), rtol=1e-9)
+    top2 = filter_log_probs(log_probs, top_k=2)
+    np.testing.assert_allclose(top2, [0.5 / 0.7, 0.2 / 0.7, 0, 0, 0], rtol=1e-9)
+    nucleus = filter_log_probs(log_probs, top_p=0.8)  # 0.5 + 0.2 < 0.8 <= 0.85
+    np.testing.assert_allclose(nucleus, np.array([0.5, 0.2, 0.15, 0, 0]) / 0.85, rtol=1e-9)
+    cold = filter_log_probs(log_probs, temperature=0.01)
+    assert cold[0] > 0.999
+    with pytest.raises(ValueError, match="temperature"):
+        filter_log_probs(log_probs, temperature=0)
+
+
+def test_base_model_script_smoke_run(small_text_dir, tmp_path):
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "PYTHON": sys.executable,
+        "DATA_DIR": str(tmp_path / "data"),
+        "WIKITEXT2_DIR": str(small_text_dir),
+        "VOCAB_SIZE": "200",
+        "BATCH_SIZE": "4",
+        "SEQ_LEN": "16",
+        "LOG_DIR": str(tmp_path / "runs"),
+    }
+    result = subprocess.run(["bash", str(REPO / "base_model.sh")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "runs/smoke/results.json").read_text())
+    assert results["step"] == 20 and np.isfinite(results["test"]["perplexity"])
+    config = json.loads((tmp_path / "runs/smoke/checkpoints/config.json").read_text())
+    assert config["model"]["d_model"] == 32 and config["model"]["cutoffs"] == [20, 80]
