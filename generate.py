@@ -36,7 +36,9 @@ def main(argv):
         if not FLAGS.checkpoint_dir:
             raise ConfigError("--checkpoint_dir is required.")
         model, _, _, metadata = load_run(FLAGS.checkpoint_dir, FLAGS.checkpoint)
-        model_path = f"{FLAGS.sp_model_prefix}.model" if FLAGS.sp_model_prefix else metadata.sp_model
+        model_path = (
+            f"{FLAGS.sp_model_prefix}.model" if FLAGS.sp_model_prefix else metadata.sp_model
+        )
         tokenizer = load_tokenizer(model_path)
         eol = tokenizer.eos_id()
         prompt = tokenizer.encode(FLAGS.prompt) if FLAGS.prompt else []

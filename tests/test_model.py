@@ -263,3 +263,21 @@ def test_rejects_bad_configuration():
         PARTransformerXL(vocab_size=10, d_model=8, num_heads=2, num_layers=2, architecture="AX")
     with pytest.raises(ValueError, match="cutoffs"):
         PARTransformerXL(vocab_size=10, d_model=8, num_heads=2, cutoffs=[5, 3])
+
+
+def test_mixed_precision_trains_with_a_float32_output_layer():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = PARTransformerXL(**{**TINY, "mem_len": 8}, tie_embeddings=True,
+                                 tail_capacity=[8, 8])  # fmt: skip
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        x, y = tokens((2, 2, 5), seed=17), tokens((2, 2, 5), seed=18)
+        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        hidden = model(x[0])
+        assert hidden.dtype == "float16"
+        log_probs = model.log_probs(hidden)
+        assert log_probs.dtype == "float32"
+        np.testing.assert_allclose(numpy(ops.exp(log_probs)).sum(-1), 1.0, rtol=1e-4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

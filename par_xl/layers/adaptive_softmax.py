@@ -69,6 +69,9 @@ class AdaptiveSoftmax(keras.layers.Layer):
             sparsely (e.g. the most any training batch has); `None` scores every position.
         kernel_initializer: initializer of all tables and projections.
 
+    `loss`, `log_probs` and `embed` are methods, outside Keras's autocasting `call`: they
+    compute in the weights' dtype (float32 under mixed precision, as an output layer should).
+
     Call arguments:
         inputs: `(..., D)` hidden states.
 
@@ -203,7 +206,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
             labels: `(...)` integer ids in `[0, V)`.
         """
         shape = labels.shape
-        hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))  # (P, D)
+        hidden = ops.reshape(ops.cast(hidden, self.variable_dtype), (-1, hidden.shape[-1]))
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))  # (P,)
         head_size = self.bounds[1]
         cluster = ops.zeros_like(labels)  # 0 for head tokens, i for tail cluster i
@@ -216,6 +219,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
 
     def log_probs(self, hidden):
         """Full normalized log-distribution over the vocabulary, `(..., V)`, float32."""
+        hidden = ops.cast(hidden, self.variable_dtype)
         head = ops.log_softmax(ops.cast(self._head_logits(hidden), "float32"), axis=-1)
         head_size = self.bounds[1]
         parts = [head[..., :head_size]]
@@ -240,7 +244,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
             local = ops.take(embedding, ops.clip(ids - low, 0, high - low - 1), axis=0)
             in_cluster = ops.logical_and(ids >= low, ids < high)[..., None]
             vectors = vectors + ops.where(in_cluster, ops.matmul(local, projection), 0.0)
-        return vectors
+        return ops.cast(vectors, self.compute_dtype)
 
     def initialize_biases(self, frequencies):
         """Sets the biases so that zero hidden states predict the unigram distribution.

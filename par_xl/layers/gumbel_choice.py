@@ -77,8 +77,8 @@ class GumbelChoice(keras.layers.Layer):
         self.built = True
 
     def probabilities(self):
-        """`softmax(logits)`: the expected choice weights, `(K,)`."""
-        return ops.softmax(self.logits)
+        """`softmax(logits)`: the expected choice weights, `(K,)`, float32."""
+        return ops.softmax(ops.cast(self.logits, "float32"))
 
     def call(self, inputs, training=None):
         batch = ops.shape(inputs)[0]
@@ -91,12 +91,14 @@ class GumbelChoice(keras.layers.Layer):
                 ops.broadcast_to(weights, (batch, self.num_choices)), self.compute_dtype
             )
 
+        # float32 throughout (Keras autocasts variables to float16 under mixed precision).
         uniform = keras.random.uniform(
-            (batch, self.num_choices), minval=1e-10, maxval=1.0, seed=self.seed_generator
-        )
+            (batch, self.num_choices), minval=1e-10, maxval=1.0, dtype="float32",
+            seed=self.seed_generator,
+        )  # fmt: skip
         gumbel = -ops.log(-ops.log(uniform))  # (B, K)
-        tau = ops.maximum(self.tau, MIN_TAU)
-        soft = ops.softmax((self.logits + gumbel) / tau, axis=-1)  # (B, K)
+        tau = ops.maximum(ops.cast(self.tau, "float32"), MIN_TAU)
+        soft = ops.softmax((ops.cast(self.logits, "float32") + gumbel) / tau, axis=-1)  # (B, K)
         if self.straight_through:
             hard = ops.one_hot(ops.argmax(soft, axis=-1), self.num_choices)
             soft = hard + soft - ops.stop_gradient(soft)
