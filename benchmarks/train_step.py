@@ -18,6 +18,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
+from par_xl.configs import PRESETS  # noqa: E402
 
 FLAGS = flags.DEFINE_integer("repeats", 5, "Timed runs per configuration.")
 flags.DEFINE_integer("steps", 40, "Training steps per timed run.")
@@ -29,18 +30,6 @@ flags.DEFINE_list("modes", ["xla", "no_xla"], "Which of xla, no_xla to run.")
 flags.DEFINE_bool("tail_capacity", True, "Score tail clusters sparsely (as train.py does).")
 FLAGS = flags.FLAGS
 
-BASE = dict(
-    vocab_size=12000,
-    d_model=128,
-    num_heads=4,
-    d_ffn=512,
-    num_layers=6,
-    mem_len=16,
-    dropout_rate=0.1,
-    cutoffs=[250, 2500],
-    proj_factor=4,
-)
-
 
 def measure(jit_compile):
     import keras
@@ -51,13 +40,15 @@ def measure(jit_compile):
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)
+    base = PRESETS["base"].model_kwargs()
     shape = (FLAGS.steps, FLAGS.batch_size, FLAGS.seq_len)
-    inputs = zipf_tokens(shape, BASE["vocab_size"], seed=1)
-    labels = zipf_tokens(shape, BASE["vocab_size"], seed=2)
+    inputs = zipf_tokens(shape, base["vocab_size"], seed=1)
+    labels = zipf_tokens(shape, base["vocab_size"], seed=2)
     capacity = None
     if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
-        capacity = tail_capacity(labels, BASE["cutoffs"], BASE["vocab_size"])
-    model = PARTransformerXL(**BASE, architecture=FLAGS.architecture, tail_capacity=capacity)
+        capacity = tail_capacity(labels, base["cutoffs"], base["vocab_size"])
+    base["architecture"] = FLAGS.architecture
+    model = PARTransformerXL(**base, tail_capacity=capacity)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
     data = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat()
     start = time.perf_counter()
@@ -92,7 +83,7 @@ def main(_):
     report = {
         "benchmark": "train_step",
         "config": {
-            **BASE,
+            **PRESETS["base"].model_kwargs(),
             "batch_size": FLAGS.batch_size,
             "seq_len": FLAGS.seq_len,
             "architecture": FLAGS.architecture or "supernet",

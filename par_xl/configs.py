@@ -38,6 +38,10 @@ class ModelConfig:
     tau_is_trainable: bool = False
     choice_at_inference: str = "expected"
 
+    def model_kwargs(self):
+        """The configuration as `PARTransformerXL` keyword arguments."""
+        return {**dataclasses.asdict(self), "cutoffs": list(self.cutoffs)}
+
     def validate(self):
         """Raises ConfigError naming the first flag whose value cannot work."""
         positive = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "proj_factor")

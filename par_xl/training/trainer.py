@@ -71,10 +71,11 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
     """A compiled PARTransformerXL with its warmup-cosine optimizer, built for `batch_shape`."""
     if train_config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    settings = dataclasses.asdict(model_config)
-    settings["cutoffs"] = list(settings["cutoffs"])
     model = PARTransformerXL(
-        **settings, tau=train_config.tau_start, tail_capacity=capacity, seed=train_config.seed
+        **model_config.model_kwargs(),
+        tau=train_config.tau_start,
+        tail_capacity=capacity,
+        seed=train_config.seed,
     )
     schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
     optimizer = {
