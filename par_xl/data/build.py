@@ -43,6 +43,7 @@ from par_xl.data.unigram import (
     unigram_counts,
     write_unigram,
 )
+from par_xl.log_files import log_to_file
 
 LOG_FILE = "build_data.log"
 
@@ -107,22 +108,13 @@ def build_data(config: BuildConfig) -> BuildReport:
     out = Path(config.tfrecords_directory)
     for split in texts:
         _prepare_split_directory(config, out / split)
-    package_log = logging.getLogger("par_xl.data")
-    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    level = package_log.level
-    package_log.addHandler(handler)
-    package_log.setLevel(logging.INFO)
-    try:
-        log.info("build_data: %s", config)
-        return _build(config, texts, sp_model, train_sp, start)
-    except DataError as e:
-        log.error("%s", e)
-        raise
-    finally:
-        package_log.removeHandler(handler)
-        package_log.setLevel(level)
-        handler.close()
+    with log_to_file(out / LOG_FILE, "par_xl.data", "%(asctime)s %(levelname)s %(message)s"):
+        try:
+            log.info("build_data: %s", config)
+            return _build(config, texts, sp_model, train_sp, start)
+        except DataError as e:
+            log.error("%s", e)
+            raise
 
 
 def _tokenizer_model(config: BuildConfig, texts: dict[str, Path]) -> tuple[Path, bool]:

@@ -22,6 +22,7 @@ from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata, sh
 from par_xl.data.files import atomic_write_text
 from par_xl.flops import training_flops_per_token
 from par_xl.layers.adaptive_softmax import tail_capacity
+from par_xl.log_files import log_to_file
 from par_xl.models import PARTransformerXL
 from par_xl.training import callbacks as cb
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
@@ -95,20 +96,6 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
 
 
 @contextlib.contextmanager
-def log_to_file(path):
-    """Mirrors the `par_xl` logger into `path` (appending, so a resumed run keeps its past)."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-
-
-@contextlib.contextmanager
 def save_on_signals(checkpointer):
     """SIGINT / SIGTERM ask the checkpointer to save at the next batch end and stop."""
 
@@ -173,7 +160,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig):
     batch_shape = (train_meta.batch_size, train_meta.seq_len)
     keras.utils.set_random_seed(train_config.seed)
 
-    with log_to_file(run / "training_log.log"):
+    with log_to_file(run / "training_log.log", "par_xl"):
         capacity = None
         if train_config.tail_capacity and model_config.cutoffs:
             labels = (y for _, y in load_dataset(train_config.train_directory).as_numpy_iterator())
