@@ -97,9 +97,12 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
 
 @contextlib.contextmanager
 def save_on_signals(checkpointer):
-    """SIGINT / SIGTERM ask the checkpointer to save at the next batch end and stop."""
+    """SIGINT / SIGTERM ask the checkpointer to save at the next batch end and stop; a second
+    signal stops at once (the last periodic checkpoint stays)."""
 
     def handler(signum, frame):
+        if checkpointer.interrupted is not None:
+            raise KeyboardInterrupt(signum)
         checkpointer.interrupted = signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
