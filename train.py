@@ -42,6 +42,7 @@ flags.DEFINE_bool("tau_is_trainable", None, "Learn tau instead of annealing it."
 flags.DEFINE_enum(
     "choice_at_inference", None, ["expected", "argmax"], "Block weights at inference."
 )
+flags.DEFINE_float("initializer_range", None, "Standard deviation of the normal weight init.")
 flags.DEFINE_float("max_lr", 1e-4, "Peak learning rate.")
 flags.DEFINE_integer("warmup_steps", 4000, "Linear warmup steps, then cosine decay to 0.")
 flags.DEFINE_float("tau_start", 1.0, "Gumbel-softmax temperature at step 0.")

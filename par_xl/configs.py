@@ -37,6 +37,7 @@ class ModelConfig:
     straight_through: bool = False
     tau_is_trainable: bool = False
     choice_at_inference: str = "expected"
+    initializer_range: float = 0.02
 
     def model_kwargs(self):
         """The configuration as `PARTransformerXL` keyword arguments."""
@@ -54,6 +55,10 @@ class ModelConfig:
             raise ConfigError(f"--d_model must be even, received {self.d_model}.")
         if self.mem_len < 0:
             raise ConfigError(f"--mem_len must be >= 0, received {self.mem_len}.")
+        if not self.initializer_range > 0:
+            raise ConfigError(
+                f"--initializer_range must be positive, received {self.initializer_range}."
+            )
         for name in ("dropout_rate", "attention_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), received {getattr(self, name)}.")

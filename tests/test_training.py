@@ -166,6 +166,7 @@ def test_checkpoint_restores_every_variable_including_noise_states(tmp_path):
         (dict(cutoffs=(250, 12000)), "--cutoffs must be strictly increasing"),
         (dict(dropout_rate=1.0), "--dropout_rate must be in [0, 1)"),
         (dict(architecture="AAF"), "--architecture must be 6 letters"),
+        (dict(initializer_range=0.0), "--initializer_range must be positive"),
     ],
 )
 def test_model_flags_are_validated(changes, message):
