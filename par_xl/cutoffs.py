@@ -320,8 +320,9 @@ def optimal_cuts_report(
             f"N > {BASE_CUTOFFS[-1]} needed; here {num_clusters} clusters, N = {n})"
         )
     lines.append(f"  plain softmax    {plain:12.3f}")
-    lines.append("Flags for base_model.sh (train.py --cutoffs):")
-    lines.append(" ".join(f"--cutoffs={c}" for c in cutoffs) or "(none: plain softmax)")
+    spaced = " ".join(str(c) for c in cutoffs) or "0"
+    lines.append(f'train.py flags (base_model.sh: CUTOFFS="{spaced}"; 0 is a plain softmax):')
+    lines.append(" ".join(f"--cutoffs={c}" for c in cutoffs) or "--cutoffs=0")
     return "\n".join(lines)
 
 

@@ -360,3 +360,17 @@ def test_base_model_script_smoke_run(small_text_dir, tmp_path):
     assert results["step"] == 20 and np.isfinite(results["test"]["perplexity"])
     config = json.loads((tmp_path / "runs/smoke/checkpoints/config.json").read_text())
     assert config["model"]["d_model"] == 32 and config["model"]["cutoffs"] == [20, 80]
+
+
+def test_model_flags_override_the_preset_and_cutoffs_zero_is_a_plain_softmax():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.FLAGS(["train.py", "--preset=tiny", "--cutoffs=0", "--d_ffn=48"])
+    try:
+        config = cli.model_config_from_flags()
+    finally:
+        cli.FLAGS.unparse_flags()
+    assert config == dataclasses.replace(PRESETS["tiny"], cutoffs=(), d_ffn=48)
