@@ -117,6 +117,13 @@ def test_memory_resets_only_at_the_start_of_a_data_epoch():
         assert bool(np.abs(ops.convert_to_numpy(model.memory[0])).sum() == 0) is emptied
 
 
+def test_interval_fires_when_a_multiple_is_passed():
+    one_by_one, four_at_once = cb.Interval(10), cb.Interval(10)
+    assert [s for s in range(1, 31) if one_by_one.due(s)] == [10, 20, 30]
+    assert [s for s in range(4, 33, 4) if four_at_once.due(s)] == [12, 20, 32]
+    assert not any(cb.Interval(0).due(s) for s in range(1, 50))
+
+
 def test_evaluation_uses_its_own_memory_and_restores_training_state():
     model = tiny_model()
     rng = np.random.default_rng(0)
@@ -239,6 +246,17 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
         "ckpt-00000060.state.npz", "ckpt-00000060.weights.h5"]  # fmt: skip
     events = list(trained_run.rglob("events.out.tfevents.*"))
     assert {p.parent.name for p in events} >= {"train", "validation"}
+
+
+def test_several_steps_per_execution_keep_every_interval(tiny_data, tmp_path):
+    args = train_args(tiny_data, tmp_path, "spe", "--max_steps=24", "--checkpoint_every=10",
+                      "--steps_per_execution=4")  # fmt: skip
+    result = run_script("train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "spe" / "training_log.log").read_text()
+    assert "step 12 | loss" in log and "step 20 | loss" in log  # log_every=10
+    assert "saved checkpoint" in log and read_results(tmp_path / "spe")["step"] == 24
+    assert json.loads((tmp_path / "spe/checkpoints/latest.json").read_text())["step"] == 24
 
 
 def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_path):

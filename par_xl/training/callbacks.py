@@ -24,6 +24,20 @@ def global_step(model):
     return int(ops.convert_to_numpy(model.optimizer.iterations))
 
 
+class Interval:
+    """Says when the global step passes a multiple of `every` (0: never), also when a compiled
+    call advances it several steps at once (`steps_per_execution` > 1)."""
+
+    def __init__(self, every):
+        self.every = every
+        self.last = None
+
+    def due(self, step):
+        previous = step - 1 if self.last is None else self.last
+        self.last = step
+        return bool(self.every) and step // self.every > previous // self.every
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -102,7 +116,7 @@ class Checkpointer(keras.callbacks.Callback):
     def __init__(self, checkpoints, every):
         super().__init__()
         self.checkpoints = checkpoints
-        self.every = every
+        self.interval = Interval(every)
         self.interrupted = None
         self.last_saved = None
 
@@ -122,7 +136,7 @@ class Checkpointer(keras.callbacks.Callback):
         if self.interrupted is not None:
             self.save()
             self.model.stop_training = True
-        elif global_step(self.model) % self.every == 0:
+        elif self.interval.due(global_step(self.model)):
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -151,7 +165,7 @@ class TrainingLogger(keras.callbacks.Callback):
 
     def __init__(self, run_directory, every, tokens_per_step, flops_per_token):
         super().__init__()
-        self.every = every
+        self.interval = Interval(every)
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.writer = tf.summary.create_file_writer(f"{run_directory}/train")
@@ -163,7 +177,7 @@ class TrainingLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
-        if step % self.every or "loss" not in (logs or {}):
+        if not self.interval.due(step) or "loss" not in (logs or {}):
             return
         seen = batch + 1  # Keras's running mean covers `seen` batches of this fit epoch
         mean = float(logs["loss"])
@@ -214,7 +228,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     def __init__(self, dataset, run_directory, every=0):
         super().__init__()
         self.dataset = dataset
-        self.every = every
+        self.interval = Interval(every)
         self.writer = tf.summary.create_file_writer(f"{run_directory}/validation")
         self.history = []
         self._last_step = None
@@ -234,7 +248,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         return result
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every and global_step(self.model) % self.every == 0:
+        if self.interval.due(global_step(self.model)):
             self.evaluate()
 
     def on_epoch_end(self, epoch, logs=None):
