@@ -275,7 +275,7 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_
     assert process.returncode == 130, stderr[-3000:]
     assert "continue with --resume" in stderr
     interrupted_at = json.loads((tmp_path / "resumed/checkpoints/latest.json").read_text())["step"]
-    assert 20 <= interrupted_at < 60
+    assert 20 <= interrupted_at < 40  # so the logged intervals 41-50 and 51-60 compare
 
     refused = run_script("train.py", *args)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
@@ -283,7 +283,16 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = read_results(trained_run), read_results(tmp_path / "resumed")
     assert got["step"] == 60
-    # Same noise, same data position, same memory: equal up to float reduction order.
+    # Same noise, same data position, same memory: equal up to float reduction order, the
+    # training losses logged after the resume as well as the final evaluations.
+    def logged_loss(run, step):
+        text = (run / "training_log.log").read_text()
+        return float(text.split(f"step {step} | loss ")[1].split(" ")[0])
+
+    for step in (50, 60):
+        np.testing.assert_allclose(
+            logged_loss(tmp_path / "resumed", step), logged_loss(trained_run, step), rtol=1e-5
+        )
     np.testing.assert_allclose(got["valid"]["loss"], expected["valid"]["loss"], rtol=1e-5)
     np.testing.assert_allclose(got["test"]["loss"], expected["test"]["loss"], rtol=1e-5)
     assert "resumed from" in log.read_text()
