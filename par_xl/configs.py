@@ -8,6 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from par_xl.layers.adaptive_softmax import validate_cutoffs
 from par_xl.layers.gumbel_choice import INFERENCE_MODES
 
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
@@ -62,14 +63,13 @@ class ModelConfig:
         for name in ("dropout_rate", "attention_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), received {getattr(self, name)}.")
-        cutoffs = list(self.cutoffs)
-        if cutoffs != sorted(set(cutoffs)) or (
-            cutoffs and not 0 < cutoffs[0] <= cutoffs[-1] < self.vocab_size
-        ):
+        try:
+            validate_cutoffs(self.cutoffs, self.vocab_size)
+        except ValueError:
             raise ConfigError(
                 f"--cutoffs must be strictly increasing and between 0 and the vocabulary size "
-                f"{self.vocab_size} (exclusive), received {cutoffs}."
-            )
+                f"{self.vocab_size} (exclusive), received {list(self.cutoffs)}."
+            ) from None
         if self.architecture is not None and (
             len(self.architecture) != self.num_layers or set(self.architecture) - set("AFI")
         ):
