@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from absl import app, flags  # noqa: E402
 
 from par_xl.data import BuildConfig, DataError, build_data  # noqa: E402
+from par_xl.data.documents import WIKITEXT_DOCUMENT_START  # noqa: E402
 from par_xl.data.tokenizer import MODEL_TYPES  # noqa: E402
 
 flags.DEFINE_string(
@@ -42,6 +43,29 @@ flags.DEFINE_bool(
     "lowercase",
     True,
     "Lowercase the text; done by the SentencePiece model itself (rule nmt_nfkc_cf).",
+)
+flags.DEFINE_string(
+    "unk_marker",
+    "<unk>",
+    "The corpus's unknown-word marker (WikiText, Penn Treebank), made exactly one id that decodes "
+    "back to itself; '' for none.",
+)
+flags.DEFINE_bool(
+    "byte_fallback",
+    True,
+    "Encode characters never seen in training as their UTF-8 bytes, so every text round-trips "
+    "(instead of becoming the unknown id).",
+)
+flags.DEFINE_string(
+    "document_start",
+    WIKITEXT_DOCUMENT_START,
+    "Regular expression (re.fullmatch) of a document's first line; the default is WikiText's "
+    "top-level heading ' = Title = '. '' for no document boundaries.",
+)
+flags.DEFINE_bool(
+    "document_start_isolated",
+    True,
+    "A document's first line must also stand between blank lines, as WikiText's headings do.",
 )
 flags.DEFINE_integer("batch_size", 32, "Rows per batch (B).")
 flags.DEFINE_integer("seq_len", 32, "Tokens per row and batch (T).")
@@ -80,6 +104,10 @@ def main(argv: list[str]) -> int:
         vocab_size=FLAGS.vocab_size,
         model_type=FLAGS.model_type,
         lowercase=FLAGS.lowercase,
+        unk_marker=FLAGS.unk_marker,
+        byte_fallback=FLAGS.byte_fallback,
+        document_start=FLAGS.document_start,
+        document_start_isolated=FLAGS.document_start_isolated,
         batch_size=FLAGS.batch_size,
         seq_len=FLAGS.seq_len,
         shards=FLAGS.shards,
@@ -97,6 +125,7 @@ def main(argv: list[str]) -> int:
         print(
             f"{split}: {metadata.steps} batches of {metadata.batch_size} x {metadata.seq_len}, "
             f"{metadata.num_tokens} tokens, {metadata.tokens_dropped} dropped, "
+            f"{metadata.num_words} words, {metadata.documents} documents, "
             f"{len(metadata.shards)} shards"
         )
     print(f"SentencePiece model: {report.sp_model}; built in {report.seconds['total']:.1f} s")

@@ -50,7 +50,8 @@ def wikitext2_tfrecords(wikitext2_dir, tmp_path_factory) -> BuiltData:
 
 def _write_small_corpus(directory: Path, lines: dict[str, int], seed: int = 0) -> Path:
     """Writes `<split>.txt` files of generated WikiText-like text (Zipfian words from a small
-    vocabulary, mixed case, title lines and empty lines) with the given line counts."""
+    vocabulary, mixed case, a document title every 9 lines, empty lines) with the given line
+    counts."""
     rng = np.random.default_rng(seed)
     syllables = "ka lo mi ne ru sa to vi ze po qua er ba di fu".split()
     words = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(400)]
@@ -61,9 +62,9 @@ def _write_small_corpus(directory: Path, lines: dict[str, int], seed: int = 0) -
     for split, count in lines.items():
         out = []
         for i in range(count):
-            if i % 9 == 0:
+            if i % 9 in (0, 2):
                 out.append("")
-            elif i % 9 == 1:
+            elif i % 9 == 1:  # a document's title, between blank lines as in WikiText
                 out.append(f" = {' '.join(rng.choice(words, size=2)).title()} = ")
             else:
                 line = rng.choice(words, size=rng.integers(3, 40), p=weights)

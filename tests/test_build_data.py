@@ -28,7 +28,7 @@ from par_xl.data.files import atomic_path
 from par_xl.data.unigram import frequency_order
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(vocab_size=200, batch_size=4, seq_len=8, shards=3)
+SMALL = dict(vocab_size=400, batch_size=4, seq_len=8, shards=3)
 
 
 def small_config(text_dir, out: Path, **overrides) -> BuildConfig:
@@ -87,8 +87,8 @@ def test_metadata_and_files(small_build, small_text_dir):
     for split in SPLITS:
         metadata = read_metadata(tfrecords / split)
         assert report.splits[split] == metadata
-        assert (metadata.format_version, metadata.split) == (1, split)
-        assert (metadata.vocab_size, metadata.batch_size, metadata.seq_len) == (200, 4, 8)
+        assert (metadata.format_version, metadata.split) == (2, split)
+        assert (metadata.vocab_size, metadata.batch_size, metadata.seq_len) == (400, 4, 8)
         assert metadata.lowercase and metadata.model_type == "unigram"
         assert metadata.sp_model == str(report.sp_model.resolve())
         assert metadata.sp_model_sha256 == sha256_file(metadata.sp_model)
@@ -114,13 +114,63 @@ def test_metadata_and_files(small_build, small_text_dir):
     assert (tfrecords / "build_data.log").read_text().count("seconds per phase") == 1
 
 
+def split_lines(text_file: Path) -> list[str]:
+    return text_file.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_document_starts_mark_the_end_of_line_before_each_title(small_build, small_text_dir, split):
+    """The generated corpus has a title at every line k with k % 9 == 1 (see conftest)."""
+    tfrecords, _ = small_build
+    metadata = read_metadata(tfrecords / split)
+    sp = spm.SentencePieceProcessor(model_file=metadata.sp_model)
+    lines = split_lines(small_text_dir / f"{split}.txt")
+    line_ends = np.cumsum([len(sp.encode(line)) + 1 for line in lines])
+    titles = range(1, len(lines), 9)
+    expected = np.zeros(line_ends[-1], np.int32)
+    expected[[line_ends[k - 1] - 1 for k in titles]] = 1
+    assert metadata.documents == len(titles)
+    batches = list(load_dataset(tfrecords / split, document_starts=True).as_numpy_iterator())
+    features = np.stack([x["document_starts"] for x, _ in batches])
+    inputs = np.stack([x["token_ids"] for x, _ in batches])
+    np.testing.assert_array_equal(inputs, read_split(tfrecords / split)[0])
+    used = metadata.tokens_used
+    np.testing.assert_array_equal(features.swapaxes(0, 1).reshape(-1), expected[:used])
+
+
+def test_no_document_boundaries(small_text_dir, tmp_path):
+    report = build_data(small_config(small_text_dir, tmp_path, document_start=""))
+    assert report.splits["train"].documents == 0
+    batches = load_dataset(tmp_path / "tfrecords" / "valid", document_starts=True)
+    assert not any(x["document_starts"].any() for x, _ in batches.as_numpy_iterator())
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_word_and_character_counts(small_build, small_text_dir, split):
+    tfrecords, _ = small_build
+    metadata = read_metadata(tfrecords / split)
+    lines = split_lines(small_text_dir / f"{split}.txt")
+    assert metadata.num_words == sum(len(line.split()) for line in lines) + len(lines)
+    sp = spm.SentencePieceProcessor(model_file=metadata.sp_model)
+    ids = expected_ids(metadata.sp_model, small_text_dir / f"{split}.txt")
+    starts_word = np.array([p.startswith("\u2581") for p in map(sp.id_to_piece, range(400))])
+    starts_word[sp.eos_id()] = True
+    assert starts_word[ids].sum() == metadata.num_words  # the stream's count is WikiText's
+    labels = ids[1 : metadata.tokens_used + 1]
+    assert metadata.words_used == starts_word[labels].sum() < metadata.num_words
+    decoded = [sp.decode(sp.encode(line)) for line in lines]  # the normalized text
+    characters = sum(len(line) + (len(line) > 0) + 1 for line in decoded)  # space, end of line
+    assert metadata.characters_used < characters
+    assert characters - metadata.characters_used < 2 * 4 * 8 * 10  # only the dropped tail
+
+
 def test_one_record_per_batch(small_build):
     tfrecords, _ = small_build
     metadata = read_metadata(tfrecords / "valid")
     records = list(tf.data.TFRecordDataset(str(tfrecords / "valid" / metadata.shards[0].file)))
     assert len(records) == metadata.steps
     example = tf.train.Example.FromString(records[0].numpy())
-    assert sorted(example.features.feature) == ["inputs", "labels"]
+    assert sorted(example.features.feature) == ["document_starts", "inputs", "labels"]
     assert len(example.features.feature["inputs"].int64_list.value) == 4 * 8
 
 
@@ -171,7 +221,7 @@ def test_existing_model_can_be_reused(small_build, small_text_dir, tmp_path):
     )
     assert reused.sp_model == first.sp_model and not (tmp_path / "sp.model").exists()
     assert reused.splits["valid"].sp_model_sha256 == first.splits["valid"].sp_model_sha256
-    assert reused.splits["valid"].vocab_size == 200  # the model's, not --vocab_size
+    assert reused.splits["valid"].vocab_size == 400  # the model's, not --vocab_size
     shard = first.splits["valid"].shards[0].file
     assert (tmp_path / "reused" / "valid" / shard).read_bytes() == (
         tfrecords / "valid" / shard
@@ -228,7 +278,7 @@ def copy_split(source: Path, target: Path) -> Path:
     "change, message",
     [
         (lambda m, d: (d / METADATA_FILE).unlink(), "does not exist: .* run build_data|build_data"),
-        (lambda m, d: m.update(format_version=2), "format_version=2, .* reads format_version=1"),
+        (lambda m, d: m.update(format_version=1), "format_version=1, .* reads format_version=2"),
         (lambda m, d: m.pop("steps"), "lacks the keys steps"),
         (lambda m, d: m.update(steps="12"), "steps='12' is not of type int"),
         (lambda m, d: m.update(lowercase=1), "lowercase=1 is not of type bool"),
@@ -246,6 +296,24 @@ def test_read_metadata_rejects(small_build, tmp_path, change, message):
         (directory / METADATA_FILE).write_text(json.dumps(metadata))
     with pytest.raises(DataError, match=message):
         read_metadata(directory)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated
+        lambda data: data + bytes(4096),  # zero-padded
+        lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:],  # one bit flipped
+    ],
+    ids=["truncated", "zero-padded", "bit-flipped"],
+)
+def test_damaged_shard_is_named_before_reading(small_build, tmp_path, damage):
+    tfrecords, _ = small_build
+    directory = copy_split(tfrecords / "train", tmp_path / "train")
+    shard = directory / read_metadata(directory).shards[1].file
+    shard.write_bytes(damage(shard.read_bytes()))
+    with pytest.raises(DataError, match=f"{shard} .*damaged.*rebuild"):
+        load_dataset(directory)
 
 
 def test_read_metadata_of_a_missing_directory_says_how_to_build(tmp_path):
@@ -319,7 +387,7 @@ def test_vocab_size_too_large(text_dir, tmp_path):
         build_data(small_config(text_dir, tmp_path, vocab_size=50000))
     assert "--vocab_size=50000 is too large for" in str(error.value)
     assert "train.txt (the training split)" in str(error.value)
-    assert "at most 284 pieces" in str(error.value)
+    assert "at most 530 pieces" in str(error.value)
     assert not list(tmp_path.glob("sp*"))  # no model, no temporary files
 
 
@@ -400,11 +468,11 @@ def test_interrupted_write_leaves_no_file_under_a_final_name(small_text_dir, tmp
     serialize = tfrecords_module.serialize_batch
     calls = []
 
-    def failing_serialize(inputs, labels):
+    def failing_serialize(*batch):
         calls.append(1)
-        if len(calls) == 700:  # inside the second of three train shards (613 batches each)
+        if len(calls) == 700:  # inside the second of three train shards (596 batches each)
             raise KeyboardInterrupt
-        return serialize(inputs, labels)
+        return serialize(*batch)
 
     monkeypatch.setattr(tfrecords_module, "serialize_batch", failing_serialize)
     with pytest.raises(KeyboardInterrupt):
@@ -434,8 +502,8 @@ def test_cli_end_to_end(small_text_dir, tmp_path):
     result = run_cli(
         f"--input_text={small_text_dir}",
         f"--tfrecords_directory={tmp_path / 'tf'}",
-        f"--sp_model_prefix={tmp_path / 'sp200'}",
-        "--vocab_size=200",
+        f"--sp_model_prefix={tmp_path / 'sp400'}",
+        "--vocab_size=400",
         "--batch_size=4",
         "--seq_len=8",
         "--shards=2",
@@ -444,7 +512,7 @@ def test_cli_end_to_end(small_text_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     metadata = read_metadata(tmp_path / "tf" / "train")
     assert f"train: {metadata.steps} batches of 4 x 8" in result.stdout
-    assert len(metadata.shards) == 2 and metadata.sp_model == str(tmp_path / "sp200.model")
+    assert len(metadata.shards) == 2 and metadata.sp_model == str(tmp_path / "sp400.model")
     ids = expected_ids(metadata.sp_model, small_text_dir / "train.txt")
     inputs, _ = read_split(tmp_path / "tf" / "train")
     np.testing.assert_array_equal(inputs.swapaxes(0, 1).reshape(-1), ids[: metadata.tokens_used])
@@ -468,18 +536,29 @@ def test_cli_bad_input_prints_the_message_without_traceback(tmp_path):
 # ---------------------------------------------------------------------------- WikiText-2
 
 
+WIKITEXT2_WORDS = {"train": 2_088_628, "valid": 217_646, "test": 245_569}
+
+
 @pytest.mark.slow
 def test_wikitext2_build(wikitext2_tfrecords, wikitext2_dir):
     tfrecords = wikitext2_tfrecords.tfrecords_directory
     sp_model = f"{wikitext2_tfrecords.sp_model_prefix}.model"
+    sp = spm.SentencePieceProcessor(model_file=sp_model)
+    unk = sp.encode("<unk>")
+    assert len(unk) == 1 and sp.decode(unk) == "<unk>"
     for split in SPLITS:
         metadata = read_metadata(tfrecords / split)
         assert (metadata.vocab_size, metadata.batch_size, metadata.seq_len) == (12000, 32, 32)
         assert metadata.sp_model == sp_model and metadata.lowercase
         assert len(metadata.shards) == (4 if split == "train" else 1)
+        assert metadata.num_words == WIKITEXT2_WORDS[split]  # the standard count
+        assert metadata.documents == (600 if split == "train" else 60)  # one per article
         ids = expected_ids(sp_model, wikitext2_dir / f"{split}.txt")
         lines = (wikitext2_dir / f"{split}.txt").read_bytes().count(b"\n")
         assert np.sum(ids == 2) == lines  # one end-of-line id per line, empty lines included
+        assert not np.any(ids == sp.unk_id())  # byte fallback: nothing is unknown
+        text = (wikitext2_dir / f"{split}.txt").read_text(encoding="utf-8")
+        assert np.sum(ids == unk[0]) == text.count(" <unk>")  # every marker is one id
         inputs, labels = read_split(tfrecords / split)
         used = metadata.tokens_used
         assert metadata.tokens_dropped == ids.size - 1 - used < 32 * 32
@@ -491,5 +570,6 @@ def test_wikitext2_build(wikitext2_tfrecords, wikitext2_dir):
             for line in (tfrecords / "train" / UNIGRAM_FILE).read_text().splitlines()
         ]
     )
+    assert np.all(np.diff(counts[3:]) <= 0)  # ids follow frequency after the special ids
     order = frequency_order(counts)
-    assert order.spearman > 0.95 and order.top_fraction[250] > 0.9, order
+    assert order.spearman > 0.99 and order.top_fraction[250] > 0.99, order

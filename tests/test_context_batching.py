@@ -33,11 +33,24 @@ def test_rows_are_contiguous_streams(case):
         np.testing.assert_array_equal(row_labels, ids[i * steps * t + 1 : (i + 1) * steps * t + 1])
 
 
+@settings(max_examples=100, deadline=None)
+@given(streams())
+def test_document_starts_are_cut_like_the_inputs(case):
+    ids, b, t = case
+    marks = (ids % 7 == 0).astype(np.int32)  # any per-id values
+    batches = context_batches(ids, b, t, marks)
+    # The same cut: marks of batch s, row i, position j belong to inputs[s, i, j].
+    np.testing.assert_array_equal(batches.document_starts, batches.inputs % 7 == 0)
+    assert context_batches(ids, b, t).document_starts is None
+    with pytest.raises(ValueError, match="document_starts must have the shape of ids"):
+        context_batches(ids, b, t, marks[1:])
+
+
 @settings(max_examples=200, deadline=None)
 @given(streams())
 def test_labels_are_next_inputs_across_window_edges(case):
     ids, b, t = case
-    inputs, labels, _ = context_batches(ids, b, t)
+    inputs, labels, _, _ = context_batches(ids, b, t)
     np.testing.assert_array_equal(labels[:, :, :-1], inputs[:, :, 1:])
     np.testing.assert_array_equal(labels[:-1, :, -1], inputs[1:, :, 0])
 
@@ -46,7 +59,7 @@ def test_labels_are_next_inputs_across_window_edges(case):
 @given(streams())
 def test_only_the_final_remainder_is_dropped(case):
     ids, b, t = case
-    inputs, _, dropped = context_batches(ids, b, t)
+    inputs, _, _, dropped = context_batches(ids, b, t)
     assert 0 <= dropped < b * t
     all_rows = inputs.swapaxes(0, 1).reshape(-1)  # row 0 over all batches, then row 1, ...
     remainder = ids[all_rows.size : ids.size - 1]
@@ -55,7 +68,7 @@ def test_only_the_final_remainder_is_dropped(case):
 
 
 def test_small_example():
-    inputs, labels, dropped = context_batches(np.arange(14), batch_size=2, seq_len=3)
+    inputs, labels, _, dropped = context_batches(np.arange(14), batch_size=2, seq_len=3)
     # S = 13 // 6 = 2: row 0 is 0..5, row 1 is 6..11; pair (12, 13) dropped.
     np.testing.assert_array_equal(inputs, [[[0, 1, 2], [6, 7, 8]], [[3, 4, 5], [9, 10, 11]]])
     np.testing.assert_array_equal(labels, [[[1, 2, 3], [7, 8, 9]], [[4, 5, 6], [10, 11, 12]]])
@@ -63,7 +76,7 @@ def test_small_example():
 
 
 def test_exactly_one_batch_plus_one_token():
-    inputs, labels, dropped = context_batches(np.arange(7), batch_size=2, seq_len=3)
+    inputs, labels, _, dropped = context_batches(np.arange(7), batch_size=2, seq_len=3)
     assert inputs.shape == (1, 2, 3) and dropped == 0
     assert labels[0, 1, -1] == 6
 

@@ -13,10 +13,11 @@ from par_xl.data.metadata import (
     DatasetMetadata,
     Shard,
     read_metadata,
+    verify_shards,
 )
 from par_xl.data.text_files import SPLITS
 from par_xl.data.tfrecords import load_dataset
-from par_xl.data.tokenizer import encode_lines, load_tokenizer
+from par_xl.data.tokenizer import decode_lines, encode_lines, load_tokenizer
 from par_xl.data.unigram import UNIGRAM_FILE
 
 __all__ = [
@@ -32,10 +33,12 @@ __all__ = [
     "Shard",
     "build_data",
     "context_batches",
+    "decode_lines",
     "encode_lines",
     "load_dataset",
     "load_tokenizer",
     "num_batches",
     "read_metadata",
+    "verify_shards",
     "sha256_file",
 ]

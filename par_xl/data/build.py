@@ -1,10 +1,10 @@
 """The whole data build behind build_data.py: text -> SentencePiece -> ids -> TFRecord splits.
 
 Order: check flags, inputs and outputs (before any slow work); read every split as checked UTF-8;
-train SentencePiece on the training split (or reuse an existing model); encode every split; check
-every split gives at least one batch; then per split: cut it into context batches, write its shards,
-the unigram file (train only), and its `metadata.json` last. The log goes to stderr and to
-`<tfrecords_directory>/build_data.log`.
+train SentencePiece on the training split (or reuse an existing model); encode every split and mark
+its document starts; check every split gives at least one batch; then per split: cut it into
+context batches, write its shards, the unigram file (train only), and its `metadata.json` last. The
+log goes to stderr and to `<tfrecords_directory>/build_data.log`.
 
 Shards: the training split gets `shards` files; every other split the same number scaled by its
 size relative to train, rounded up (WikiText-2 with 4 train shards: 1 for valid, 1 for test). A
@@ -17,8 +17,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from par_xl.data.context_batching import context_batches, num_batches
+from par_xl.data.documents import (
+    WIKITEXT_DOCUMENT_START,
+    compile_pattern,
+    document_starts,
+    first_lines,
+)
 from par_xl.data.errors import DataError
 from par_xl.data.files import sha256_file
 from par_xl.data.metadata import (
@@ -28,9 +37,11 @@ from par_xl.data.metadata import (
     write_metadata,
 )
 from par_xl.data.text_files import find_splits, read_lines
+from par_xl.data.text_units import characters_per_id, word_count, words_per_id
 from par_xl.data.tfrecords import write_shards
 from par_xl.data.tokenizer import (
     MODEL_TYPES,
+    EncodedLines,
     encode_lines,
     load_tokenizer,
     tokenizer_info,
@@ -39,6 +50,7 @@ from par_xl.data.tokenizer import (
 from par_xl.data.unigram import (
     UNIGRAM_FILE,
     FrequencyOrder,
+    cluster_shares,
     frequency_order,
     unigram_counts,
     write_unigram,
@@ -46,6 +58,8 @@ from par_xl.data.unigram import (
 from par_xl.log_files import log_to_file
 
 LOG_FILE = "build_data.log"
+# The original PAR cutoffs: the build logs the share of training tokens in each of their clusters.
+REPORTED_CUTOFFS = (250, 2500)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,10 @@ class BuildConfig:
     vocab_size: int = 12000
     model_type: str = "unigram"
     lowercase: bool = True
+    unk_marker: str = "<unk>"  # the corpus's unknown-word marker, made one id; "" for none
+    byte_fallback: bool = True
+    document_start: str = WIKITEXT_DOCUMENT_START  # regex of a document's first line; "": none
+    document_start_isolated: bool = True  # the first line stands between blank lines
     batch_size: int = 32
     seq_len: int = 32
     shards: int = 4
@@ -83,6 +101,12 @@ class BuildConfig:
             )
         if self.model_type not in MODEL_TYPES:
             raise DataError(f"--model_type={self.model_type}: expected one of {MODEL_TYPES}")
+        if self.unk_marker != self.unk_marker.strip() or " " in self.unk_marker:
+            raise DataError(
+                f"--unk_marker={self.unk_marker!r}: expected one word without spaces, "
+                "or '' for none"
+            )
+        compile_pattern(self.document_start)
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,7 @@ class BuildReport:
     sp_model: Path
     seconds: dict[str, float]
     frequency_order: FrequencyOrder | None  # of the training split, when built
+    cluster_shares: list[float] | None  # training tokens in each REPORTED_CUTOFFS cluster
 
 
 def build_data(config: BuildConfig) -> BuildReport:
@@ -199,9 +224,18 @@ def _shard_counts(shards: int, steps: dict[str, int]) -> dict[str, int]:
     }
 
 
+class _Split(NamedTuple):
+    """One split's encoded text, what the build needs to write it."""
+
+    encoded: EncodedLines
+    document_starts: np.ndarray  # (N,) int32 0/1
+    num_words: int  # WikiText's count of the split's text
+
+
 def _build(
     config: BuildConfig, texts: dict[str, Path], sp_model: Path, train_sp: bool, start: float
 ) -> BuildReport:
+    """The build after the checks: read, tokenizer, encode, then each split's files."""
     seconds = {}
     num_threads = config.num_threads or len(os.sched_getaffinity(0))
 
@@ -211,103 +245,170 @@ def _build(
 
     phase = time.perf_counter()
     if train_sp:
-        log.info(
-            "training SentencePiece (%s, vocabulary %d, lowercase %s, %d threads) on %s",
-            config.model_type,
-            config.vocab_size,
-            config.lowercase,
-            num_threads,
-            texts["train"],
-        )
-        train_tokenizer(
-            lines["train"],
-            config.sp_model_prefix,
-            vocab_size=config.vocab_size,
-            model_type=config.model_type,
-            lowercase=config.lowercase,
-            num_threads=num_threads,
-            source=f"{texts['train']} (the training split)",
-        )
+        _train_tokenizer(config, lines["train"], texts["train"], num_threads)
     seconds["sp_train"] = time.perf_counter() - phase
-    sp = load_tokenizer(sp_model)
-    info = tokenizer_info(sp)
-    log.info("SentencePiece model %s: %s", sp_model, info)
-    requested = (config.vocab_size, config.lowercase, config.model_type)
-    if not train_sp and (info.vocab_size, info.lowercase, info.model_type) != requested:
-        log.warning(
-            "reusing %s: its own vocabulary %d, lowercase %s and %s apply, not --vocab_size=%d, "
-            "--lowercase=%s, --model_type=%s",
-            sp_model,
-            info.vocab_size,
-            info.lowercase,
-            info.model_type,
-            *requested,
-        )
+    sp = _load_tokenizer(config, sp_model, train_sp)
 
     phase = time.perf_counter()
-    ids = {
-        split: encode_lines(sp, split_lines, num_threads=num_threads, desc=f"encoding {split}")
+    splits = {
+        split: _encode_split(config, sp, split_lines, split, num_threads)
         for split, split_lines in lines.items()
     }
     seconds["encode"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
-    tokens = config.batch_size * config.seq_len
-    steps = {
-        split: num_batches(len(stream), config.batch_size, config.seq_len)
-        for split, stream in ids.items()
-    }
-    for split, n in steps.items():
-        if n == 0:
-            raise DataError(
-                f"split {split!r} ({texts[split]}) has N={len(ids[split])} ids, too few for one "
-                f"batch of --batch_size * --seq_len = {config.batch_size} * {config.seq_len} = "
-                f"{tokens} tokens (it needs at least {tokens + 1}); lower --batch_size or --seq_len"
-            )
-    sha256 = sha256_file(sp_model)
+    steps = _check_steps(config, texts, splits)
     shard_counts = _shard_counts(config.shards, steps)
-    order = None
-    built = {}
-    for split, stream in ids.items():
+    writer = _SplitWriter(config, sp, sp_model)
+    built = {
+        split: writer(split, texts[split], data, steps[split], shard_counts[split])
+        for split, data in splits.items()
+    }
+    seconds["write"] = time.perf_counter() - phase
+    seconds["total"] = time.perf_counter() - start
+    log.info("seconds per phase: %s", {k: round(v, 2) for k, v in seconds.items()})
+    return BuildReport(built, sp_model, seconds, writer.frequency_order, writer.cluster_shares)
+
+
+def _train_tokenizer(config: BuildConfig, lines: list[str], source: Path, num_threads: int):
+    log.info(
+        "training SentencePiece (%s, vocabulary %d, lowercase %s, unknown-word marker %r, byte "
+        "fallback %s, %d threads) on %s",
+        config.model_type,
+        config.vocab_size,
+        config.lowercase,
+        config.unk_marker,
+        config.byte_fallback,
+        num_threads,
+        source,
+    )
+    train_tokenizer(
+        lines,
+        config.sp_model_prefix,
+        vocab_size=config.vocab_size,
+        model_type=config.model_type,
+        lowercase=config.lowercase,
+        unk_marker=config.unk_marker,
+        byte_fallback=config.byte_fallback,
+        num_threads=num_threads,
+        source=f"{source} (the training split)",
+    )
+
+
+def _load_tokenizer(config: BuildConfig, sp_model: Path, trained: bool):
+    """Loads the model; a reused one's own settings apply, and the log says where they differ."""
+    sp = load_tokenizer(sp_model)
+    info = tokenizer_info(sp)
+    log.info("SentencePiece model %s: %s", sp_model, info)
+    names = ("vocab_size", "lowercase", "model_type", "unk_marker", "byte_fallback")
+    differ = [n for n in names if getattr(info, n) != getattr(config, n)]
+    if not trained and differ:
+        log.warning(
+            "reusing %s: its own %s apply, not %s",
+            sp_model,
+            ", ".join(f"{n}={getattr(info, n)!r}" for n in differ),
+            ", ".join(f"--{n}={getattr(config, n)!r}" for n in differ),
+        )
+    return sp
+
+
+def _encode_split(config: BuildConfig, sp, lines: list[str], split: str, num_threads: int):
+    encoded = encode_lines(sp, lines, num_threads=num_threads, desc=f"encoding {split}")
+    starting = first_lines(lines, config.document_start, config.document_start_isolated)
+    starts = document_starts(encoded.line_lengths, starting).astype(np.int32)
+    return _Split(encoded, starts, word_count(lines))
+
+
+def _check_steps(config: BuildConfig, texts: dict[str, Path], splits: dict[str, _Split]):
+    """Batches per split; every split must give at least one."""
+    tokens = config.batch_size * config.seq_len
+    steps = {}
+    for split, data in splits.items():
+        steps[split] = num_batches(len(data.encoded.ids), config.batch_size, config.seq_len)
+        if steps[split] == 0:
+            raise DataError(
+                f"split {split!r} ({texts[split]}) has N={len(data.encoded.ids)} ids, too few for "
+                f"one batch of --batch_size * --seq_len = {config.batch_size} * {config.seq_len} "
+                f"= {tokens} tokens (it needs at least {tokens + 1}); lower --batch_size or "
+                "--seq_len"
+            )
+    return steps
+
+
+class _SplitWriter:
+    """Writes one split's directory: shards, unigram file (train), `metadata.json` last."""
+
+    def __init__(self, config: BuildConfig, sp, sp_model: Path):
+        self.config = config
+        self.sp = sp
+        self.info = tokenizer_info(sp)
+        self.sp_model = sp_model
+        self.sha256 = sha256_file(sp_model)
+        self.words_per_id = words_per_id(sp)
+        self.characters_per_id = characters_per_id(sp)
+        self.frequency_order = None
+        self.cluster_shares = None
+
+    def __call__(self, split, source: Path, data: _Split, steps: int, num_shards: int):
+        config, ids = self.config, data.encoded.ids
         directory = Path(config.tfrecords_directory) / split
         _clear_split_directory(directory, split)
-        batches = context_batches(stream, config.batch_size, config.seq_len)
-        shards = write_shards(directory, split, batches, shard_counts[split])
+        batches = context_batches(ids, config.batch_size, config.seq_len, data.document_starts)
+        shards = write_shards(directory, split, batches, num_shards)
         if split == "train":
-            counts = unigram_counts(stream, info.vocab_size)
-            pieces = [sp.id_to_piece(i) for i in range(info.vocab_size)]
-            write_unigram(directory / UNIGRAM_FILE, pieces, counts)
-            order = frequency_order(counts)
-            log.info("train: id order vs frequency: %s", order)
-        built[split] = DatasetMetadata(
+            self._write_unigram(directory, ids)
+        labels = ids[1 : steps * config.batch_size * config.seq_len + 1]
+        metadata = DatasetMetadata(
             format_version=FORMAT_VERSION,
             split=split,
-            vocab_size=info.vocab_size,
+            vocab_size=self.info.vocab_size,
             batch_size=config.batch_size,
             seq_len=config.seq_len,
-            steps=steps[split],
-            num_tokens=len(stream),
-            tokens_used=steps[split] * tokens,
+            steps=steps,
+            num_tokens=len(ids),
+            tokens_used=len(labels),
             tokens_dropped=batches.tokens_dropped,
-            lowercase=info.lowercase,
-            model_type=info.model_type,
-            sp_model=os.fspath(sp_model.resolve()),
-            sp_model_sha256=sha256,
+            num_words=data.num_words,
+            words_used=int(self.words_per_id[labels].sum()),
+            characters_used=int(self.characters_per_id[labels].sum()),
+            documents=int(data.document_starts.sum()),
+            document_start=config.document_start,
+            lowercase=self.info.lowercase,
+            model_type=self.info.model_type,
+            unk_marker=self.info.unk_marker,
+            byte_fallback=self.info.byte_fallback,
+            sp_model=os.fspath(self.sp_model.resolve()),
+            sp_model_sha256=self.sha256,
             shards=shards,
-            source=os.fspath(texts[split].resolve()),
+            source=os.fspath(source.resolve()),
         )
-        write_metadata(directory, built[split])
+        write_metadata(directory, metadata)
         log.info(
-            "%s: %d ids -> %d batches of %d x %d in %d shards, %d tokens dropped at the end",
+            "%s: %d ids -> %d batches of %d x %d in %d shards, %d tokens dropped at the end; "
+            "%d words (%d in the batches), %d documents",
             split,
-            len(stream),
-            steps[split],
+            len(ids),
+            steps,
             config.batch_size,
             config.seq_len,
             len(shards),
             batches.tokens_dropped,
+            metadata.num_words,
+            metadata.words_used,
+            metadata.documents,
         )
-    seconds["write"] = time.perf_counter() - phase
-    seconds["total"] = time.perf_counter() - start
-    log.info("seconds per phase: %s", {k: round(v, 2) for k, v in seconds.items()})
-    return BuildReport(splits=built, sp_model=sp_model, seconds=seconds, frequency_order=order)
+        return metadata
+
+    def _write_unigram(self, directory: Path, ids: np.ndarray):
+        counts = unigram_counts(ids, self.info.vocab_size)
+        pieces = [self.sp.id_to_piece(i) for i in range(self.info.vocab_size)]
+        write_unigram(directory / UNIGRAM_FILE, pieces, counts)
+        self.frequency_order = frequency_order(counts)
+        log.info("train: id order vs frequency: %s", self.frequency_order)
+        cutoffs = [c for c in REPORTED_CUTOFFS if c < self.info.vocab_size]
+        self.cluster_shares = cluster_shares(counts, cutoffs)
+        log.info(
+            "train: share of tokens per cluster at cutoffs %s (head first): %s",
+            cutoffs,
+            [round(share, 4) for share in self.cluster_shares],
+        )

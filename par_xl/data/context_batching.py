@@ -17,12 +17,14 @@ from par_xl.data.errors import DataError
 class ContextBatches(NamedTuple):
     """A split's batches: `inputs[t]` and `labels[t]` are batch t, both of shape (B, T).
 
-    inputs, labels: (S, B, T) views of the stream (no copy). tokens_dropped: the (input, label)
-    pairs left over at the end of the stream, fewer than B * T.
+    inputs, labels: (S, B, T) views of the stream (no copy). document_starts: (S, B, T) views of
+    the stream's document-start marks, aligned with `inputs`, or None. tokens_dropped: the
+    (input, label) pairs left over at the end of the stream, fewer than B * T.
     """
 
     inputs: np.ndarray
     labels: np.ndarray
+    document_starts: np.ndarray | None
     tokens_dropped: int
 
 
@@ -31,7 +33,9 @@ def num_batches(num_ids: int, batch_size: int, seq_len: int) -> int:
     return max(num_ids - 1, 0) // (batch_size * seq_len)
 
 
-def context_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContextBatches:
+def context_batches(
+    ids: np.ndarray, batch_size: int, seq_len: int, document_starts: np.ndarray | None = None
+) -> ContextBatches:
     """Cuts a stream of N ids into S = (N - 1) // (B * T) batches of (input, next-token label).
 
     The N - 1 pairs (ids[j], ids[j + 1]) are used in stream order. Row i holds the inputs
@@ -44,6 +48,7 @@ def context_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContextBa
       ids: (N,) integer token ids.
       batch_size: B, rows per batch.
       seq_len: T, tokens per row and batch.
+      document_starts: optional (N,) marks per id (see `documents.py`), cut like the inputs.
 
     Returns:
       ContextBatches with inputs and labels of shape (S, B, T), views of `ids`.
@@ -63,8 +68,19 @@ def context_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContextBa
             f"batch_size * seq_len = {batch_size} * {seq_len} = {batch_size * seq_len} tokens "
             "(it needs at least that many plus one)"
         )
+    if document_starts is not None and np.shape(document_starts) != ids.shape:
+        raise ValueError(
+            f"document_starts must have the shape of ids {ids.shape}, "
+            f"got {np.shape(document_starts)}"
+        )
     used = steps * batch_size * seq_len
-    # (B*S*T,) -> (B, S, T): row i is stream i cut into S windows; -> (S, B, T): batch-major.
-    inputs = ids[:used].reshape(batch_size, steps, seq_len).swapaxes(0, 1)
-    labels = ids[1 : used + 1].reshape(batch_size, steps, seq_len).swapaxes(0, 1)
-    return ContextBatches(inputs, labels, ids.size - 1 - used)
+
+    def batched(stream):  # (B*S*T,) -> (B, S, T): row i is stream i cut into S windows
+        return stream.reshape(batch_size, steps, seq_len).swapaxes(0, 1)  # -> (S, B, T)
+
+    return ContextBatches(
+        inputs=batched(ids[:used]),
+        labels=batched(ids[1 : used + 1]),
+        document_starts=None if document_starts is None else batched(document_starts[:used]),
+        tokens_dropped=ids.size - 1 - used,
+    )

@@ -1,10 +1,11 @@
 """TFRecord shards of a split: the atomic sharded writer, and the tf.data reader training uses.
 
 Layout of `<tfrecords_directory>/<split>/`: shard files `<split>-00000-of-00004.tfrecord`, ... and
-`metadata.json` (see `metadata.py`). ONE record per batch: a `tf.train.Example` with int64 features
-`inputs` and `labels`, each B * T values, row-major (B, T). The S batches are cut into contiguous
-ranges, one per shard, whose sizes differ by at most one: reading the shards in order gives the
-batches in order, and sharding drops nothing.
+`metadata.json` (see `metadata.py`). ONE record per batch: a `tf.train.Example` with int64
+features `inputs`, `labels` and `document_starts` (0/1 marks aligned with `inputs`, all 0 when
+the build has no document boundaries), each B * T values, row-major (B, T). The S batches are cut
+into contiguous ranges, one per shard, whose sizes differ by at most one: reading the shards in
+order gives the batches in order, and sharding drops nothing.
 """
 
 import os
@@ -16,10 +17,10 @@ from tqdm import tqdm
 
 from par_xl.data.context_batching import ContextBatches
 from par_xl.data.errors import DataError
-from par_xl.data.files import atomic_path
-from par_xl.data.metadata import Shard, read_metadata
+from par_xl.data.files import atomic_path, sha256_file
+from par_xl.data.metadata import Shard, read_metadata, verify_shards
 
-FEATURES = ("inputs", "labels")
+FEATURES = ("inputs", "labels", "document_starts")
 
 
 def shard_ranges(num_batches: int, num_shards: int) -> list[range]:
@@ -36,11 +37,11 @@ def shard_file_name(split: str, index: int, num_shards: int) -> str:
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def serialize_batch(inputs: np.ndarray, labels: np.ndarray) -> bytes:
-    """One batch, (B, T) inputs and labels, as a serialized tf.train.Example."""
+def serialize_batch(inputs: np.ndarray, labels: np.ndarray, document_starts: np.ndarray) -> bytes:
+    """One batch, (B, T) inputs, labels and document starts, as a serialized tf.train.Example."""
     feature = {
         name: tf.train.Feature(int64_list=tf.train.Int64List(value=values.ravel().tolist()))
-        for name, values in zip(FEATURES, (inputs, labels), strict=True)
+        for name, values in zip(FEATURES, (inputs, labels, document_starts), strict=True)
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -53,6 +54,9 @@ def write_shards(
     Returns the shards in order, as `metadata.json` lists them.
     """
     shards = []
+    starts = batches.document_starts
+    if starts is None:  # no document boundaries: no token starts a document
+        starts = np.zeros_like(batches.inputs)
     ranges = shard_ranges(len(batches.inputs), num_shards)
     progress = tqdm(total=len(batches.inputs), desc=f"writing {split}", unit="batch", disable=None)
     with progress as bar:
@@ -63,25 +67,33 @@ def write_shards(
                 tf.io.TFRecordWriter(os.fspath(tmp)) as writer,
             ):
                 for t in batch_range:
-                    writer.write(serialize_batch(batches.inputs[t], batches.labels[t]))
+                    writer.write(serialize_batch(batches.inputs[t], batches.labels[t], starts[t]))
                     bar.update()
-            shards.append(Shard(file=name, batches=len(batch_range)))
+            path = Path(directory) / name
+            shards.append(Shard(name, len(batch_range), path.stat().st_size, sha256_file(path)))
     return tuple(shards)
 
 
 def load_dataset(
-    directory: str | os.PathLike, *, skip_batches: int = 0, repeat: bool = False
+    directory: str | os.PathLike,
+    *,
+    skip_batches: int = 0,
+    repeat: bool = False,
+    document_starts: bool = False,
 ) -> tf.data.Dataset:
     """The batches of a built split, in order: `(inputs, labels)`, int32, shape (B, T) each.
 
     Shards are read one after another (no shuffling, no interleave): row i of batch t + 1
-    continues row i of batch t, as the Transformer-XL memory needs.
+    continues row i of batch t, as the Transformer-XL memory needs. The shards are first checked
+    against their metadata (`verify_shards`), so a damaged file is named before training.
 
     Args:
       directory: a split directory written by build_data.py, e.g. `data/tfrecords/train`.
       skip_batches: batches to skip at the start, to resume mid-epoch. Without `repeat` at most
         `steps`; with `repeat` any n >= 0 (all epochs are the same, so n % steps are skipped).
       repeat: repeat the epoch forever.
+      document_starts: yield `({"token_ids": inputs, "document_starts": starts}, labels)`, the
+        inputs of a model with `document_boundaries=True`; starts are int32 0/1 marks.
 
     Returns:
       A prefetched tf.data.Dataset with static shapes; its cardinality is `steps - skip_batches`
@@ -93,13 +105,18 @@ def load_dataset(
             f"skip_batches={skip_batches} is outside 0..{metadata.steps} "
             f"(the batches of {directory})"
         )
+    verify_shards(directory, metadata)
     files = [os.fspath(Path(directory) / shard.file) for shard in metadata.shards]
     shape = (metadata.batch_size, metadata.seq_len)
-    spec = {name: tf.io.FixedLenFeature(shape, tf.int64) for name in FEATURES}
+    names = FEATURES if document_starts else FEATURES[:2]
+    spec = {name: tf.io.FixedLenFeature(shape, tf.int64) for name in names}
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
-        return tuple(tf.cast(example[name], tf.int32) for name in FEATURES)
+        inputs, labels, *starts = (tf.cast(example[name], tf.int32) for name in names)
+        if starts:
+            return {"token_ids": inputs, "document_starts": starts[0]}, labels
+        return inputs, labels
 
     dataset = tf.data.TFRecordDataset(files)  # one file after another, in order
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(metadata.steps))

@@ -1,19 +1,22 @@
 """SentencePiece tokenizer: trained on the training split only, then used to encode every split.
 
-Ids are kept as SentencePiece assigns them: `<unk>`=0, `<s>`=1, `</s>`=2, then the learned pieces.
+What the trained model guarantees (data format 2):
+- Ids follow training-split frequency. SentencePiece numbers pieces by score (a unigram model) or
+  merge order (BPE), which follows frequency only roughly (Spearman 0.974 on WikiText-2), and the
+  256 byte pieces of byte fallback sit at ids 4..259. The adaptive softmax's clusters are id ranges
+  ("the 250 most frequent tokens"), so after training the model's pieces are reordered by how often
+  each occurs in the encoded training split, special pieces (unknown, `<s>`, `</s>`) kept at ids
+  0, 1, 2. The order lives in the `.model` file itself: any SentencePiece (or tensorflow-text)
+  loading it tokenizes and decodes with the frequency-ordered ids in one call.
+- The corpus's unknown-word marker (`unk_marker`, WikiText's and Penn Treebank's `<unk>`) is one
+  piece, `▁<unk>` (or `<unk>` when glued to a preceding word), that decodes back to `<unk>`;
+  SentencePiece's own unknown piece is renamed `<unknown>` so that the two never mix.
+- Byte fallback (on by default): a character never seen in training is encoded as its UTF-8 bytes,
+  so no text becomes the unknown id and decoding gives the text back exactly, as the model's
+  normalization wrote it (NFKC, case folding when `lowercase`, runs of spaces as one space).
+
 Each text line is encoded and followed by the `</s>` id as its end-of-line token, so an empty line
-still gives one id. Lowercasing is done by the model itself (normalization rule `nmt_nfkc_cf`,
-NFKC plus case folding), so text encoded later, such as generation prompts, is lowercased alike.
-
-Id order: a unigram model stores its pieces sorted by learned log probability, so low ids are the
-frequent pieces; the adaptive softmax's frequency clusters (ids below each cutoff) rely on this.
-Measured on WikiText-2 (vocabulary 12000, lowercase; `unigram.frequency_order` on the training
-split's id counts): Spearman rank correlation of id order with frequency order 0.974; 95.6% of the
-250 most frequent ids lie below 250, 96.6% of the 2500 most frequent below 2500. A BPE model orders
-pieces by merge order instead, which follows frequency much less (0.587; 36.4% and 60.0%).
-
-WikiText's literal `<unk>` word is encoded as `▁ < unk >` with `<` and `>` as the unknown id 0: the
-trainer does not learn characters that the text only shows inside its own meta-piece names.
+still gives one id.
 """
 
 import itertools
@@ -22,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -32,11 +36,15 @@ from par_xl.data.errors import DataError
 from par_xl.data.files import temporary_name
 
 MODEL_TYPES = ("unigram", "bpe")
+# SentencePiece's own unknown piece; renamed so that a corpus marker `<unk>` can be a piece.
+UNKNOWN_PIECE = "<unknown>"
+WORD_BOUNDARY = "\u2581"  # "▁": SentencePiece's mark of a space before a piece
 
 # SentencePiece's default max_sentence_length; longer lines are silently skipped in training.
 _DEFAULT_MAX_SENTENCE_BYTES = 4192
 # Lines per `encode` call: large enough for the thread pool, small enough for a live progress bar.
 _ENCODE_CHUNK_LINES = 4096
+_Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class TokenizerInfo:
     lowercase: bool
     model_type: str
     eos_id: int
+    unk_marker: str  # the corpus's unknown-word marker, one piece; "" for none
+    byte_fallback: bool
 
 
 def train_tokenizer(
@@ -56,18 +66,22 @@ def train_tokenizer(
     vocab_size: int,
     model_type: str = "unigram",
     lowercase: bool = True,
+    unk_marker: str = "<unk>",
+    byte_fallback: bool = True,
     num_threads: int = 1,
     source: str = "the training text",
 ) -> Path:
     """Trains SentencePiece on `lines`; writes `<model_prefix>.model` and `.vocab` atomically.
 
-    Trains on all lines (no sampling: on WikiText-2 it takes seconds). `source` names the text in
+    Trains on all lines (no sampling: on WikiText-2 it takes seconds), then encodes them once more
+    to reorder the pieces by frequency (see the module docstring). `source` names the text in
     error messages. Returns the path of the `.model` file.
     """
     prefix = os.fspath(model_prefix)
     tmp_prefix = os.fspath(temporary_name(prefix))
     tmp_model, tmp_vocab = f"{tmp_prefix}.model", f"{tmp_prefix}.vocab"
     longest = max(len(line.encode("utf-8")) for line in lines)
+    markers = [WORD_BOUNDARY + unk_marker, unk_marker] if unk_marker else []
     try:
         try:
             spm.SentencePieceTrainer.train(
@@ -78,15 +92,30 @@ def train_tokenizer(
                 normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
                 max_sentence_length=max(_DEFAULT_MAX_SENTENCE_BYTES, longest),
                 num_threads=num_threads,
+                user_defined_symbols=markers,
+                unk_piece=UNKNOWN_PIECE,
+                byte_fallback=byte_fallback,
                 minloglevel=1,  # warnings only: the INFO log is hundreds of lines
             )
         except RuntimeError as e:
-            raise DataError(_training_error_message(str(e), vocab_size, source)) from None
+            raise DataError(
+                _training_error_message(str(e), vocab_size, source, byte_fallback)
+            ) from None
+        trained = load_tokenizer(tmp_model)
+        counts = np.bincount(
+            encode_lines(trained, lines, num_threads=num_threads, desc="counting pieces").ids,
+            minlength=vocab_size,
+        )
+        proto = frequency_ordered(
+            sentencepiece_model_pb2.ModelProto.FromString(Path(tmp_model).read_bytes()), counts
+        )
         # The model records its prefix: store the final one, so that the same training gives the
         # same bytes (and SHA-256) whatever the temporary name was.
-        proto = sentencepiece_model_pb2.ModelProto.FromString(Path(tmp_model).read_bytes())
         proto.trainer_spec.model_prefix = prefix
         Path(tmp_model).write_bytes(proto.SerializeToString())
+        Path(tmp_vocab).write_text(
+            "".join(f"{piece.piece}\t{piece.score:g}\n" for piece in proto.pieces), encoding="utf-8"
+        )
         os.replace(tmp_vocab, f"{prefix}.vocab")
         os.replace(tmp_model, f"{prefix}.model")
     finally:
@@ -95,7 +124,30 @@ def train_tokenizer(
     return Path(f"{prefix}.model")
 
 
-def _training_error_message(error: str, vocab_size: int, source: str) -> str:
+def frequency_ordered(
+    proto: sentencepiece_model_pb2.ModelProto, counts: np.ndarray
+) -> sentencepiece_model_pb2.ModelProto:
+    """The model with its pieces (hence ids) sorted by decreasing count, ties by old id.
+
+    Control and unknown pieces keep their ids; every other piece (normal, user-defined, byte)
+    moves. Segmentation depends on the pieces' scores, not on their ids, so the reordered model
+    splits every text exactly as before, only with other ids (tested).
+    """
+    fixed = {_Piece.CONTROL, _Piece.UNKNOWN}
+    pieces = list(proto.pieces)
+    slots = [i for i, piece in enumerate(pieces) if piece.type not in fixed]
+    order = sorted(slots, key=lambda i: (-counts[i], i))
+    reordered = list(pieces)
+    for slot, old in zip(slots, order, strict=True):
+        reordered[slot] = pieces[old]
+    result = sentencepiece_model_pb2.ModelProto()
+    result.CopyFrom(proto)
+    del result.pieces[:]
+    result.pieces.extend(reordered)
+    return result
+
+
+def _training_error_message(error: str, vocab_size: int, source: str, byte_fallback: bool) -> str:
     """Rewords SentencePiece's vocabulary-size errors in terms of --vocab_size."""
     too_high = re.search(
         r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", error
@@ -111,7 +163,9 @@ def _training_error_message(error: str, vocab_size: int, source: str) -> str:
         least = too_low.group(1)
         return (
             f"--vocab_size={vocab_size} is too small for {source}: its characters and the special "
-            f"pieces need at least {least}; pass --vocab_size={least} or more"
+            f"pieces need at least {least}"
+            + (" (256 byte pieces of --byte_fallback included)" if byte_fallback else "")
+            + f"; pass --vocab_size={least} or more"
         )
     return f"SentencePiece training on {source} failed: {error}"
 
@@ -131,15 +185,25 @@ def load_tokenizer(model_path: str | os.PathLike) -> spm.SentencePieceProcessor:
 
 
 def tokenizer_info(sp: spm.SentencePieceProcessor) -> TokenizerInfo:
-    """Vocabulary size, lowercasing and model type, read from the model itself."""
+    """Vocabulary size, lowercasing, model type, marker and byte fallback, read from the model."""
     proto = sentencepiece_model_pb2.ModelProto.FromString(sp.serialized_model_proto())
     model_type = sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
+    markers = [p.piece for p in proto.pieces if p.type == _Piece.USER_DEFINED]
     return TokenizerInfo(
         vocab_size=sp.get_piece_size(),
         lowercase=proto.normalizer_spec.name.endswith("_cf"),
         model_type=model_type.lower(),
         eos_id=sp.eos_id(),
+        unk_marker=min(markers, key=len, default=""),
+        byte_fallback=proto.trainer_spec.byte_fallback,
     )
+
+
+class EncodedLines(NamedTuple):
+    """A text's id stream and how many of its ids each line gave (end-of-line id included)."""
+
+    ids: np.ndarray  # (N,) int32
+    line_lengths: np.ndarray  # (L,) int64, summing to N
 
 
 def encode_lines(
@@ -148,11 +212,11 @@ def encode_lines(
     *,
     num_threads: int = 1,
     desc: str | None = None,
-) -> np.ndarray:
+) -> EncodedLines:
     """Encodes lines into one id stream, each line followed by the `</s>` (end-of-line) id.
 
     Batched and multi-threaded (`num_threads` per `encode` call), with a progress bar on a
-    terminal. Returns int32 ids of shape (N,), N = sum over lines of (pieces + 1).
+    terminal. N = sum over lines of (pieces + 1).
     """
     eos = sp.eos_id()
     encoded: list[list[int]] = []
@@ -165,5 +229,19 @@ def encode_lines(
                 ids.append(eos)
             encoded.extend(chunk)
             bar.update(len(chunk))
-    count = sum(map(len, encoded))
-    return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=count)
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=lengths.sum())
+    return EncodedLines(ids, lengths)
+
+
+def decode_lines(sp: spm.SentencePieceProcessor, ids: Sequence[int]) -> str:
+    """Decodes an id stream back to text: `</s>` ids end lines, as in the training text."""
+    lines, current = [], []
+    for token in ids:
+        if token == sp.eos_id():
+            lines.append(current)
+            current = []
+        else:
+            current.append(int(token))
+    lines.append(current)
+    return "\n".join(sp.decode(line) for line in lines)

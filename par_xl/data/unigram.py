@@ -54,6 +54,12 @@ def frequency_order(counts: np.ndarray, ks: Sequence[int] = (250, 2500)) -> Freq
     return FrequencyOrder(float(spearman), top)
 
 
+def cluster_shares(counts: np.ndarray, cutoffs: Sequence[int]) -> list[float]:
+    """The share of the counted tokens in each adaptive-softmax cluster: head, then each tail."""
+    bounds = [0, *cutoffs, counts.size]
+    return [float(counts[a:b].sum() / counts.sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 0..n-1 of x, tied values sharing their average rank (as Spearman's rho needs)."""
     order = np.argsort(x, kind="stable")
