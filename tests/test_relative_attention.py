@@ -82,6 +82,20 @@ def test_mask_is_causal_and_hides_empty_memory():
     expected = np.array(
         [[0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1]], dtype=bool
     )
+    np.testing.assert_array_equal(mask, expected[None])
+
+
+def test_mask_per_row_and_per_document():
+    """Row 0: 2 valid memory slots, a document starting at position 1; row 1: no valid memory."""
+    starts = np.array([[0, 1, 0], [0, 0, 0]])
+    mask = ops.convert_to_numpy(causal_memory_mask(3, 2, [2, 0], np.cumsum(starts, axis=1)))
+    expected = np.array(
+        [
+            [[1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]],  # memory, then only its document
+            [[0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]],
+        ],
+        dtype=bool,
+    )
     np.testing.assert_array_equal(mask, expected)
 
 

@@ -47,17 +47,36 @@ def relative_shift(scores):
     return ops.reshape(padded[..., 1:, :], (*lead, t, k))  # (..., T, K)
 
 
-def causal_memory_mask(segment_length, memory_length, valid_memory):
+def causal_memory_mask(segment_length, memory_length, valid_memory, document_index=None):
     """Which keys each query may see: valid memory slots and segment positions `<= i`.
 
-    Memory is right-aligned: of the M slots only the last `valid_memory` hold real states
-    (fewer than M after a reset). Returns a boolean `(T, K)` mask.
+    Memory is right-aligned: of the M slots of row b only the last `valid_memory[b]` hold real
+    states (fewer than M after a reset or a document start). With document boundaries,
+    `document_index[b, i]` counts the document starts in row b up to position i: a query sees
+    only keys of its own document, and memory only while no document has started before it in
+    the segment.
+
+    Args:
+        segment_length: T.
+        memory_length: M.
+        valid_memory: scalar or `(B,)` int, valid memory slots per row.
+        document_index: `None`, or `(B, T)` int, non-decreasing along T.
+
+    Returns:
+        `(B, T, K)` boolean (B is 1 when neither `valid_memory` nor `document_index` has rows).
     """
     query = ops.arange(segment_length)[:, None]  # (T, 1)
     key = ops.arange(memory_length + segment_length)[None, :]  # (1, K)
-    causal = key <= memory_length + query
-    filled = key >= memory_length - ops.cast(valid_memory, "int32")
-    return ops.logical_and(causal, filled)
+    causal = (key <= memory_length + query)[None]  # (1, T, K)
+    valid = ops.reshape(ops.cast(valid_memory, "int32"), (-1, 1, 1))  # (B|1, 1, 1)
+    mask = ops.logical_and(causal, key[None] >= memory_length - valid)  # (B|1, T, K)
+    if document_index is None:
+        return mask
+    document_index = ops.cast(document_index, "int32")
+    # Memory keys come before every start of this segment: document 0 of the row.
+    key_document = ops.pad(document_index, [[0, 0], [memory_length, 0]])  # (B, K)
+    same_document = document_index[:, :, None] == key_document[:, None, :]  # (B, T, K)
+    return ops.logical_and(mask, same_document)
 
 
 @keras.saving.register_keras_serializable(package="par_xl")
@@ -82,7 +101,7 @@ class RelativeAttention(keras.layers.Layer):
         inputs: `(B, T, D)` segment states.
         memory: `(B, M, D)` states of the previous segments, or `None` (M = 0).
         position_encoding: `(K, D)` from `sinusoid_positions(K, D)`.
-        mask: `(T, K)` boolean, from `causal_memory_mask`.
+        mask: `(B, T, K)` boolean (B may be 1), from `causal_memory_mask`.
         training: enables attention dropout.
 
     Returns:
@@ -141,7 +160,7 @@ class RelativeAttention(keras.layers.Layer):
         scores = (content + relative_shift(positional)) * (1.0 / math.sqrt(self.head_size))
 
         # Softmax in float32 so that mixed precision keeps the masked logits exact.
-        scores = ops.where(mask, ops.cast(scores, "float32"), -1e30)  # (B, N, T, K)
+        scores = ops.where(mask[:, None], ops.cast(scores, "float32"), -1e30)  # (B, N, T, K)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout(probs, training=training)
         attended = ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)

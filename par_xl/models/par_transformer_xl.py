@@ -18,8 +18,12 @@ tests use it directly with any batch size and memory length.
 
 The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
 segment attends to nothing but itself, exactly as with no memory at all; each segment makes
-`min(M, seen)` slots valid. Memory of block l is its *input* in the previous segment
-(Transformer-XL), so only blocks that can attend keep one.
+`min(M, seen)` slots valid, counted per row (stream). Memory of block l is its *input* in the
+previous segment (Transformer-XL), so only blocks that can attend keep one.
+
+Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document_starts"}`): no
+position attends across a document start, and a row's memory holds only the positions since its
+last start, so its valid count is cut there: a stream's memory is cleared at each document start.
 """
 
 import math
@@ -62,11 +66,15 @@ class PARTransformerXL(keras.Model):
         tau, straight_through, tau_is_trainable: Gumbel-softmax settings (see `GumbelChoice`).
         choice_at_inference: `"expected"` (softmax of the choice logits) or `"argmax"`.
         initializer_range: standard deviation of the normal weight initializer.
+        document_boundaries: read `document_starts` from dict inputs and never attend across
+            a document start (through the memory included).
         seed: seed of the Gumbel noise generators.
 
     Call arguments:
-        inputs: `(B, T)` int token ids; B must equal the batch size the model was built with
-            when `mem_len > 0` (the memory state has that batch size).
+        inputs: `(B, T)` int token ids, or a dict `{"token_ids": (B, T), "document_starts":
+            (B, T) 0/1}` (what `load_dataset(..., document_starts=True)` yields; the starts are
+            ignored unless `document_boundaries`); B must equal the batch size the model was
+            built with when `mem_len > 0` (the memory state has that batch size).
         training: enables dropout and Gumbel noise.
 
     Returns:
@@ -100,6 +108,7 @@ class PARTransformerXL(keras.Model):
         tau_is_trainable=False,
         choice_at_inference="expected",
         initializer_range=0.02,
+        document_boundaries=False,
         seed=None,
         **kwargs,
     ):
@@ -137,6 +146,7 @@ class PARTransformerXL(keras.Model):
         self.tau_is_trainable = tau_is_trainable
         self.choice_at_inference = choice_at_inference
         self.initializer_range = initializer_range
+        self.document_boundaries = document_boundaries
         self.seed = seed
 
         initializer = default_initializer(initializer_range)
@@ -182,7 +192,7 @@ class PARTransformerXL(keras.Model):
         ]
         self.lm_metrics = LanguageModelMetrics()
         self.memory = []  # per attention-capable block, (B, M, D), set in build
-        self.memory_length = None
+        self.memory_length = None  # (B,) valid slots per row, set in build
 
     @property
     def memory_blocks(self):
@@ -190,6 +200,8 @@ class PARTransformerXL(keras.Model):
         return [i for i, block in enumerate(self.blocks) if block.uses_attention]
 
     def build(self, inputs_shape):
+        if isinstance(inputs_shape, dict):
+            inputs_shape = inputs_shape["token_ids"]
         self._batch_shape = tuple(inputs_shape)
         batch, segment = inputs_shape[:2]
         hidden_shape = (batch, segment, self.d_model)
@@ -209,7 +221,11 @@ class PARTransformerXL(keras.Model):
                 for i in self.memory_blocks
             ]
             self.memory_length = self.add_weight(
-                name="memory_length", shape=(), initializer="zeros", dtype="int32", trainable=False
+                name="memory_length",
+                shape=(batch,),
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
             )
         self.built = True
 
@@ -226,14 +242,17 @@ class PARTransformerXL(keras.Model):
         shape = (batch_size, mem_len, self.d_model)
         return [ops.zeros(shape, self.compute_dtype) for _ in self.memory_blocks], 0
 
-    def forward(self, inputs, memory=None, memory_length=0, training=None):
+    def forward(self, inputs, memory=None, memory_length=0, training=None, document_starts=None):
         """Stateless core: one segment given the previous segments' memory.
 
         Args:
             inputs: `(B, T)` ids.
             memory: `None`, or one `(B, M, D)` tensor per block in `memory_blocks`; any M.
-            memory_length: how many trailing memory slots hold real states (scalar, <= M).
+            memory_length: how many trailing memory slots hold real states, <= M: a scalar,
+                or `(B,)` per row.
             training: enables dropout and Gumbel noise.
+            document_starts: `None`, or `(B, T)` 0/1: position t starts a new document, which
+                sees nothing before t (see the module docstring).
 
         Returns:
             `(hidden (B, T, D), new_memory, new_memory_length)`; the new memory keeps the last
@@ -244,7 +263,10 @@ class PARTransformerXL(keras.Model):
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
         positions = self.embedding_dropout(positions, training=training)  # (K, D)
-        mask = causal_memory_mask(segment, mem_len, memory_length)  # (T, K)
+        document_index = None
+        if document_starts is not None:
+            document_index = ops.cumsum(ops.cast(document_starts, "int32"), axis=1)  # (B, T)
+        mask = causal_memory_mask(segment, mem_len, memory_length, document_index)  # (B, T, K)
         memory_iter = iter(memory or [])
         new_memory = []
         for block in self.blocks:
@@ -257,16 +279,26 @@ class PARTransformerXL(keras.Model):
         hidden = self.output_dropout(hidden, training=training)
         if not mem_len:
             return hidden, None, 0
-        return hidden, new_memory, ops.minimum(memory_length + segment, mem_len)
+        new_length = memory_length + segment
+        if document_index is not None:  # positions since the row's last start, if it has one
+            last = document_index[:, -1:]  # (B, 1)
+            since_start = ops.sum(ops.cast(document_index == last, "int32"), axis=1)  # (B,)
+            new_length = ops.where(last[:, 0] > 0, since_start, new_length)
+        return hidden, new_memory, ops.minimum(new_length, mem_len)
 
     def call(self, inputs, training=None):
+        document_starts = None
+        if isinstance(inputs, dict):
+            if self.document_boundaries:
+                document_starts = inputs["document_starts"]
+            inputs = inputs["token_ids"]
         if not self.memory:
             if self.mem_len and self.memory_blocks:
                 raise ValueError(
                     "This model has mem_len > 0 but no memory state: build it with a static "
                     "batch size (e.g. call it on a batch), or use `forward` with explicit memory."
                 )
-            return self.forward(inputs, training=training)[0]
+            return self.forward(inputs, training=training, document_starts=document_starts)[0]
         batch = self.memory[0].shape[0]
         if inputs.shape[0] is not None and inputs.shape[0] != batch:
             raise ValueError(
@@ -275,11 +307,17 @@ class PARTransformerXL(keras.Model):
                 "other batch sizes."
             )
         hidden, new_memory, new_length = self.forward(
-            inputs, [ops.stop_gradient(v) for v in self.memory], self.memory_length, training
+            inputs,
+            [ops.stop_gradient(v) for v in self.memory],
+            self.memory_length,
+            training,
+            document_starts,
         )
         for variable, value in zip(self.memory, new_memory):
             variable.assign(ops.cast(value, variable.dtype))
-        self.memory_length.assign(ops.cast(new_length, "int32"))
+        self.memory_length.assign(
+            ops.cast(ops.broadcast_to(new_length, self.memory_length.shape), "int32")
+        )
         return hidden
 
     def reset_memory(self):
@@ -287,7 +325,7 @@ class PARTransformerXL(keras.Model):
         for variable in self.memory:
             variable.assign(ops.zeros(variable.shape, variable.dtype))
         if self.memory_length is not None:
-            self.memory_length.assign(0)
+            self.memory_length.assign(ops.zeros(self.memory_length.shape, "int32"))
 
     def log_probs(self, hidden):
         """`(B, T, D)` hidden states -> `(B, T, V)` normalized log-probabilities."""
@@ -369,6 +407,7 @@ class PARTransformerXL(keras.Model):
             tau_is_trainable=self.tau_is_trainable,
             choice_at_inference=self.choice_at_inference,
             initializer_range=self.initializer_range,
+            document_boundaries=self.document_boundaries,
             seed=self.seed,
         )
         return config
