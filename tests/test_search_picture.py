@@ -1,8 +1,11 @@
-"""Pictures of the search: the history read back from TrainingLogger's events, PNG, GIF."""
+"""Pictures of the search: the history read back from TrainingLogger's events, PNG, GIF, CLI."""
 
 import dataclasses
 import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from par_xl.search_picture import (
     read_search_history,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 LAYERS = 3
 
 
@@ -167,3 +171,26 @@ def test_gif(tmp_path, steps, frames):
         assert gif.n_frames == min(steps, frames) and gif.width > 400 and gif.height > 200
     # Under 20 kB a frame, so the default 100 frames stay under 2 MB.
     assert (tmp_path / "search.gif").stat().st_size < 20_000 * gif.n_frames
+
+
+def plot_search(*flags):
+    return subprocess.run(
+        [sys.executable, "plot_search.py", *flags], cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_command_draws_a_run(run, tmp_path):
+    result = plot_search(f"--run_dir={run[0]}", f"--output_dir={tmp_path / 'out'}", "--frames=3")
+    assert result.returncode == 0, result.stderr
+    paths = [tmp_path / "out" / "search.png", tmp_path / "out" / "search.gif"]
+    assert result.stdout.split() == [str(p) for p in paths]
+    with Image.open(paths[1]) as gif:
+        assert gif.n_frames == 3
+
+
+def test_command_missing_run_is_an_error_without_traceback(tmp_path):
+    result = plot_search(f"--run_dir={tmp_path / 'missing'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("plot_search.py: error: ")
+    assert str(tmp_path / "missing") in result.stderr and "Traceback" not in result.stderr
