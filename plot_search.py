@@ -1,0 +1,36 @@
+r"""Draws a training run's architecture search: `search.png` and the animated `search.gif`.
+
+  python plot_search.py --run_dir=runs/par_xl [--output_dir=pictures] [--frames=100]
+
+Works on any run directory of train.py, finished or still training: the pictures are drawn from
+the TensorBoard scalars in `<run_dir>/train/`. The work is `par_xl.search_picture.draw_search`.
+"""
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("run_dir", None, "Run directory of train.py: <log_dir>/<model_name>.")
+flags.DEFINE_string("output_dir", None, "Where to write search.png and search.gif (default: run).")
+flags.DEFINE_integer("frames", 100, "Most frames in the GIF; longer histories are subsampled.", 1)
+flags.mark_flag_as_required("run_dir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from par_xl.search_picture import NoSearchHistory, draw_search
+
+    try:
+        paths = draw_search(FLAGS.run_dir, FLAGS.output_dir, FLAGS.frames)
+    except NoSearchHistory as error:
+        print(f"plot_search.py: error: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
