@@ -35,8 +35,8 @@ def measure(jit_compile):
     import keras
     import tensorflow as tf
 
+    from par_xl.data.label_statistics import max_tail_labels_per_batch
     from par_xl.flops import training_flops_per_token
-    from par_xl.layers.adaptive_softmax import tail_capacity
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)
@@ -46,9 +46,9 @@ def measure(jit_compile):
     labels = zipf_tokens(shape, base["vocab_size"], seed=2)
     capacity = None
     if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
-        capacity = tail_capacity(labels, base["cutoffs"], base["vocab_size"])
+        capacity = max_tail_labels_per_batch(labels, base["cutoffs"], base["vocab_size"])
     base["architecture"] = FLAGS.architecture
-    model = PARTransformerXL(**base, tail_capacity=capacity)
+    model = PARTransformerXL(**base, tail_capacities=capacity)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
     data = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat()
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def measure(jit_compile):
         "compile_and_warmup_seconds": round(warmup_seconds, 1),
         "flops_per_token": training_flops_per_token(model, FLAGS.seq_len, FLAGS.batch_size),
         "parameters": model.count_params(),
-        "tail_capacity": capacity,
+        "tail_capacities": capacity,
     }
 
 

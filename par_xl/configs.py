@@ -8,7 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from par_xl.layers.adaptive_softmax import validate_cutoffs
+from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.gumbel_choice import INFERENCE_MODES
 
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
@@ -65,11 +65,8 @@ class ModelConfig:
                 raise ConfigError(f"--{name} must be in [0, 1), received {getattr(self, name)}.")
         try:
             validate_cutoffs(self.cutoffs, self.vocab_size)
-        except ValueError:
-            raise ConfigError(
-                f"--cutoffs must be strictly increasing and between 0 and the vocabulary size "
-                f"{self.vocab_size} (exclusive), received {list(self.cutoffs)}."
-            ) from None
+        except ValueError as e:
+            raise ConfigError(f"--{e}") from None
         if self.architecture is not None and (
             len(self.architecture) != self.num_layers or set(self.architecture) - set("AFI")
         ):

@@ -269,7 +269,7 @@ def test_mixed_precision_trains_with_a_float32_output_layer():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = PARTransformerXL(**{**TINY, "mem_len": 8}, tie_embeddings=True,
-                                 tail_capacity=[8, 8])  # fmt: skip
+                                 tail_capacities=[8, 8])  # fmt: skip
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         x, y = tokens((2, 2, 5), seed=17), tokens((2, 2, 5), seed=18)
         history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)

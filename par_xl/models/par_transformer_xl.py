@@ -55,7 +55,7 @@ class PARTransformerXL(keras.Model):
         attention_dropout_rate: dropout on attention probabilities.
         cutoffs: adaptive-softmax cutoffs (ids ordered by frequency); empty for a plain softmax.
         proj_factor: adaptive-softmax width divisor per tail cluster.
-        tail_capacity: per tail cluster, positions per batch scored sparsely by the loss
+        tail_capacities: per tail cluster, positions per batch scored sparsely by the loss
             (see `AdaptiveSoftmax`); `None` scores all. Speed only: the loss is exact anyway.
         tie_embeddings: use the adaptive softmax's tables as the input embedding.
         architecture: `None` for the supernet, else a string over "AFI" of length num_layers.
@@ -92,7 +92,7 @@ class PARTransformerXL(keras.Model):
         attention_dropout_rate=0.0,
         cutoffs=(),
         proj_factor=4,
-        tail_capacity=None,
+        tail_capacities=None,
         tie_embeddings=False,
         architecture=None,
         tau=1.0,
@@ -144,7 +144,7 @@ class PARTransformerXL(keras.Model):
             vocab_size,
             cutoffs=cutoffs,
             proj_factor=proj_factor,
-            tail_capacity=tail_capacity,
+            tail_capacities=tail_capacities,
             kernel_initializer=initializer,
             name="adaptive_softmax",
             dtype=self.dtype_policy,
@@ -361,7 +361,7 @@ class PARTransformerXL(keras.Model):
             attention_dropout_rate=self.attention_dropout_rate,
             cutoffs=list(self.cutoffs),
             proj_factor=self.proj_factor,
-            tail_capacity=self.output_layer.tail_capacity,
+            tail_capacities=self.output_layer.tail_capacities,
             tie_embeddings=self.tie_embeddings,
             architecture=self.architecture_string,
             tau=self.tau,
