@@ -70,7 +70,7 @@ def test_segment_with_memory_equals_full_context(architecture, mem_len):
     np.testing.assert_allclose(numpy(model(a)), full[:, :3], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(numpy(model(b)), full[:, 3:], rtol=1e-5, atol=1e-5)
     if model.memory_blocks:
-        assert int(numpy(model.memory_length)) == min(mem_len, 6)
+        assert int(numpy(model.valid_memory_length)) == min(mem_len, 6)
 
 
 def test_memory_keeps_the_last_mem_len_block_inputs():
@@ -98,7 +98,7 @@ def test_reset_memory_restarts_the_stream_and_memory_has_no_gradient():
         loss = tf.reduce_sum(model(b))
     assert all(g is None for g in tape.gradient(loss, model.memory))
     model.reset_memory()
-    assert int(numpy(model.memory_length)) == 0
+    assert int(numpy(model.valid_memory_length)) == 0
     np.testing.assert_allclose(numpy(model(a)), first, rtol=1e-6)
 
 
@@ -113,9 +113,9 @@ def test_derive_reproduces_supernet_with_one_hot_choices(architecture):
     model = make_model(choice_at_inference="argmax")
     for block, letter in zip(model.blocks, architecture):
         block.gumbel.logits.assign(np.where(np.arange(3) == "AFI".index(letter), 5.0, -5.0))
-    assert model.architecture()[1] == architecture
+    assert model.choice_probabilities()[1] == architecture
     derived = model.derive()
-    assert derived.architecture_string == architecture
+    assert derived.architecture == architecture
     assert derived.count_params() < model.count_params()
     for x in (tokens((2, 5), seed=8), tokens((2, 5), seed=9)):  # memory carried in both
         np.testing.assert_allclose(numpy(derived(x)), numpy(model(x)), rtol=1e-5, atol=1e-6)
@@ -124,7 +124,7 @@ def test_derive_reproduces_supernet_with_one_hot_choices(architecture):
 def test_architecture_reports_probabilities():
     model = make_model()
     model.blocks[0].gumbel.logits.assign([0.0, 2.0, 0.0])
-    probabilities, string = model.architecture()
+    probabilities, string = model.choice_probabilities()
     assert probabilities.shape == (4, 3)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-6)
     assert string[0] == "F"
@@ -136,7 +136,7 @@ def test_fit_carries_memory_and_reports_corpus_perplexity():
     x, y = tokens((6, 2, 5), seed=10), tokens((6, 2, 5), seed=11)
     history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
     logs = history.history
-    assert int(numpy(model.memory_length)) == 8
+    assert int(numpy(model.valid_memory_length)) == 8
     np.testing.assert_allclose(logs["perplexity"][-1], np.exp(logs["loss"][-1]), rtol=1e-4)
     np.testing.assert_allclose(logs["bits_per_token"][-1], logs["loss"][-1] / np.log(2), rtol=1e-4)
     model.reset_memory()
@@ -180,7 +180,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, PARTransformerXL)
-    np.testing.assert_array_equal(numpy(loaded.memory_length), numpy(model.memory_length))
+    assert int(numpy(loaded.valid_memory_length)) == int(numpy(model.valid_memory_length)) == 5
     np.testing.assert_allclose(numpy(loaded(x)), numpy(model(x)), rtol=1e-6, atol=1e-6)
 
 
@@ -224,7 +224,8 @@ model.reset_memory()  # one fitted batch of 5 tokens must leave 5 valid memory s
 history = model.fit(x[0], x[1], batch_size=x.shape[1], shuffle=False, epochs=1, verbose=0)
 np.savez(sys.argv[3], first=first, second=second)
 print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"][-1],
-                  "memory_length": int(keras.ops.convert_to_numpy(model.memory_length))}))
+                  "valid_memory_length":
+                      int(keras.ops.convert_to_numpy(model.valid_memory_length))}))
 """
 
 
@@ -250,7 +251,7 @@ def test_jax_backend_matches_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == "jax" and np.isfinite(report["loss"])
-    assert report["memory_length"] == 5
+    assert report["valid_memory_length"] == 5
     outputs = np.load(tmp_path / "o.npz")
     np.testing.assert_allclose(outputs["first"], first, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs["second"], second, rtol=1e-4, atol=1e-4)

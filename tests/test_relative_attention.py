@@ -86,7 +86,7 @@ def test_mask_is_causal_and_hides_empty_memory():
 
 
 def test_config_round_trip():
-    layer = RelativeAttention(4, 8, attention_dropout=0.1, name="att")
+    layer = RelativeAttention(4, 8, attention_dropout_rate=0.1, name="att")
     clone = RelativeAttention.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
@@ -94,7 +94,7 @@ def test_config_round_trip():
 
 
 def test_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="attention_dropout"):
-        RelativeAttention(2, 4, attention_dropout=1.5)
+    with pytest.raises(ValueError, match="attention_dropout_rate"):
+        RelativeAttention(2, 4, attention_dropout_rate=1.5)
     with pytest.raises(ValueError, match="num_heads"):
         RelativeAttention(0, 4)

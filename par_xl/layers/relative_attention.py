@@ -1,7 +1,7 @@
 """Transformer-XL relative multi-head attention over `[memory; segment]`.
 
 Shape letters, used throughout the package:
-    B batch, T segment length, M memory length, K = M + T key length,
+    B batch, T segment length, M memory size (`mem_len`), K = M + T key length,
     D model width, N heads, H head size (D = N * H).
 """
 
@@ -47,16 +47,16 @@ def relative_shift(scores):
     return ops.reshape(padded[..., 1:, :], (*lead, t, k))  # (..., T, K)
 
 
-def causal_memory_mask(segment_length, memory_length, valid_memory):
+def causal_memory_mask(segment_length, mem_len, valid_memory_length):
     """Which keys each query may see: valid memory slots and segment positions `<= i`.
 
-    Memory is right-aligned: of the M slots only the last `valid_memory` hold real states
-    (fewer than M after a reset). Returns a boolean `(T, K)` mask.
+    Memory is right-aligned: of the M = `mem_len` slots only the last `valid_memory_length`
+    hold real states (fewer than M after a reset). Returns a boolean `(T, K)` mask.
     """
     query = ops.arange(segment_length)[:, None]  # (T, 1)
-    key = ops.arange(memory_length + segment_length)[None, :]  # (1, K)
-    causal = key <= memory_length + query
-    filled = key >= memory_length - ops.cast(valid_memory, "int32")
+    key = ops.arange(mem_len + segment_length)[None, :]  # (1, K)
+    causal = key <= mem_len + query
+    filled = key >= mem_len - ops.cast(valid_memory_length, "int32")
     return ops.logical_and(causal, filled)
 
 
@@ -75,7 +75,7 @@ class RelativeAttention(keras.layers.Layer):
     Args:
         num_heads: N.
         head_size: H.
-        attention_dropout: dropout rate on the attention probabilities.
+        attention_dropout_rate: dropout rate on the attention probabilities.
         kernel_initializer: initializer of the projections and biases.
 
     Call arguments:
@@ -93,7 +93,7 @@ class RelativeAttention(keras.layers.Layer):
         self,
         num_heads,
         head_size,
-        attention_dropout=0.0,
+        attention_dropout_rate=0.0,
         kernel_initializer=None,
         **kwargs,
     ):
@@ -103,15 +103,19 @@ class RelativeAttention(keras.layers.Layer):
                 f"num_heads and head_size must be positive, received num_heads={num_heads}, "
                 f"head_size={head_size}."
             )
-        if not 0.0 <= attention_dropout < 1.0:
-            raise ValueError(f"attention_dropout must be in [0, 1), received {attention_dropout}.")
+        if not 0.0 <= attention_dropout_rate < 1.0:
+            raise ValueError(
+                f"attention_dropout_rate must be in [0, 1), received {attention_dropout_rate}."
+            )
         self.num_heads = num_heads
         self.head_size = head_size
-        self.attention_dropout = attention_dropout
+        self.attention_dropout_rate = attention_dropout_rate
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
-        self.dropout = keras.layers.Dropout(attention_dropout, dtype=self.dtype_policy)
+        self.attention_dropout = keras.layers.Dropout(
+            attention_dropout_rate, dtype=self.dtype_policy
+        )
 
     def build(self, inputs_shape, *args, **kwargs):
         width = inputs_shape[-1]
@@ -143,7 +147,7 @@ class RelativeAttention(keras.layers.Layer):
         # Softmax in float32 so that mixed precision keeps the masked logits exact.
         scores = ops.where(mask, ops.cast(scores, "float32"), -1e30)  # (B, N, T, K)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        probs = self.dropout(probs, training=training)
+        probs = self.attention_dropout(probs, training=training)
         attended = ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
         return ops.einsum("btnh,nhd->btd", attended, self.output_kernel)  # (B, T, D)
 
@@ -155,7 +159,7 @@ class RelativeAttention(keras.layers.Layer):
         config.update(
             num_heads=self.num_heads,
             head_size=self.head_size,
-            attention_dropout=self.attention_dropout,
+            attention_dropout_rate=self.attention_dropout_rate,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

@@ -5,16 +5,17 @@ How the XL memory is carried
 `model.fit` over context-batched data must give every batch the memory of the previous one,
 under `jit_compile=True` and on the JAX backend. The memory is therefore model state: one
 non-trainable variable `(B, M, D)` per attention-capable block plus a scalar count of valid
-slots, created in `build` from the (static) batch size of the data. `call` reads them, runs
-the segment, and assigns the new memory, exactly like a BatchNormalization layer updates its
-moving statistics: TensorFlow assigns the variables inside the compiled step, JAX's stateless
-training loop returns them as updated non-trainable state. The memory is written through
-`stop_gradient`, so it never receives gradients. Other designs fail one of the three
-requirements: Python-side caches do not survive `tf.function`/`jax.jit`, and passing memory
-as model inputs/outputs does not fit `fit`'s `(inputs, labels)` data contract.
+slots, `valid_memory_length`, created in `build` from the (static) batch size of the data.
+`call` reads them, runs the segment, and assigns the new memory, exactly like a
+BatchNormalization layer updates its moving statistics: TensorFlow assigns the variables
+inside the compiled step, JAX's stateless training loop returns them as updated non-trainable
+state. The memory is written through `stop_gradient`, so it never receives gradients. Other
+designs fail one of the three requirements: Python-side caches do not survive
+`tf.function`/`jax.jit`, and passing memory as model inputs/outputs does not fit `fit`'s
+`(inputs, labels)` data contract.
 
 `forward` is the stateless core (memory in, memory out) that `call` wraps; generation and
-tests use it directly with any batch size and memory length.
+tests use it directly with any batch size and memory size M.
 
 The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
 segment attends to nothing but itself, exactly as with no memory at all; each segment makes
@@ -31,7 +32,7 @@ from keras import ops
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
-from par_xl.layers.stochastic_block import CHOICES, StochasticBlock
+from par_xl.layers.stochastic_block import CHOICES, StochasticBlock, validate_architecture
 from par_xl.metrics import LanguageModelMetrics
 
 
@@ -42,7 +43,7 @@ class PARTransformerXL(keras.Model):
     Embedding scaled by `sqrt(D)` -> dropout -> N `StochasticBlock`s with XL memory ->
     dropout -> `AdaptiveSoftmax`. The supernet (`architecture=None`) learns, per block, a
     Gumbel-softmax choice among attention, feed-forward and identity; `derive()` turns it
-    into the fixed architecture it prefers, e.g. `"AAFAFI"`.
+    into the fixed architecture it prefers (`choice_probabilities()`), e.g. `"AAFAFI"`.
 
     Args:
         vocab_size: V.
@@ -114,13 +115,8 @@ class PARTransformerXL(keras.Model):
             raise ValueError(f"num_layers must be positive, received {num_layers}.")
         if mem_len < 0:
             raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
-        if architecture is not None and (
-            len(architecture) != num_layers or set(architecture) - set(CHOICES)
-        ):
-            raise ValueError(
-                f"architecture must be a string of {num_layers} letters from {CHOICES!r}, "
-                f"received {architecture!r}."
-            )
+        if architecture is not None:
+            validate_architecture(architecture, num_layers)
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.num_heads = num_heads
@@ -131,7 +127,7 @@ class PARTransformerXL(keras.Model):
         self.attention_dropout_rate = attention_dropout_rate
         self.proj_factor = proj_factor
         self.tie_embeddings = tie_embeddings
-        self.architecture_string = architecture
+        self.architecture = architecture
         self.tau = tau
         self.straight_through = straight_through
         self.tau_is_trainable = tau_is_trainable
@@ -166,13 +162,13 @@ class PARTransformerXL(keras.Model):
                 num_heads,
                 d_model // num_heads,
                 d_ffn,
-                dropout=dropout_rate,
-                attention_dropout=attention_dropout_rate,
+                dropout_rate=dropout_rate,
+                attention_dropout_rate=attention_dropout_rate,
                 choice=None if architecture is None else architecture[i],
                 tau=tau,
                 straight_through=straight_through,
                 tau_is_trainable=tau_is_trainable,
-                inference=choice_at_inference,
+                choice_at_inference=choice_at_inference,
                 seed=None if seed is None else seed + i,
                 kernel_initializer=initializer,
                 name=f"block_{i}",
@@ -182,7 +178,7 @@ class PARTransformerXL(keras.Model):
         ]
         self.lm_metrics = LanguageModelMetrics()
         self.memory = []  # per attention-capable block, (B, M, D), set in build
-        self.memory_length = None
+        self.valid_memory_length = None  # how many trailing memory slots hold states, in build
 
     @property
     def memory_blocks(self):
@@ -208,8 +204,12 @@ class PARTransformerXL(keras.Model):
                 )
                 for i in self.memory_blocks
             ]
-            self.memory_length = self.add_weight(
-                name="memory_length", shape=(), initializer="zeros", dtype="int32", trainable=False
+            self.valid_memory_length = self.add_weight(
+                name="valid_memory_length",
+                shape=(),
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
             )
         self.built = True
 
@@ -226,25 +226,26 @@ class PARTransformerXL(keras.Model):
         shape = (batch_size, mem_len, self.d_model)
         return [ops.zeros(shape, self.compute_dtype) for _ in self.memory_blocks], 0
 
-    def forward(self, inputs, memory=None, memory_length=0, training=None):
+    def forward(self, inputs, memory=None, valid_memory_length=0, training=None):
         """Stateless core: one segment given the previous segments' memory.
 
         Args:
             inputs: `(B, T)` ids.
             memory: `None`, or one `(B, M, D)` tensor per block in `memory_blocks`; any M.
-            memory_length: how many trailing memory slots hold real states (scalar, <= M).
+            valid_memory_length: how many trailing memory slots hold real states (scalar,
+                <= M).
             training: enables dropout and Gumbel noise.
 
         Returns:
-            `(hidden (B, T, D), new_memory, new_memory_length)`; the new memory keeps the last
-            M block inputs of `[memory; segment]`, without gradients.
+            `(hidden (B, T, D), new_memory, new_valid_memory_length)`; the new memory keeps
+            the last M block inputs of `[memory; segment]`, without gradients.
         """
         segment = inputs.shape[1]
         mem_len = memory[0].shape[1] if memory else 0
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
         positions = self.embedding_dropout(positions, training=training)  # (K, D)
-        mask = causal_memory_mask(segment, mem_len, memory_length)  # (T, K)
+        mask = causal_memory_mask(segment, mem_len, valid_memory_length)  # (T, K)
         memory_iter = iter(memory or [])
         new_memory = []
         for block in self.blocks:
@@ -257,7 +258,7 @@ class PARTransformerXL(keras.Model):
         hidden = self.output_dropout(hidden, training=training)
         if not mem_len:
             return hidden, None, 0
-        return hidden, new_memory, ops.minimum(memory_length + segment, mem_len)
+        return hidden, new_memory, ops.minimum(valid_memory_length + segment, mem_len)
 
     def call(self, inputs, training=None):
         if not self.memory:
@@ -274,20 +275,21 @@ class PARTransformerXL(keras.Model):
                 f"{tuple(inputs.shape)}. Use `forward` with `initial_memory(batch_size)` for "
                 "other batch sizes."
             )
+        memory = [ops.stop_gradient(v) for v in self.memory]
         hidden, new_memory, new_length = self.forward(
-            inputs, [ops.stop_gradient(v) for v in self.memory], self.memory_length, training
+            inputs, memory, self.valid_memory_length, training
         )
         for variable, value in zip(self.memory, new_memory):
             variable.assign(ops.cast(value, variable.dtype))
-        self.memory_length.assign(ops.cast(new_length, "int32"))
+        self.valid_memory_length.assign(ops.cast(new_length, "int32"))
         return hidden
 
     def reset_memory(self):
         """Empties the memory state (start of an epoch, of an evaluation, of a new text)."""
         for variable in self.memory:
             variable.assign(ops.zeros(variable.shape, variable.dtype))
-        if self.memory_length is not None:
-            self.memory_length.assign(0)
+        if self.valid_memory_length is not None:
+            self.valid_memory_length.assign(0)
 
     def log_probs(self, hidden):
         """`(B, T, D)` hidden states -> `(B, T, V)` normalized log-probabilities."""
@@ -313,8 +315,9 @@ class PARTransformerXL(keras.Model):
         for choice in self.choice_layers:
             choice.tau.assign(value)
 
-    def architecture(self):
-        """Choice probabilities `(num_layers, 3)` over "AFI" and the argmax string."""
+    def choice_probabilities(self):
+        """The search state: choice probabilities `(num_layers, 3)` over "AFI" (one-hot rows
+        for fixed blocks) and the architecture they prefer, their argmax string."""
         rows = []
         for block in self.blocks:
             if block.choice is None:
@@ -333,7 +336,7 @@ class PARTransformerXL(keras.Model):
         """
         if not self.built:
             raise ValueError("derive() needs a built model: call it on a batch first.")
-        architecture = architecture or self.architecture()[1]
+        architecture = architecture or self.choice_probabilities()[1]
         derived = self.__class__.from_config({**self.get_config(), "architecture": architecture})
         derived.build(self._batch_shape)
         if self.embedding is not None:
@@ -363,7 +366,7 @@ class PARTransformerXL(keras.Model):
             proj_factor=self.proj_factor,
             tail_capacities=self.output_layer.tail_capacities,
             tie_embeddings=self.tie_embeddings,
-            architecture=self.architecture_string,
+            architecture=self.architecture,
             tau=self.tau,
             straight_through=self.straight_through,
             tau_is_trainable=self.tau_is_trainable,

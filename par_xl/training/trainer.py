@@ -227,7 +227,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig):
                      "to continue", checkpointer.interrupted, cb.global_step(model))  # fmt: skip
             raise KeyboardInterrupt(checkpointer.interrupted)
 
-        results = {"step": cb.global_step(model), "architecture": model.architecture()[1]}
+        results = {"step": cb.global_step(model), "architecture": model.choice_probabilities()[1]}
         results["valid"] = evaluation.evaluate()
         results["validation_history"] = evaluation.history
         if train_config.test_directory:
