@@ -174,6 +174,20 @@ def test_tail_capacities_are_the_most_labels_any_batch_has():
     assert max_tail_labels_per_batch(dataset, (5, 12), 30, multiple=1) == [4, 2]
 
 
+def test_calling_the_layer_under_mixed_precision_gives_float32_log_probs():
+    layer = make_layer()
+    mixed = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2, dtype="mixed_float16")
+    mixed.build((None, 8))
+    mixed.set_weights(layer.get_weights())
+    hidden = np.random.default_rng(6).normal(size=(2, 3, 8)).astype("float32")
+    log_probs = mixed(hidden)  # Keras's __call__: inputs cast to float16, an autocast scope
+    assert log_probs.dtype == "float32"
+    expected = ops.convert_to_numpy(layer.log_probs(hidden.astype("float16").astype("float32")))
+    np.testing.assert_allclose(ops.convert_to_numpy(log_probs), expected, rtol=1e-5, atol=1e-5)
+    embedded = mixed.embed(np.array([[0, 7, 29]]))
+    assert embedded.dtype == "float16"
+
+
 @pytest.mark.parametrize("cutoffs", [(), (5, 12)])
 def test_unigram_bias_init_predicts_the_unigram_distribution(cutoffs):
     layer = make_layer(cutoffs=cutoffs)

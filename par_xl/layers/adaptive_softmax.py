@@ -40,8 +40,9 @@ class AdaptiveSoftmax(keras.layers.Layer):
             training data); `None` scores every position.
         kernel_initializer: initializer of all tables and projections.
 
-    `loss`, `log_probs` and `embed` are methods, outside Keras's autocasting `call`: they
-    compute in the weights' dtype (float32 under mixed precision, as an output layer should).
+    `loss`, `log_probs`, `embed` and `call` compute in the weights' dtype (float32 under mixed
+    precision, as an output layer should): the weights are never autocast; `embed` casts its
+    vectors to the compute dtype at the end.
 
     Call arguments:
         inputs: `(..., D)` hidden states.
@@ -95,8 +96,13 @@ class AdaptiveSoftmax(keras.layers.Layer):
         head_size = self.bounds[1]
 
         def weight(name, shape, initializer=None):
+            # Never autocast: the tables are read in their own dtype, also inside `call` and
+            # inside a mixed-precision model's call (the tied input embedding).
             return self.add_weight(
-                name=name, shape=shape, initializer=initializer or self.kernel_initializer
+                name=name,
+                shape=shape,
+                initializer=initializer or self.kernel_initializer,
+                autocast=False,
             )
 
         self.head_embedding = weight("head_embedding", (head_size, width))  # (c_1, D)
