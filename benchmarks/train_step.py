@@ -17,6 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 
