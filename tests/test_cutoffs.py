@@ -17,6 +17,11 @@ from par_xl.data.unigram import read_unigram_file, write_unigram
 REPO = cutoffs.__file__.rsplit("/par_xl/", 1)[0]
 
 
+def reference_width(m, i):
+    """d_i of tail i as docs/cutoffs.md defines it, written out (not the library's)."""
+    return max(1, m.d_model // m.proj_factor**i)
+
+
 def reference_cost(probs_sorted, cuts, m):
     """docs/cutoffs.md's C, in plain Python, for `probs_sorted` in the given order."""
     total = math.fsum(probs_sorted)
@@ -33,7 +38,7 @@ def reference_cost(probs_sorted, cuts, m):
     for i in range(1, tails + 1):
         low, high = bounds[i - 1], bounds[i]
         rows = math.fsum(p[low:high]) * m.batch_tokens
-        dim = max(1, m.d_model // m.proj_factor**i)
+        dim = reference_width(m, i)
         cost += g(rows, dim, m.d_model) + g(rows, high - low, dim)
     return cost
 
@@ -59,7 +64,7 @@ def plain_dp(probs_sorted, num_clusters, m):
 
     def tail(i, a, b):
         rows = (prefix[b] - prefix[a]) * m.batch_tokens
-        dim = max(1, m.d_model // m.proj_factor**i)
+        dim = reference_width(m, i)
         return g(rows, dim, m.d_model) + g(rows, b - a, dim)
 
     a = np.arange(n + 1)[:, None]  # start of tail i

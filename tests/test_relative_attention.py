@@ -19,7 +19,7 @@ def numpy_sinusoid(distance, width):
     return np.concatenate([np.sin(angles), np.cos(angles)])
 
 
-def reference_attention(layer, segment, memory, valid_memory):
+def reference_attention(layer, segment, memory, valid_memory_length):
     """Transformer-XL attention written per query and key, distances computed directly."""
     weights = {w.name: ops.convert_to_numpy(w) for w in layer.weights}
     wq, wk, wv = weights["query_kernel"], weights["key_kernel"], weights["value_kernel"]
@@ -32,7 +32,7 @@ def reference_attention(layer, segment, memory, valid_memory):
     for b in range(batch):
         for i in range(t):
             q = np.einsum("d,dnh->nh", segment[b, i], wq)
-            visible = [j for j in range(m + t) if j <= m + i and j >= m - valid_memory]
+            visible = [j for j in range(m + t) if j <= m + i and j >= m - valid_memory_length]
             scores = []
             for j in visible:
                 k = np.einsum("d,dnh->nh", keys_in[b, j], wk)
