@@ -2,15 +2,20 @@
 
     python optimal_cuts.py --filename=data/tfrecords/train/unigram.txt --clusters=3
 
-The cost model and the exact search are described in `par_xl/cutoffs.py`. The last line printed
-is the cutoffs as `--cutoffs=` flags for base_model.sh.
+The cost model and the exact search are described in `par_xl/cutoffs.py` and
+`docs/cutoffs.md`. The last line printed is the cutoffs as `--cutoffs=` flags for train.py
+(`--cutoffs=0`, a plain softmax, where the model rates every adaptive softmax slower).
 """
 
+import itertools
 import sys
+import time
 
 from absl import app, flags
 
+import par_xl.quiet  # noqa: F401  (before TensorFlow, which par_xl.data imports: quiets its logs)
 from par_xl import cutoffs
+from par_xl.data.unigram import read_unigram_file
 
 _DEFAULTS = cutoffs.CostModel()
 
@@ -61,6 +66,75 @@ flags.DEFINE_float(
 flags.mark_flag_as_required("filename")
 
 
+def format_comparison(comparison, filename, cost_model, seconds, verbose=True):
+    """The text `main` prints for a `cutoffs.CutoffsComparison`; its last line is the flags."""
+    m, clusters = cost_model, len(comparison.cutoffs) + 1
+    lines = [
+        f"Vocabulary: {comparison.probs.size} entries from {filename}, sorted by frequency.",
+        f"Cost model (Grave et al. 2017): B={m.batch_tokens:g} tokens, d_model={m.d_model}, "
+        f"proj_factor={m.proj_factor}, c={m.c_us:g} us, {m.tflops:g} TFLOP/s, "
+        f"k0*B0={m.k0:g}*{m.b0:g}.",
+        f"Optimal cutoffs for {clusters} cluster(s): {list(comparison.cutoffs)} "
+        f"(exact search, {seconds:.2f} s).",
+    ]
+    if verbose:
+        lines += cluster_table(comparison, cost_model)
+    return "\n".join(lines + timings(comparison) + recommendation(comparison))
+
+
+def cluster_table(comparison, cost_model):
+    """One line per cluster: its ids, probability mass, width and modelled time."""
+    probs, n = comparison.probs, comparison.probs.size
+    lines = [f"  {'cluster':<8}{'ids':>17}{'mass':>10}{'dim':>6}{'time (us)':>12}"]
+    bounds = itertools.pairwise([0, *comparison.cutoffs, n])
+    for i, ((low, high), t) in enumerate(zip(bounds, comparison.cluster_times, strict=True)):
+        name = f"tail {i}" if i else "head"
+        m = cost_model
+        dim = cutoffs.tail_width(m.d_model, m.proj_factor, i) if i else m.d_model
+        ids = f"{low}-{high - 1}"
+        lines.append(f"  {name:<8}{ids:>17}{probs[low:high].sum():>10.4f}{dim:>6}{t:>12.3f}")
+    return lines
+
+
+def timings(comparison):
+    """The optimum's, the base cutoffs' and the plain softmax's modelled times and speed-ups."""
+    cost, plain, base = comparison.cost, comparison.plain_cost, comparison.base_cost
+    lines = [
+        "Modelled time per batch, microseconds (speed-up = plain softmax / time):",
+        f"  optimal          {cost:12.3f}   speed-up {plain / cost:.2f}x",
+    ]
+    if base is not None:
+        lines.append(
+            f"  base 250/2500    {base:12.3f}   speed-up {plain / base:.2f}x "
+            f"(optimal is {base / cost:.2f}x faster)"
+        )
+    else:
+        lines.append(
+            f"  base 250/2500    does not apply ({len(cutoffs.BASE_CUTOFFS) + 1} clusters and "
+            f"N > {cutoffs.BASE_CUTOFFS[-1]} needed; here {len(comparison.cutoffs) + 1} "
+            f"clusters, N = {comparison.probs.size})"
+        )
+    lines.append(f"  plain softmax    {plain:12.3f}")
+    return lines
+
+
+def recommendation(comparison):
+    """The cutoffs to train with, as flags: the optimum, or a plain softmax where it is not
+    faster (said in a line of its own)."""
+    lines = []
+    if comparison.cutoffs and not comparison.faster_than_plain:
+        lines.append(
+            f"The optimal {len(comparison.cutoffs) + 1} clusters are not faster than a plain "
+            f"softmax in this model ({comparison.cost:.3f} us against "
+            f"{comparison.plain_cost:.3f} us): use the plain softmax."
+        )
+    recommended = comparison.recommended_cutoffs
+    spaced = " ".join(str(c) for c in recommended) or "0"
+    lines.append(f'train.py flags (base_model.sh: CUTOFFS="{spaced}"; 0 is a plain softmax):')
+    lines.append(" ".join(f"--cutoffs={c}" for c in recommended) or "--cutoffs=0")
+    return lines
+
+
 def main(argv):
     del argv  # unused
     try:
@@ -73,10 +147,14 @@ def main(argv):
             k0=FLAGS.k0,
             b0=FLAGS.b0,
         )
-        print(cutoffs.optimal_cuts_report(FLAGS.filename, FLAGS.clusters, model, FLAGS.verbose))
+        frequencies = read_unigram_file(FLAGS.filename)
+        began = time.perf_counter()
+        comparison = cutoffs.compare_cutoffs(frequencies, FLAGS.clusters, model)
+        seconds = time.perf_counter() - began
     except ValueError as e:
         print(f"optimal_cuts.py: error: {e}", file=sys.stderr)
         return 1
+    print(format_comparison(comparison, FLAGS.filename, model, seconds, FLAGS.verbose))
     return 0
 
 

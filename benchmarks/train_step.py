@@ -17,6 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 
@@ -35,8 +36,8 @@ def measure(jit_compile):
     import keras
     import tensorflow as tf
 
+    from par_xl.data.label_statistics import max_tail_labels_per_batch
     from par_xl.flops import training_flops_per_token
-    from par_xl.layers.adaptive_softmax import tail_capacity
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)
@@ -46,9 +47,9 @@ def measure(jit_compile):
     labels = zipf_tokens(shape, base["vocab_size"], seed=2)
     capacity = None
     if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
-        capacity = tail_capacity(labels, base["cutoffs"], base["vocab_size"])
+        capacity = max_tail_labels_per_batch(labels, base["cutoffs"], base["vocab_size"])
     base["architecture"] = FLAGS.architecture
-    model = PARTransformerXL(**base, tail_capacity=capacity)
+    model = PARTransformerXL(**base, tail_capacities=capacity)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
     data = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat()
     start = time.perf_counter()
@@ -67,7 +68,7 @@ def measure(jit_compile):
         "compile_and_warmup_seconds": round(warmup_seconds, 1),
         "flops_per_token": training_flops_per_token(model, FLAGS.seq_len, FLAGS.batch_size),
         "parameters": model.count_params(),
-        "tail_capacity": capacity,
+        "tail_capacities": capacity,
     }
 
 

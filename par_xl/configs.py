@@ -8,8 +8,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from par_xl.layers.adaptive_softmax import validate_cutoffs
-from par_xl.layers.gumbel_choice import INFERENCE_MODES
+from par_xl.cutoffs import validate_cutoffs
+from par_xl.layers.gumbel_choice import validate_choice_at_inference
+from par_xl.layers.stochastic_block import validate_architecture
 
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
 TAU_SCHEDULES = ("exponential", "linear")
@@ -17,6 +18,15 @@ TAU_SCHEDULES = ("exponential", "linear")
 
 class ConfigError(ValueError):
     """A flag or configuration value that cannot work; the message names it."""
+
+
+def _as_flag_error(check, *args):
+    """Runs a library check whose message starts with the argument's name; a failure becomes a
+    ConfigError naming the flag (`--name must be ...`)."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise ConfigError(f"--{e}") from None
 
 
 @dataclass(frozen=True)
@@ -63,25 +73,10 @@ class ModelConfig:
         for name in ("dropout_rate", "attention_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), received {getattr(self, name)}.")
-        try:
-            validate_cutoffs(self.cutoffs, self.vocab_size)
-        except ValueError:
-            raise ConfigError(
-                f"--cutoffs must be strictly increasing and between 0 and the vocabulary size "
-                f"{self.vocab_size} (exclusive), received {list(self.cutoffs)}."
-            ) from None
-        if self.architecture is not None and (
-            len(self.architecture) != self.num_layers or set(self.architecture) - set("AFI")
-        ):
-            raise ConfigError(
-                f"--architecture must be {self.num_layers} letters from A, F, I "
-                f"(one per layer), received {self.architecture!r}."
-            )
-        if self.choice_at_inference not in INFERENCE_MODES:
-            raise ConfigError(
-                f"--choice_at_inference must be one of {INFERENCE_MODES}, "
-                f"received {self.choice_at_inference!r}."
-            )
+        _as_flag_error(validate_cutoffs, self.cutoffs, self.vocab_size)
+        if self.architecture is not None:
+            _as_flag_error(validate_architecture, self.architecture, self.num_layers)
+        _as_flag_error(validate_choice_at_inference, self.choice_at_inference)
 
 
 PRESETS = {

@@ -7,6 +7,8 @@ left out, as usual for model-FLOPs utilization. Training costs 3x the forward pa
 backward pass computes two products per forward product).
 """
 
+from par_xl.cutoffs import tail_width
+
 
 def forward_flops_per_token(model, segment_length, batch_size):
     """Forward-pass FLOPs (2 per multiply-add) per input token, for `(B, T)` batches."""
@@ -31,9 +33,8 @@ def forward_flops_per_token(model, segment_length, batch_size):
     macs += d * (bounds[1] + softmax.num_tails)  # head
     positions = batch_size * segment_length
     for i in range(1, softmax.num_tails + 1):
-        reduced = max(1, d // softmax.proj_factor**i)
-        capacity = softmax.tail_capacity[i - 1] if softmax.tail_capacity else positions
-        scored = min(capacity, positions) / positions  # share of positions the tail scores
+        reduced = tail_width(d, softmax.proj_factor, i)
+        scored = softmax.tail_slice_rows(i, positions) / positions  # share the tail scores
         macs += scored * (d * reduced + reduced * (bounds[i + 1] - bounds[i]))
     return 2.0 * macs
 

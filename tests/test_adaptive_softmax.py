@@ -125,12 +125,12 @@ def test_config_round_trip():
 
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("members", [1, 3, 6])
-def test_tail_capacity_is_exact_below_and_above_capacity(jit, members):
+def test_tail_capacities_are_exact_below_and_above_capacity(jit, members):
     """3 slots per tail: 1 or 3 members take the gathered branch, 6 the dense fallback."""
     import tensorflow as tf
 
     dense = make_layer(cutoffs=(5, 12))
-    sparse = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2, tail_capacity=[3, 3])
+    sparse = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2, tail_capacities=[3, 3])
     sparse.build((None, 8))
     sparse.set_weights(dense.get_weights())
     rng = np.random.default_rng(members)
@@ -154,18 +154,38 @@ def test_tail_capacity_is_exact_below_and_above_capacity(jit, members):
         )
 
 
-def test_tail_capacity_validation():
-    with pytest.raises(ValueError, match="tail_capacity"):
-        AdaptiveSoftmax(30, cutoffs=(5, 12), tail_capacity=[3])
+def test_tail_capacities_validation():
+    with pytest.raises(ValueError, match="tail_capacities"):
+        AdaptiveSoftmax(30, cutoffs=(5, 12), tail_capacities=[3])
 
 
-def test_tail_capacity_is_the_most_any_batch_needs():
-    from par_xl.layers.adaptive_softmax import tail_capacity
+def test_tail_capacities_are_the_most_labels_any_batch_has():
+    import tensorflow as tf
+
+    from par_xl.data.label_statistics import max_tail_labels_per_batch
 
     batches = [np.array([0, 6, 6, 13, 29]), np.array([[5, 6], [7, 8]]), np.array([1, 2, 3, 4])]
     # Tail 1 = [5, 12): at most 4 (second batch); tail 2 = [12, 30): at most 2 (first batch).
-    assert tail_capacity(batches, (5, 12), 30, multiple=1) == [4, 2]
-    assert tail_capacity(batches, (5, 12), 30, multiple=8) == [8, 8]
+    assert max_tail_labels_per_batch(batches, (5, 12), 30, multiple=1) == [4, 2]
+    assert max_tail_labels_per_batch(batches, (5, 12), 30, multiple=8) == [8, 8]
+    # A dataset of (inputs, labels) batches, as load_dataset gives: only the labels count.
+    labels = np.array([[[5, 6], [7, 8]], [[0, 13], [29, 1]]])
+    dataset = tf.data.Dataset.from_tensor_slices((np.full_like(labels, 6), labels))
+    assert max_tail_labels_per_batch(dataset, (5, 12), 30, multiple=1) == [4, 2]
+
+
+def test_calling_the_layer_under_mixed_precision_gives_float32_log_probs():
+    layer = make_layer()
+    mixed = AdaptiveSoftmax(30, cutoffs=(5, 12), proj_factor=2, dtype="mixed_float16")
+    mixed.build((None, 8))
+    mixed.set_weights(layer.get_weights())
+    hidden = np.random.default_rng(6).normal(size=(2, 3, 8)).astype("float32")
+    log_probs = mixed(hidden)  # Keras's __call__: inputs cast to float16, an autocast scope
+    assert log_probs.dtype == "float32"
+    expected = ops.convert_to_numpy(layer.log_probs(hidden.astype("float16").astype("float32")))
+    np.testing.assert_allclose(ops.convert_to_numpy(log_probs), expected, rtol=1e-5, atol=1e-5)
+    embedded = mixed.embed(np.array([[0, 7, 29]]))
+    assert embedded.dtype == "float16"
 
 
 @pytest.mark.parametrize("cutoffs", [(), (5, 12)])

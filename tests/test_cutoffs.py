@@ -11,14 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from par_xl import cutoffs
-from par_xl.cutoffs import CostModel, optimal_cutoffs, read_unigram_file
-from par_xl.data.unigram import write_unigram
+from par_xl.cutoffs import BASE_CUTOFFS, CostModel, compare_cutoffs, optimal_cutoffs
+from par_xl.data.unigram import read_unigram_file, write_unigram
 
 REPO = cutoffs.__file__.rsplit("/par_xl/", 1)[0]
 
 
+def reference_width(m, i):
+    """d_i of tail i as docs/cutoffs.md defines it, written out (not the library's)."""
+    return max(1, m.d_model // m.proj_factor**i)
+
+
 def reference_cost(probs_sorted, cuts, m):
-    """The module docstring's C, in plain Python, for `probs_sorted` in the given order."""
+    """docs/cutoffs.md's C, in plain Python, for `probs_sorted` in the given order."""
     total = math.fsum(probs_sorted)
     p = [x / total for x in probs_sorted]
     n, tails = len(p), len(cuts)
@@ -33,7 +38,7 @@ def reference_cost(probs_sorted, cuts, m):
     for i in range(1, tails + 1):
         low, high = bounds[i - 1], bounds[i]
         rows = math.fsum(p[low:high]) * m.batch_tokens
-        dim = max(1, m.d_model // m.proj_factor**i)
+        dim = reference_width(m, i)
         cost += g(rows, dim, m.d_model) + g(rows, high - low, dim)
     return cost
 
@@ -59,7 +64,7 @@ def plain_dp(probs_sorted, num_clusters, m):
 
     def tail(i, a, b):
         rows = (prefix[b] - prefix[a]) * m.batch_tokens
-        dim = max(1, m.d_model // m.proj_factor**i)
+        dim = reference_width(m, i)
         return g(rows, dim, m.d_model) + g(rows, b - a, dim)
 
     a = np.arange(n + 1)[:, None]  # start of tail i
@@ -130,7 +135,7 @@ def test_equals_plain_dynamic_programme(num_clusters, model):
 @pytest.mark.parametrize("k0", [0.0, 5.0, 1e4])
 @pytest.mark.parametrize("batch_tokens", [1.0, 1024.0])
 def test_tail_cost_satisfies_quadrangle_inequality(k0, batch_tokens):
-    """The condition the divide and conquer relies on (module docstring), in every regime."""
+    """The condition the divide and conquer relies on (docs/cutoffs.md), in every regime."""
     n = 24
     model = CostModel(batch_tokens=batch_tokens, k0=k0, b0=1.0, d_model=64, proj_factor=2)
     probs = np.sort(zipf(n, seed=1) * (np.arange(n) % 5 != 3))[::-1]
@@ -241,12 +246,28 @@ def test_reader_rejects_empty_or_zero_files(tmp_path, text, message):
         read_unigram_file(path)
 
 
-def test_report_compares_with_base_configuration(tmp_path):
-    path = tmp_path / "counts.txt"
-    path.write_text("".join(f"{c:.6g}\n" for c in zipf(3000, seed=4)))
-    assert "optimal is" in cutoffs.optimal_cuts_report(path, 3, verbose=False)
-    assert "does not apply" in cutoffs.optimal_cuts_report(path, 4)
-    assert cutoffs.optimal_cuts_report(path, 1).splitlines()[-1] == "--cutoffs=0"  # plain
+def test_comparison_with_base_configuration_and_plain_softmax():
+    counts = zipf(3000, seed=4)
+    probs = np.sort(counts / counts.sum())[::-1]
+    model = CostModel(c_us=0.5)  # cheap products: the optimum beats a plain softmax
+    three = compare_cutoffs(counts, 3, model)
+    cuts, cost = optimal_cutoffs(counts, 3, model)
+    assert three.cutoffs == cuts and math.isclose(three.cost, cost, rel_tol=1e-12)
+    assert math.isclose(three.base_cost, model.cost(probs, BASE_CUTOFFS), rel_tol=1e-12)
+    assert math.isclose(three.plain_cost, model.cost(probs, ()), rel_tol=1e-12)
+    assert math.isclose(sum(three.cluster_times), three.cost, rel_tol=1e-12)
+    assert three.faster_than_plain and three.recommended_cutoffs == three.cutoffs
+    assert compare_cutoffs(counts, 4, model).base_cost is None  # base_model.sh has 3 clusters
+    plain = compare_cutoffs(counts, 1, model)
+    assert plain.cutoffs == plain.recommended_cutoffs == ()
+
+
+def test_cutoffs_slower_than_a_plain_softmax_are_not_recommended():
+    counts = zipf(3000, seed=4)
+    comparison = compare_cutoffs(counts, 3)  # default model: every adaptive softmax is slower
+    assert comparison.cost > comparison.plain_cost
+    assert not comparison.faster_than_plain
+    assert comparison.cutoffs and comparison.recommended_cutoffs == ()
 
 
 def run_cli(*args):
@@ -263,10 +284,27 @@ def test_cli_prints_flags_line(tmp_path):
     counts = np.round(zipf(2000, seed=5) * 1e5).astype(np.int64)
     path = tmp_path / "unigram.txt"
     write_unigram(path, [f"p{i}" for i in range(counts.size)], counts)
-    result = run_cli(f"--filename={path}", "--clusters=4", "--d_model=256")
+    result = run_cli(f"--filename={path}", "--clusters=4", "--d_model=256", "--c_us=0.5")
     assert result.returncode == 0, result.stderr
-    cuts, _ = optimal_cutoffs(read_unigram_file(path), 4, CostModel(d_model=256))
+    model = CostModel(d_model=256, c_us=0.5)
+    assert compare_cutoffs(read_unigram_file(path), 4, model).faster_than_plain
+    cuts, _ = optimal_cutoffs(read_unigram_file(path), 4, model)
     assert result.stdout.splitlines()[-1] == " ".join(f"--cutoffs={c}" for c in cuts)
+    assert "does not apply" in result.stdout  # the base cutoffs are 3 clusters
+
+
+def test_cli_recommends_a_plain_softmax_over_slower_cutoffs(tmp_path):
+    """Issue 13 item 10: cutoffs the model rates slower than a plain softmax are not advised."""
+    path = tmp_path / "counts.txt"
+    path.write_text("".join(f"{c:.6g}\n" for c in zipf(3000, seed=4)))
+    result = run_cli(f"--filename={path}", "--clusters=3", "--verbose=false")
+    assert result.returncode == 0, result.stderr
+    cuts, _ = optimal_cutoffs(read_unigram_file(path), 3)
+    assert f"Optimal cutoffs for 3 cluster(s): {list(cuts)}" in result.stdout
+    assert "optimal is" in result.stdout  # still compared with the base cutoffs
+    assert "not faster than a plain softmax" in result.stdout
+    assert result.stdout.splitlines()[-2].startswith('train.py flags (base_model.sh: CUTOFFS="0"')
+    assert result.stdout.splitlines()[-1] == "--cutoffs=0"
 
 
 def test_cli_reports_bad_file_without_traceback(tmp_path):

@@ -84,7 +84,7 @@ def test_memory_is_cut_at_the_last_start():
     model = make_model()
     tokens = segments(2)
     log_probs_of(model, tokens[:2])  # after segment 1: row 0 started at position 2
-    assert ops.convert_to_numpy(model.memory_length).tolist() == [T - 2, 8]
+    assert ops.convert_to_numpy(model.valid_memory_length).tolist() == [T - 2, 8]
 
 
 def test_without_the_option_the_starts_are_ignored():
@@ -106,7 +106,7 @@ def test_fit_on_document_start_batches(jit_compile):
     history = model.fit(dataset, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     # The last batch has no start: its memory count grew from the cut in batch 1 (4 + 6 -> 8).
-    assert ops.convert_to_numpy(model.memory_length).tolist() == [8, 8]
+    assert ops.convert_to_numpy(model.valid_memory_length).tolist() == [8, 8]
 
 
 def test_config_round_trip_keeps_the_option():

@@ -78,7 +78,7 @@ def test_soft_samples_pass_gradients_to_logits_and_tau():
 
 @pytest.mark.parametrize("mode", ["expected", "argmax"])
 def test_inference_is_deterministic(mode):
-    layer = make_choice(inference=mode)
+    layer = make_choice(choice_at_inference=mode)
     first = ops.convert_to_numpy(layer(np.zeros((4, 1)), training=False))
     second = ops.convert_to_numpy(layer(np.zeros((4, 1)), training=False))
     np.testing.assert_array_equal(first, second)
@@ -87,9 +87,9 @@ def test_inference_is_deterministic(mode):
 
 
 def test_validation_and_config():
-    with pytest.raises(ValueError, match="inference"):
-        GumbelChoice(inference="sample")
+    with pytest.raises(ValueError, match="choice_at_inference"):
+        GumbelChoice(choice_at_inference="sample")
     with pytest.raises(ValueError, match="tau"):
         GumbelChoice(tau=0.0)
-    layer = GumbelChoice(3, tau=2.0, straight_through=True, inference="argmax", seed=3)
+    layer = GumbelChoice(3, tau=2.0, straight_through=True, choice_at_inference="argmax", seed=3)
     assert GumbelChoice.from_config(layer.get_config()).get_config() == layer.get_config()

@@ -70,7 +70,7 @@ def test_segment_with_memory_equals_full_context(architecture, mem_len):
     np.testing.assert_allclose(numpy(model(a)), full[:, :3], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(numpy(model(b)), full[:, 3:], rtol=1e-5, atol=1e-5)
     if model.memory_blocks:
-        assert numpy(model.memory_length).tolist() == [min(mem_len, 6)] * 2
+        assert numpy(model.valid_memory_length).tolist() == [min(mem_len, 6)] * 2
 
 
 def test_memory_keeps_the_last_mem_len_block_inputs():
@@ -98,7 +98,7 @@ def test_reset_memory_restarts_the_stream_and_memory_has_no_gradient():
         loss = tf.reduce_sum(model(b))
     assert all(g is None for g in tape.gradient(loss, model.memory))
     model.reset_memory()
-    assert numpy(model.memory_length).tolist() == [0, 0]
+    assert numpy(model.valid_memory_length).tolist() == [0, 0]
     np.testing.assert_allclose(numpy(model(a)), first, rtol=1e-6)
 
 
@@ -113,21 +113,28 @@ def test_derive_reproduces_supernet_with_one_hot_choices(architecture):
     model = make_model(choice_at_inference="argmax")
     for block, letter in zip(model.blocks, architecture):
         block.gumbel.logits.assign(np.where(np.arange(3) == "AFI".index(letter), 5.0, -5.0))
-    assert model.architecture()[1] == architecture
+    assert model.choice_probabilities()[1] == architecture
     derived = model.derive()
-    assert derived.architecture_string == architecture
+    assert derived.architecture == architecture
     assert derived.count_params() < model.count_params()
     for x in (tokens((2, 5), seed=8), tokens((2, 5), seed=9)):  # memory carried in both
         np.testing.assert_allclose(numpy(derived(x)), numpy(model(x)), rtol=1e-5, atol=1e-6)
 
 
-def test_architecture_reports_probabilities():
+def test_choice_probabilities_report_every_block():
     model = make_model()
     model.blocks[0].gumbel.logits.assign([0.0, 2.0, 0.0])
-    probabilities, string = model.architecture()
+    logits = np.stack([numpy(block.gumbel.logits) for block in model.blocks])  # (4, 3)
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probabilities, string = model.choice_probabilities()
     assert probabilities.shape == (4, 3)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-6)
-    assert string[0] == "F"
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+    assert string == "".join("AFI"[i] for i in expected.argmax(1)) == "FIAI"
+    # Fixed blocks report their choice with certainty.
+    fixed_probabilities, fixed = make_model(architecture="AFIA").choice_probabilities()
+    np.testing.assert_array_equal(fixed_probabilities, np.eye(3)[[0, 1, 2, 0]])
+    assert fixed == "AFIA"
 
 
 def test_fit_carries_memory_and_reports_corpus_perplexity():
@@ -136,7 +143,7 @@ def test_fit_carries_memory_and_reports_corpus_perplexity():
     x, y = tokens((6, 2, 5), seed=10), tokens((6, 2, 5), seed=11)
     history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
     logs = history.history
-    assert numpy(model.memory_length).tolist() == [8, 8]
+    assert numpy(model.valid_memory_length).tolist() == [8, 8]
     np.testing.assert_allclose(logs["perplexity"][-1], np.exp(logs["loss"][-1]), rtol=1e-4)
     np.testing.assert_allclose(logs["bits_per_token"][-1], logs["loss"][-1] / np.log(2), rtol=1e-4)
     model.reset_memory()
@@ -180,7 +187,8 @@ def test_config_round_trip_and_keras_file(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, PARTransformerXL)
-    np.testing.assert_array_equal(numpy(loaded.memory_length), numpy(model.memory_length))
+    assert numpy(loaded.valid_memory_length).tolist() == [5, 5]
+    assert numpy(model.valid_memory_length).tolist() == [5, 5]
     np.testing.assert_allclose(numpy(loaded(x)), numpy(model(x)), rtol=1e-6, atol=1e-6)
 
 
@@ -200,6 +208,7 @@ def test_xla_and_eager_agree():
         np.testing.assert_allclose(numpy(a), numpy(b), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # two compilations of the supernet's training step: about a minute on 2 cores
 def test_fit_with_and_without_xla_agree():
     x, y = tokens((3, 2, 5), seed=14), tokens((3, 2, 5), seed=15)
     losses = []
@@ -224,10 +233,12 @@ model.reset_memory()  # one fitted batch of 5 tokens must leave 5 valid memory s
 history = model.fit(x[0], x[1], batch_size=x.shape[1], shuffle=False, epochs=1, verbose=0)
 np.savez(sys.argv[3], first=first, second=second)
 print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"][-1],
-                  "memory_length": keras.ops.convert_to_numpy(model.memory_length).tolist()}))
+                  "valid_memory_length":
+                      keras.ops.convert_to_numpy(model.valid_memory_length).tolist()}))
 """
 
 
+@pytest.mark.slow
 def test_jax_backend_matches_tensorflow(tmp_path):
     pytest.importorskip("jax")
     model = make_model(seed=4)
@@ -239,18 +250,21 @@ def test_jax_backend_matches_tensorflow(tmp_path):
     np.save(tmp_path / "x.npy", x)
     script = tmp_path / "jax_check.py"
     script.write_text(JAX_SCRIPT)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    repo = Path(__file__).resolve().parents[1]
+    # This checkout's par_xl, not whichever one the environment has installed.
+    path_list = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path_list}
     result = subprocess.run(
         [sys.executable, str(script), str(path), str(tmp_path / "x.npy"), str(tmp_path / "o.npz")],
         env=env,
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=repo,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == "jax" and np.isfinite(report["loss"])
-    assert report["memory_length"] == [5, 5]
+    assert report["valid_memory_length"] == [5, 5]
     outputs = np.load(tmp_path / "o.npz")
     np.testing.assert_allclose(outputs["first"], first, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs["second"], second, rtol=1e-4, atol=1e-4)
@@ -269,7 +283,7 @@ def test_mixed_precision_trains_with_a_float32_output_layer():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = PARTransformerXL(**{**TINY, "mem_len": 8}, tie_embeddings=True,
-                                 tail_capacity=[8, 8])  # fmt: skip
+                                 tail_capacities=[8, 8])  # fmt: skip
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         x, y = tokens((2, 2, 5), seed=17), tokens((2, 2, 5), seed=18)
         history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)

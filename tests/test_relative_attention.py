@@ -19,7 +19,7 @@ def numpy_sinusoid(distance, width):
     return np.concatenate([np.sin(angles), np.cos(angles)])
 
 
-def reference_attention(layer, segment, memory, valid_memory):
+def reference_attention(layer, segment, memory, valid_memory_length):
     """Transformer-XL attention written per query and key, distances computed directly."""
     weights = {w.name: ops.convert_to_numpy(w) for w in layer.weights}
     wq, wk, wv = weights["query_kernel"], weights["key_kernel"], weights["value_kernel"]
@@ -32,7 +32,7 @@ def reference_attention(layer, segment, memory, valid_memory):
     for b in range(batch):
         for i in range(t):
             q = np.einsum("d,dnh->nh", segment[b, i], wq)
-            visible = [j for j in range(m + t) if j <= m + i and j >= m - valid_memory]
+            visible = [j for j in range(m + t) if j <= m + i and j >= m - valid_memory_length]
             scores = []
             for j in visible:
                 k = np.einsum("d,dnh->nh", keys_in[b, j], wk)
@@ -100,7 +100,7 @@ def test_mask_per_row_and_per_document():
 
 
 def test_config_round_trip():
-    layer = RelativeAttention(4, 8, attention_dropout=0.1, name="att")
+    layer = RelativeAttention(4, 8, attention_dropout_rate=0.1, name="att")
     clone = RelativeAttention.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
@@ -108,7 +108,7 @@ def test_config_round_trip():
 
 
 def test_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="attention_dropout"):
-        RelativeAttention(2, 4, attention_dropout=1.5)
+    with pytest.raises(ValueError, match="attention_dropout_rate"):
+        RelativeAttention(2, 4, attention_dropout_rate=1.5)
     with pytest.raises(ValueError, match="num_heads"):
         RelativeAttention(0, 4)

@@ -110,10 +110,10 @@ def test_memory_resets_only_at_the_start_of_a_data_epoch():
     reset.set_model(model)
     for step, emptied in ((7, False), (10, True)):
         model.memory[0].assign(np.ones(model.memory[0].shape))
-        model.memory_length.assign(4)
+        model.valid_memory_length.assign(4)
         model.optimizer.iterations.assign(step)
         reset.on_epoch_begin(0)
-        assert (int(ops.convert_to_numpy(model.memory_length)) == 0) is emptied
+        assert (int(ops.convert_to_numpy(model.valid_memory_length)) == 0) is emptied
         assert bool(np.abs(ops.convert_to_numpy(model.memory[0])).sum() == 0) is emptied
 
 

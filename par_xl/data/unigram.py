@@ -67,3 +67,46 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     ranks = np.empty(x.size)
     ranks[order] = np.repeat(first + (size - 1) / 2, size)
     return ranks
+
+
+def read_unigram_file(path: str | os.PathLike) -> np.ndarray:
+    """Reads one frequency per line (the last whitespace-separated field), in file order.
+
+    Accepts the unigram file (module docstring) as well as plain counts or probabilities, one
+    per line. Trailing blank lines are ignored.
+
+    Returns:
+        `(N,)` float64 values as read (not normalized, not sorted).
+
+    Raises:
+        ValueError: naming the file, line number and text of the first bad line, or if the file
+            cannot be read, is empty, or holds only zeros.
+    """
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().split("\n")  # not splitlines(): pieces may hold U+2028, U+0085...
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise ValueError(f"{path}: cannot read the unigram file ({reason}).") from e
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ValueError(f"{path}: the unigram file is empty.")
+    values = np.empty(len(lines))
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            raise ValueError(f"{path}:{number}: blank line; expected a count or probability.")
+        try:
+            value = float(fields[-1])
+        except ValueError:
+            value = np.nan
+        if not (np.isfinite(value) and value >= 0):
+            where = f" (last field of {line.strip()!r})" if len(fields) > 1 else ""
+            raise ValueError(
+                f"{path}:{number}: {fields[-1]!r}{where} is not a finite count or probability >= 0."
+            )
+        values[number - 1] = value
+    if not values.any():
+        raise ValueError(f"{path}: all {values.size} counts are zero.")
+    return values

@@ -4,39 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from par_xl.cutoffs import tail_width, validate_cutoffs
 from par_xl.layers.initializers import default_initializer
-
-
-def validate_cutoffs(cutoffs, vocab_size):
-    """Cutoffs must be strictly increasing integers in `(0, vocab_size)`."""
-    cutoffs = [int(c) for c in cutoffs]
-    if any(b <= a for a, b in zip(cutoffs, cutoffs[1:])) or (
-        cutoffs and not 0 < cutoffs[0] <= cutoffs[-1] < vocab_size
-    ):
-        raise ValueError(
-            f"cutoffs must be strictly increasing and within (0, vocab_size={vocab_size}), "
-            f"received {cutoffs}."
-        )
-    return cutoffs
-
-
-def tail_capacity(label_batches, cutoffs, vocab_size, multiple=8):
-    """The most labels any batch puts in each tail cluster, rounded up to `multiple`.
-
-    Args:
-        label_batches: iterable of integer label arrays, one per batch (any shape).
-        cutoffs: the adaptive-softmax cutoffs.
-        vocab_size: V.
-
-    Returns:
-        A list with one capacity per tail cluster, for `AdaptiveSoftmax(tail_capacity=...)`.
-    """
-    bounds = [*validate_cutoffs(cutoffs, vocab_size), vocab_size]
-    most = np.zeros(len(bounds) - 1, dtype=np.int64)
-    for labels in label_batches:
-        counts = np.histogram(np.asarray(labels).ravel(), bins=bounds)[0]
-        most = np.maximum(most, counts)
-    return [int(-(-max(m, 1) // multiple) * multiple) for m in most]
 
 
 @keras.saving.register_keras_serializable(package="par_xl")
@@ -45,13 +14,14 @@ class AdaptiveSoftmax(keras.layers.Layer):
 
     With cutoffs `c_1 < ... < c_C` the head scores tokens `[0, c_1)` plus one logit per tail
     cluster; tail cluster i scores tokens `[c_i, c_{i+1})` from the hidden state projected to
-    `D // proj_factor**i` dimensions, so rare tokens cost less. `log p(w) = log p_head(w)` for
-    head tokens and `log p_head(cluster i) + log p_i(w)` for tail tokens. With no cutoffs this
-    is a plain softmax.
+    `d_i = tail_width(D, proj_factor, i)` (`D // proj_factor**i`, at least 1) dimensions, so
+    rare tokens cost less. `log p(w) = log p_head(w)` for head tokens and
+    `log p_head(cluster i) + log p_i(w)` for tail tokens. With no cutoffs this is a plain
+    softmax.
 
     The loss (`loss`) never forms the full-vocabulary softmax: the head is scored for every
     position, a tail cluster only for the positions whose label falls in it, up to
-    `tail_capacity[i]` of them in a static slice (so XLA sees fixed shapes); a batch with more
+    `tail_capacities[i]` of them in a static slice (so XLA sees fixed shapes); a batch with more
     takes a dense branch that scores all positions, so the loss is exact either way. With no
     capacity every tail is scored densely. `log_probs` forms the full distribution, for
     evaluation and generation.
@@ -65,12 +35,14 @@ class AdaptiveSoftmax(keras.layers.Layer):
         vocab_size: V; ids must be ordered by decreasing frequency for the clusters to pay.
         cutoffs: strictly increasing ids in `(0, V)`; empty for a plain softmax.
         proj_factor: width divisor per tail cluster.
-        tail_capacity: per tail cluster, how many positions per call the loss scores
-            sparsely (e.g. the most any training batch has); `None` scores every position.
+        tail_capacities: per tail cluster, how many positions per call the loss scores
+            sparsely (e.g. `par_xl.data.label_statistics.max_tail_labels_per_batch` of the
+            training data); `None` scores every position.
         kernel_initializer: initializer of all tables and projections.
 
-    `loss`, `log_probs` and `embed` are methods, outside Keras's autocasting `call`: they
-    compute in the weights' dtype (float32 under mixed precision, as an output layer should).
+    `loss`, `log_probs`, `embed` and `call` compute in the weights' dtype (float32 under mixed
+    precision, as an output layer should): the weights are never autocast; `embed` casts its
+    vectors to the compute dtype at the end.
 
     Call arguments:
         inputs: `(..., D)` hidden states.
@@ -84,7 +56,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         vocab_size,
         cutoffs=(),
         proj_factor=4,
-        tail_capacity=None,
+        tail_capacities=None,
         kernel_initializer=None,
         **kwargs,
     ):
@@ -96,14 +68,14 @@ class AdaptiveSoftmax(keras.layers.Layer):
         self.vocab_size = vocab_size
         self.cutoffs = validate_cutoffs(cutoffs, vocab_size)
         self.proj_factor = proj_factor
-        if tail_capacity is not None:
-            tail_capacity = [int(c) for c in tail_capacity]
-            if len(tail_capacity) != len(self.cutoffs) or min(tail_capacity, default=1) < 1:
+        if tail_capacities is not None:
+            tail_capacities = [int(c) for c in tail_capacities]
+            if len(tail_capacities) != len(self.cutoffs) or min(tail_capacities, default=1) < 1:
                 raise ValueError(
-                    f"tail_capacity must hold one positive size per tail cluster "
-                    f"({len(self.cutoffs)}), received {tail_capacity}."
+                    f"tail_capacities must hold one positive size per tail cluster "
+                    f"({len(self.cutoffs)}), received {tail_capacities}."
                 )
-        self.tail_capacity = tail_capacity
+        self.tail_capacities = tail_capacities
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
@@ -113,14 +85,24 @@ class AdaptiveSoftmax(keras.layers.Layer):
     def num_tails(self):
         return len(self.cutoffs)
 
+    def tail_slice_rows(self, i, rows):
+        """How many of `rows` positions the loss scores tail cluster i on (1-based): its
+        capacity, or all rows when it has none or they fit."""
+        return min(self.tail_capacities[i - 1], rows) if self.tail_capacities else rows
+
     def build(self, inputs_shape):
         width = inputs_shape[-1]
         self.width = width
         head_size = self.bounds[1]
 
         def weight(name, shape, initializer=None):
+            # Never autocast: the tables are read in their own dtype, also inside `call` and
+            # inside a mixed-precision model's call (the tied input embedding).
             return self.add_weight(
-                name=name, shape=shape, initializer=initializer or self.kernel_initializer
+                name=name,
+                shape=shape,
+                initializer=initializer or self.kernel_initializer,
+                autocast=False,
             )
 
         self.head_embedding = weight("head_embedding", (head_size, width))  # (c_1, D)
@@ -129,7 +111,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         self.tails = []
         for i in range(1, self.num_tails + 1):
             size = self.bounds[i + 1] - self.bounds[i]
-            reduced = max(1, width // self.proj_factor**i)
+            reduced = tail_width(width, self.proj_factor, i)
             self.tails.append(
                 (
                     weight(f"tail_embedding_{i}", (size, reduced)),  # (n_i, d_i)
@@ -183,12 +165,12 @@ class AdaptiveSoftmax(keras.layers.Layer):
         member = ops.logical_and(labels >= low, labels < high)  # (P,)
         local = ops.clip(labels - low, 0, high - low - 1)
         rows = labels.shape[0]
-        capacity = self.tail_capacity[i - 1] if self.tail_capacity else rows
+        capacity = self.tail_slice_rows(i, rows)
 
         def dense():
             return ops.where(member, self._tail_nll(hidden, local, i), 0.0)
 
-        if capacity >= rows:
+        if capacity == rows:
             return dense()
 
         _, index = ops.top_k(ops.cast(member, "float32"), k=capacity)  # members first
@@ -281,7 +263,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
             vocab_size=self.vocab_size,
             cutoffs=list(self.cutoffs),
             proj_factor=self.proj_factor,
-            tail_capacity=self.tail_capacity,
+            tail_capacities=self.tail_capacities,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

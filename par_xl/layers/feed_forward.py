@@ -11,7 +11,7 @@ class FeedForward(keras.layers.Layer):
 
     Args:
         inner_size: d_ffn, the hidden width.
-        dropout: dropout rate after the ReLU.
+        dropout_rate: dropout rate after the ReLU.
         kernel_initializer: initializer of both kernels.
 
     Call arguments:
@@ -22,16 +22,16 @@ class FeedForward(keras.layers.Layer):
         `(B, T, D)` (no residual, no norm: the block adds those).
     """
 
-    def __init__(self, inner_size, dropout=0.0, kernel_initializer=None, **kwargs):
+    def __init__(self, inner_size, dropout_rate=0.0, kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         if inner_size < 1:
             raise ValueError(f"inner_size must be positive, received {inner_size}.")
         self.inner_size = inner_size
-        self.dropout = dropout
+        self.dropout_rate = dropout_rate
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
-        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.inner_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     def build(self, inputs_shape):
         dense = dict(kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy)
@@ -42,7 +42,7 @@ class FeedForward(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        return self.outer(self.dropout_layer(self.inner(inputs), training=training))
+        return self.outer(self.inner_dropout(self.inner(inputs), training=training))
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
@@ -51,7 +51,7 @@ class FeedForward(keras.layers.Layer):
         config = super().get_config()
         config.update(
             inner_size=self.inner_size,
-            dropout=self.dropout,
+            dropout_rate=self.dropout_rate,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

@@ -3,8 +3,17 @@
 import keras
 from keras import ops
 
-INFERENCE_MODES = ("expected", "argmax")
+CHOICE_AT_INFERENCE_MODES = ("expected", "argmax")
 MIN_TAU = 1e-3  # a trainable tau is clipped here so that logits / tau stays finite
+
+
+def validate_choice_at_inference(mode):
+    """Checks that `mode` is one of CHOICE_AT_INFERENCE_MODES; returns it."""
+    if mode not in CHOICE_AT_INFERENCE_MODES:
+        raise ValueError(
+            f"choice_at_inference must be one of {CHOICE_AT_INFERENCE_MODES}, received {mode!r}."
+        )
+    return mode
 
 
 @keras.saving.register_keras_serializable(package="par_xl")
@@ -17,7 +26,8 @@ class GumbelChoice(keras.layers.Layer):
     gradient once a weight falls below zero). With `straight_through`, the forward pass uses
     the one-hot argmax sample and the backward pass the relaxed sample's gradient.
 
-    Inference: no noise; `"expected"` gives `softmax(logits)`, `"argmax"` its one-hot argmax.
+    Inference (`choice_at_inference`): no noise; `"expected"` gives `softmax(logits)`,
+    `"argmax"` its one-hot argmax.
 
     tau lives in a variable that `TauAnnealing` (or anything else) assigns; with
     `tau_is_trainable` it is a trainable weight instead, clipped below at 1e-3.
@@ -27,7 +37,7 @@ class GumbelChoice(keras.layers.Layer):
         tau: initial temperature.
         straight_through: hard one-hot samples in the forward pass.
         tau_is_trainable: learn tau by gradient descent.
-        inference: `"expected"` or `"argmax"`.
+        choice_at_inference: `"expected"` or `"argmax"`.
         seed: seed of the noise generator.
 
     Call arguments:
@@ -44,7 +54,7 @@ class GumbelChoice(keras.layers.Layer):
         tau=1.0,
         straight_through=False,
         tau_is_trainable=False,
-        inference="expected",
+        choice_at_inference="expected",
         seed=None,
         **kwargs,
     ):
@@ -53,13 +63,11 @@ class GumbelChoice(keras.layers.Layer):
             raise ValueError(f"num_choices must be positive, received {num_choices}.")
         if tau <= 0:
             raise ValueError(f"tau must be positive, received tau={tau}.")
-        if inference not in INFERENCE_MODES:
-            raise ValueError(f"inference must be one of {INFERENCE_MODES}, received {inference!r}.")
         self.num_choices = num_choices
         self.initial_tau = tau
         self.straight_through = straight_through
         self.tau_is_trainable = tau_is_trainable
-        self.inference = inference
+        self.choice_at_inference = validate_choice_at_inference(choice_at_inference)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -83,7 +91,7 @@ class GumbelChoice(keras.layers.Layer):
     def call(self, inputs, training=None):
         batch = ops.shape(inputs)[0]
         if not training:
-            if self.inference == "expected":
+            if self.choice_at_inference == "expected":
                 weights = self.probabilities()
             else:
                 weights = ops.one_hot(ops.argmax(self.logits), self.num_choices)
@@ -114,7 +122,7 @@ class GumbelChoice(keras.layers.Layer):
             tau=self.initial_tau,
             straight_through=self.straight_through,
             tau_is_trainable=self.tau_is_trainable,
-            inference=self.inference,
+            choice_at_inference=self.choice_at_inference,
             seed=self.seed,
         )
         return config

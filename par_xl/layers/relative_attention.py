@@ -1,7 +1,7 @@
 """Transformer-XL relative multi-head attention over `[memory; segment]`.
 
 Shape letters, used throughout the package:
-    B batch, T segment length, M memory length, K = M + T key length,
+    B batch, T segment length, M memory size (`mem_len`), K = M + T key length,
     D model width, N heads, H head size (D = N * H).
 """
 
@@ -47,34 +47,35 @@ def relative_shift(scores):
     return ops.reshape(padded[..., 1:, :], (*lead, t, k))  # (..., T, K)
 
 
-def causal_memory_mask(segment_length, memory_length, valid_memory, document_index=None):
+def causal_memory_mask(segment_length, mem_len, valid_memory_length, document_index=None):
     """Which keys each query may see: valid memory slots and segment positions `<= i`.
 
-    Memory is right-aligned: of the M slots of row b only the last `valid_memory[b]` hold real
-    states (fewer than M after a reset or a document start). With document boundaries,
-    `document_index[b, i]` counts the document starts in row b up to position i: a query sees
-    only keys of its own document, and memory only while no document has started before it in
-    the segment.
+    Memory is right-aligned: of the M = `mem_len` slots of row b only the last
+    `valid_memory_length[b]` hold real states (fewer than M after a reset or a document start).
+    With document boundaries, `document_index[b, i]` counts the document starts in row b up to
+    position i: a query sees only keys of its own document, and memory only while no document
+    has started before it in the segment.
 
     Args:
         segment_length: T.
-        memory_length: M.
-        valid_memory: scalar or `(B,)` int, valid memory slots per row.
+        mem_len: M.
+        valid_memory_length: scalar or `(B,)` int, valid memory slots per row.
         document_index: `None`, or `(B, T)` int, non-decreasing along T.
 
     Returns:
-        `(B, T, K)` boolean (B is 1 when neither `valid_memory` nor `document_index` has rows).
+        `(B, T, K)` boolean (B is 1 when neither `valid_memory_length` nor `document_index` has
+        rows).
     """
     query = ops.arange(segment_length)[:, None]  # (T, 1)
-    key = ops.arange(memory_length + segment_length)[None, :]  # (1, K)
-    causal = (key <= memory_length + query)[None]  # (1, T, K)
-    valid = ops.reshape(ops.cast(valid_memory, "int32"), (-1, 1, 1))  # (B|1, 1, 1)
-    mask = ops.logical_and(causal, key[None] >= memory_length - valid)  # (B|1, T, K)
+    key = ops.arange(mem_len + segment_length)[None, :]  # (1, K)
+    causal = (key <= mem_len + query)[None]  # (1, T, K)
+    valid = ops.reshape(ops.cast(valid_memory_length, "int32"), (-1, 1, 1))  # (B|1, 1, 1)
+    mask = ops.logical_and(causal, key[None] >= mem_len - valid)  # (B|1, T, K)
     if document_index is None:
         return mask
     document_index = ops.cast(document_index, "int32")
     # Memory keys come before every start of this segment: document 0 of the row.
-    key_document = ops.pad(document_index, [[0, 0], [memory_length, 0]])  # (B, K)
+    key_document = ops.pad(document_index, [[0, 0], [mem_len, 0]])  # (B, K)
     same_document = document_index[:, :, None] == key_document[:, None, :]  # (B, T, K)
     return ops.logical_and(mask, same_document)
 
@@ -94,7 +95,7 @@ class RelativeAttention(keras.layers.Layer):
     Args:
         num_heads: N.
         head_size: H.
-        attention_dropout: dropout rate on the attention probabilities.
+        attention_dropout_rate: dropout rate on the attention probabilities.
         kernel_initializer: initializer of the projections and biases.
 
     Call arguments:
@@ -112,7 +113,7 @@ class RelativeAttention(keras.layers.Layer):
         self,
         num_heads,
         head_size,
-        attention_dropout=0.0,
+        attention_dropout_rate=0.0,
         kernel_initializer=None,
         **kwargs,
     ):
@@ -122,15 +123,19 @@ class RelativeAttention(keras.layers.Layer):
                 f"num_heads and head_size must be positive, received num_heads={num_heads}, "
                 f"head_size={head_size}."
             )
-        if not 0.0 <= attention_dropout < 1.0:
-            raise ValueError(f"attention_dropout must be in [0, 1), received {attention_dropout}.")
+        if not 0.0 <= attention_dropout_rate < 1.0:
+            raise ValueError(
+                f"attention_dropout_rate must be in [0, 1), received {attention_dropout_rate}."
+            )
         self.num_heads = num_heads
         self.head_size = head_size
-        self.attention_dropout = attention_dropout
+        self.attention_dropout_rate = attention_dropout_rate
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
-        self.dropout = keras.layers.Dropout(attention_dropout, dtype=self.dtype_policy)
+        self.attention_dropout = keras.layers.Dropout(
+            attention_dropout_rate, dtype=self.dtype_policy
+        )
 
     def build(self, inputs_shape, *args, **kwargs):
         width = inputs_shape[-1]
@@ -162,7 +167,7 @@ class RelativeAttention(keras.layers.Layer):
         # Softmax in float32 so that mixed precision keeps the masked logits exact.
         scores = ops.where(mask[:, None], ops.cast(scores, "float32"), -1e30)  # (B, N, T, K)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        probs = self.dropout(probs, training=training)
+        probs = self.attention_dropout(probs, training=training)
         attended = ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
         return ops.einsum("btnh,nhd->btd", attended, self.output_kernel)  # (B, T, D)
 
@@ -174,7 +179,7 @@ class RelativeAttention(keras.layers.Layer):
         config.update(
             num_heads=self.num_heads,
             head_size=self.head_size,
-            attention_dropout=self.attention_dropout,
+            attention_dropout_rate=self.attention_dropout_rate,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

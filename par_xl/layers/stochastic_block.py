@@ -10,6 +10,29 @@ from par_xl.layers.relative_attention import RelativeAttention
 CHOICES = "AFI"  # attention, feed-forward, identity: the order of the choice weights
 
 
+def validate_architecture(architecture, num_layers, name="architecture"):
+    """Checks that `architecture` is `num_layers` letters from CHOICES, one per block.
+
+    Args:
+        architecture: e.g. `"AAFAFI"`.
+        num_layers: how many blocks it describes.
+        name: the argument (or flag) named in the error message.
+
+    Returns:
+        `architecture`, unchanged.
+
+    Raises:
+        ValueError: "<name> must be ...", saying what was expected and what was received.
+    """
+    if len(architecture) != num_layers or set(architecture) - set(CHOICES):
+        letters = "letter" if num_layers == 1 else "letters"
+        raise ValueError(
+            f"{name} must be {num_layers} {letters} from {', '.join(CHOICES)} (one per layer), "
+            f"received {architecture!r}."
+        )
+    return architecture
+
+
 @keras.saving.register_keras_serializable(package="par_xl")
 class StochasticBlock(keras.layers.Layer):
     """One layer of the PAR supernet (Mandava et al. 2020, arXiv 2009.04534).
@@ -26,10 +49,10 @@ class StochasticBlock(keras.layers.Layer):
         num_heads: N.
         head_size: H.
         inner_size: d_ffn of the feed-forward branch.
-        dropout: residual dropout rate (also inside the feed-forward branch).
-        attention_dropout: dropout rate on attention probabilities.
+        dropout_rate: residual dropout rate (also inside the feed-forward branch).
+        attention_dropout_rate: dropout rate on attention probabilities.
         choice: `None` for the supernet, or one of 'A', 'F', 'I'.
-        tau, straight_through, tau_is_trainable, inference, seed: see `GumbelChoice`.
+        tau, straight_through, tau_is_trainable, choice_at_inference, seed: see `GumbelChoice`.
         kernel_initializer: initializer of every projection.
 
     Call arguments:
@@ -48,37 +71,35 @@ class StochasticBlock(keras.layers.Layer):
         num_heads,
         head_size,
         inner_size,
-        dropout=0.0,
-        attention_dropout=0.0,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
         choice=None,
         tau=1.0,
         straight_through=False,
         tau_is_trainable=False,
-        inference="expected",
+        choice_at_inference="expected",
         seed=None,
         kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if choice is not None and choice not in CHOICES:
-            raise ValueError(
-                f"choice must be None or one of {tuple(CHOICES)}, received {choice!r}."
-            )
+        if choice is not None:
+            validate_architecture(choice, 1, name="choice")
         self.num_heads = num_heads
         self.head_size = head_size
         self.inner_size = inner_size
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
         self.choice = choice
         self.tau = tau
         self.straight_through = straight_through
         self.tau_is_trainable = tau_is_trainable
-        self.inference = inference
+        self.choice_at_inference = choice_at_inference
         self.seed = seed
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
-        self.residual_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.residual_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     @property
     def uses_attention(self):
@@ -92,7 +113,7 @@ class StochasticBlock(keras.layers.Layer):
             self.attention = RelativeAttention(
                 self.num_heads,
                 self.head_size,
-                attention_dropout=self.attention_dropout,
+                attention_dropout_rate=self.attention_dropout_rate,
                 name="attention",
                 **common,
             )
@@ -101,7 +122,7 @@ class StochasticBlock(keras.layers.Layer):
             self.attention_norm.build(inputs_shape)
         if self.choice in (None, "F"):
             self.feed_forward = FeedForward(
-                self.inner_size, dropout=self.dropout, name="feed_forward", **common
+                self.inner_size, dropout_rate=self.dropout_rate, name="feed_forward", **common
             )
             self.feed_forward.build(inputs_shape)
             self.feed_forward_norm = keras.layers.LayerNormalization(
@@ -114,7 +135,7 @@ class StochasticBlock(keras.layers.Layer):
                 tau=self.tau,
                 straight_through=self.straight_through,
                 tau_is_trainable=self.tau_is_trainable,
-                inference=self.inference,
+                choice_at_inference=self.choice_at_inference,
                 seed=self.seed,
                 name="gumbel",
                 dtype=self.dtype_policy,
@@ -155,13 +176,13 @@ class StochasticBlock(keras.layers.Layer):
             num_heads=self.num_heads,
             head_size=self.head_size,
             inner_size=self.inner_size,
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
             choice=self.choice,
             tau=self.tau,
             straight_through=self.straight_through,
             tau_is_trainable=self.tau_is_trainable,
-            inference=self.inference,
+            choice_at_inference=self.choice_at_inference,
             seed=self.seed,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )

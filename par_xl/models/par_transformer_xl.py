@@ -4,17 +4,18 @@ How the XL memory is carried
 ----------------------------
 `model.fit` over context-batched data must give every batch the memory of the previous one,
 under `jit_compile=True` and on the JAX backend. The memory is therefore model state: one
-non-trainable variable `(B, M, D)` per attention-capable block plus a scalar count of valid
-slots, created in `build` from the (static) batch size of the data. `call` reads them, runs
-the segment, and assigns the new memory, exactly like a BatchNormalization layer updates its
-moving statistics: TensorFlow assigns the variables inside the compiled step, JAX's stateless
-training loop returns them as updated non-trainable state. The memory is written through
-`stop_gradient`, so it never receives gradients. Other designs fail one of the three
-requirements: Python-side caches do not survive `tf.function`/`jax.jit`, and passing memory
-as model inputs/outputs does not fit `fit`'s `(inputs, labels)` data contract.
+non-trainable variable `(B, M, D)` per attention-capable block plus a per-row count of valid
+slots, `valid_memory_length` `(B,)`, created in `build` from the (static) batch size of the data.
+`call` reads them, runs the segment, and assigns the new memory, exactly like a
+BatchNormalization layer updates its moving statistics: TensorFlow assigns the variables
+inside the compiled step, JAX's stateless training loop returns them as updated non-trainable
+state. The memory is written through `stop_gradient`, so it never receives gradients. Other
+designs fail one of the three requirements: Python-side caches do not survive
+`tf.function`/`jax.jit`, and passing memory as model inputs/outputs does not fit `fit`'s
+`(inputs, labels)` data contract.
 
 `forward` is the stateless core (memory in, memory out) that `call` wraps; generation and
-tests use it directly with any batch size and memory length.
+tests use it directly with any batch size and memory size M.
 
 The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
 segment attends to nothing but itself, exactly as with no memory at all; each segment makes
@@ -35,7 +36,7 @@ from keras import ops
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
-from par_xl.layers.stochastic_block import CHOICES, StochasticBlock
+from par_xl.layers.stochastic_block import CHOICES, StochasticBlock, validate_architecture
 from par_xl.metrics import LanguageModelMetrics
 
 
@@ -46,7 +47,7 @@ class PARTransformerXL(keras.Model):
     Embedding scaled by `sqrt(D)` -> dropout -> N `StochasticBlock`s with XL memory ->
     dropout -> `AdaptiveSoftmax`. The supernet (`architecture=None`) learns, per block, a
     Gumbel-softmax choice among attention, feed-forward and identity; `derive()` turns it
-    into the fixed architecture it prefers, e.g. `"AAFAFI"`.
+    into the fixed architecture it prefers (`choice_probabilities()`), e.g. `"AAFAFI"`.
 
     Args:
         vocab_size: V.
@@ -59,7 +60,7 @@ class PARTransformerXL(keras.Model):
         attention_dropout_rate: dropout on attention probabilities.
         cutoffs: adaptive-softmax cutoffs (ids ordered by frequency); empty for a plain softmax.
         proj_factor: adaptive-softmax width divisor per tail cluster.
-        tail_capacity: per tail cluster, positions per batch scored sparsely by the loss
+        tail_capacities: per tail cluster, positions per batch scored sparsely by the loss
             (see `AdaptiveSoftmax`); `None` scores all. Speed only: the loss is exact anyway.
         tie_embeddings: use the adaptive softmax's tables as the input embedding.
         architecture: `None` for the supernet, else a string over "AFI" of length num_layers.
@@ -100,7 +101,7 @@ class PARTransformerXL(keras.Model):
         attention_dropout_rate=0.0,
         cutoffs=(),
         proj_factor=4,
-        tail_capacity=None,
+        tail_capacities=None,
         tie_embeddings=False,
         architecture=None,
         tau=1.0,
@@ -123,13 +124,8 @@ class PARTransformerXL(keras.Model):
             raise ValueError(f"num_layers must be positive, received {num_layers}.")
         if mem_len < 0:
             raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
-        if architecture is not None and (
-            len(architecture) != num_layers or set(architecture) - set(CHOICES)
-        ):
-            raise ValueError(
-                f"architecture must be a string of {num_layers} letters from {CHOICES!r}, "
-                f"received {architecture!r}."
-            )
+        if architecture is not None:
+            validate_architecture(architecture, num_layers)
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.num_heads = num_heads
@@ -140,7 +136,7 @@ class PARTransformerXL(keras.Model):
         self.attention_dropout_rate = attention_dropout_rate
         self.proj_factor = proj_factor
         self.tie_embeddings = tie_embeddings
-        self.architecture_string = architecture
+        self.architecture = architecture
         self.tau = tau
         self.straight_through = straight_through
         self.tau_is_trainable = tau_is_trainable
@@ -154,7 +150,7 @@ class PARTransformerXL(keras.Model):
             vocab_size,
             cutoffs=cutoffs,
             proj_factor=proj_factor,
-            tail_capacity=tail_capacity,
+            tail_capacities=tail_capacities,
             kernel_initializer=initializer,
             name="adaptive_softmax",
             dtype=self.dtype_policy,
@@ -176,13 +172,13 @@ class PARTransformerXL(keras.Model):
                 num_heads,
                 d_model // num_heads,
                 d_ffn,
-                dropout=dropout_rate,
-                attention_dropout=attention_dropout_rate,
+                dropout_rate=dropout_rate,
+                attention_dropout_rate=attention_dropout_rate,
                 choice=None if architecture is None else architecture[i],
                 tau=tau,
                 straight_through=straight_through,
                 tau_is_trainable=tau_is_trainable,
-                inference=choice_at_inference,
+                choice_at_inference=choice_at_inference,
                 seed=None if seed is None else seed + i,
                 kernel_initializer=initializer,
                 name=f"block_{i}",
@@ -192,7 +188,7 @@ class PARTransformerXL(keras.Model):
         ]
         self.lm_metrics = LanguageModelMetrics()
         self.memory = []  # per attention-capable block, (B, M, D), set in build
-        self.memory_length = None  # (B,) valid slots per row, set in build
+        self.valid_memory_length = None  # (B,) valid slots per row, set in build
 
     @property
     def memory_blocks(self):
@@ -220,8 +216,8 @@ class PARTransformerXL(keras.Model):
                 )
                 for i in self.memory_blocks
             ]
-            self.memory_length = self.add_weight(
-                name="memory_length",
+            self.valid_memory_length = self.add_weight(
+                name="valid_memory_length",
                 shape=(batch,),
                 initializer="zeros",
                 dtype="int32",
@@ -242,21 +238,23 @@ class PARTransformerXL(keras.Model):
         shape = (batch_size, mem_len, self.d_model)
         return [ops.zeros(shape, self.compute_dtype) for _ in self.memory_blocks], 0
 
-    def forward(self, inputs, memory=None, memory_length=0, training=None, document_starts=None):
+    def forward(
+        self, inputs, memory=None, valid_memory_length=0, training=None, document_starts=None
+    ):
         """Stateless core: one segment given the previous segments' memory.
 
         Args:
             inputs: `(B, T)` ids.
             memory: `None`, or one `(B, M, D)` tensor per block in `memory_blocks`; any M.
-            memory_length: how many trailing memory slots hold real states, <= M: a scalar,
+            valid_memory_length: how many trailing memory slots hold real states, <= M: a scalar,
                 or `(B,)` per row.
             training: enables dropout and Gumbel noise.
             document_starts: `None`, or `(B, T)` 0/1: position t starts a new document, which
                 sees nothing before t (see the module docstring).
 
         Returns:
-            `(hidden (B, T, D), new_memory, new_memory_length)`; the new memory keeps the last
-            M block inputs of `[memory; segment]`, without gradients.
+            `(hidden (B, T, D), new_memory, new_valid_memory_length)`; the new memory keeps
+            the last M block inputs of `[memory; segment]`, without gradients.
         """
         segment = inputs.shape[1]
         mem_len = memory[0].shape[1] if memory else 0
@@ -266,7 +264,9 @@ class PARTransformerXL(keras.Model):
         document_index = None
         if document_starts is not None:
             document_index = ops.cumsum(ops.cast(document_starts, "int32"), axis=1)  # (B, T)
-        mask = causal_memory_mask(segment, mem_len, memory_length, document_index)  # (B, T, K)
+        mask = causal_memory_mask(
+            segment, mem_len, valid_memory_length, document_index
+        )  # (B, T, K)
         memory_iter = iter(memory or [])
         new_memory = []
         for block in self.blocks:
@@ -279,7 +279,7 @@ class PARTransformerXL(keras.Model):
         hidden = self.output_dropout(hidden, training=training)
         if not mem_len:
             return hidden, None, 0
-        new_length = memory_length + segment
+        new_length = valid_memory_length + segment
         if document_index is not None:  # positions since the row's last start, if it has one
             last = document_index[:, -1:]  # (B, 1)
             since_start = ops.sum(ops.cast(document_index == last, "int32"), axis=1)  # (B,)
@@ -306,17 +306,14 @@ class PARTransformerXL(keras.Model):
                 f"{tuple(inputs.shape)}. Use `forward` with `initial_memory(batch_size)` for "
                 "other batch sizes."
             )
+        memory = [ops.stop_gradient(v) for v in self.memory]
         hidden, new_memory, new_length = self.forward(
-            inputs,
-            [ops.stop_gradient(v) for v in self.memory],
-            self.memory_length,
-            training,
-            document_starts,
+            inputs, memory, self.valid_memory_length, training, document_starts
         )
         for variable, value in zip(self.memory, new_memory):
             variable.assign(ops.cast(value, variable.dtype))
-        self.memory_length.assign(
-            ops.cast(ops.broadcast_to(new_length, self.memory_length.shape), "int32")
+        self.valid_memory_length.assign(
+            ops.cast(ops.broadcast_to(new_length, self.valid_memory_length.shape), "int32")
         )
         return hidden
 
@@ -324,8 +321,8 @@ class PARTransformerXL(keras.Model):
         """Empties the memory state (start of an epoch, of an evaluation, of a new text)."""
         for variable in self.memory:
             variable.assign(ops.zeros(variable.shape, variable.dtype))
-        if self.memory_length is not None:
-            self.memory_length.assign(ops.zeros(self.memory_length.shape, "int32"))
+        if self.valid_memory_length is not None:
+            self.valid_memory_length.assign(ops.zeros(self.valid_memory_length.shape, "int32"))
 
     def log_probs(self, hidden):
         """`(B, T, D)` hidden states -> `(B, T, V)` normalized log-probabilities."""
@@ -351,8 +348,9 @@ class PARTransformerXL(keras.Model):
         for choice in self.choice_layers:
             choice.tau.assign(value)
 
-    def architecture(self):
-        """Choice probabilities `(num_layers, 3)` over "AFI" and the argmax string."""
+    def choice_probabilities(self):
+        """The search state: choice probabilities `(num_layers, 3)` over "AFI" (one-hot rows
+        for fixed blocks) and the architecture they prefer, their argmax string."""
         rows = []
         for block in self.blocks:
             if block.choice is None:
@@ -371,7 +369,7 @@ class PARTransformerXL(keras.Model):
         """
         if not self.built:
             raise ValueError("derive() needs a built model: call it on a batch first.")
-        architecture = architecture or self.architecture()[1]
+        architecture = architecture or self.choice_probabilities()[1]
         derived = self.__class__.from_config({**self.get_config(), "architecture": architecture})
         derived.build(self._batch_shape)
         if self.embedding is not None:
@@ -399,9 +397,9 @@ class PARTransformerXL(keras.Model):
             attention_dropout_rate=self.attention_dropout_rate,
             cutoffs=list(self.cutoffs),
             proj_factor=self.proj_factor,
-            tail_capacity=self.output_layer.tail_capacity,
+            tail_capacities=self.output_layer.tail_capacities,
             tie_embeddings=self.tie_embeddings,
-            architecture=self.architecture_string,
+            architecture=self.architecture,
             tau=self.tau,
             straight_through=self.straight_through,
             tau_is_trainable=self.tau_is_trainable,

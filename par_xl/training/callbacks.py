@@ -190,7 +190,7 @@ class TrainingLogger(keras.callbacks.Callback):
         self._interval_start = (step, time.perf_counter())
         tokens_per_second = steps * self.tokens_per_step / elapsed
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        probabilities, architecture = self.model.architecture()
+        probabilities, architecture = self.model.choice_probabilities()
         tau = self._tau()
         log.info(
             "step %d | loss %.4f | ppl %.2f | lr %.3e | tau %.4f | %.1f ms/step | %.0f tok/s | "
@@ -209,7 +209,7 @@ class TrainingLogger(keras.callbacks.Callback):
                     tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
 
     def on_epoch_end(self, epoch, logs=None):
-        probabilities, architecture = self.model.architecture()
+        probabilities, architecture = self.model.choice_probabilities()
         with self.writer.as_default(step=global_step(self.model)):
             tf.summary.image("choice_probabilities", choice_heat_map(probabilities))
             tf.summary.text("architecture", architecture)

@@ -17,11 +17,11 @@ import keras
 import numpy as np
 
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, from_json, to_json
-from par_xl.cutoffs import read_unigram_file
 from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata, sha256_file
 from par_xl.data.files import atomic_write_text
+from par_xl.data.label_statistics import max_tail_labels_per_batch
+from par_xl.data.unigram import read_unigram_file
 from par_xl.flops import training_flops_per_token
-from par_xl.layers.adaptive_softmax import tail_capacity
 from par_xl.log_files import log_to_file
 from par_xl.models import PARTransformerXL
 from par_xl.training import callbacks as cb
@@ -75,7 +75,7 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
     model = PARTransformerXL(
         **model_config.model_kwargs(),
         tau=train_config.tau_start,
-        tail_capacity=capacity,
+        tail_capacities=capacity,
         seed=train_config.seed,
     )
     schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
@@ -166,8 +166,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig):
     with log_to_file(run / "training_log.log", "par_xl"):
         capacity = None
         if train_config.tail_capacity and model_config.cutoffs:
-            labels = (y for _, y in load_dataset(train_config.train_directory).as_numpy_iterator())
-            capacity = tail_capacity(labels, model_config.cutoffs, model_config.vocab_size)
+            capacity = max_tail_labels_per_batch(
+                train_config.train_directory, model_config.cutoffs, model_config.vocab_size
+            )
         model = build_model(model_config, train_config, batch_shape, total_steps, capacity)
         if train_config.unigram_bias_init and not train_config.resume:
             unigram = Path(train_config.train_directory) / UNIGRAM_FILE
@@ -226,7 +227,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig):
                      "to continue", checkpointer.interrupted, cb.global_step(model))  # fmt: skip
             raise KeyboardInterrupt(checkpointer.interrupted)
 
-        results = {"step": cb.global_step(model), "architecture": model.architecture()[1]}
+        results = {"step": cb.global_step(model), "architecture": model.choice_probabilities()[1]}
         results["valid"] = evaluation.evaluate()
         results["validation_history"] = evaluation.history
         if train_config.test_directory:

@@ -1,0 +1,74 @@
+"""par_xl.quiet: TensorFlow starts without its C++ noise, unless the user asks for logs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# What TensorFlow 2.20 prints on start-up on a machine without a GPU (par_xl/quiet.py).
+NOISE = (
+    "Could not find cuda drivers",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard",
+    "rebuild TensorFlow with the appropriate compiler flags",
+    "failed call to cuInit",
+)
+SHOW_LEVEL = "import os; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+
+
+def run_python(code, *argv, **environ):
+    """Runs `python -c code *argv` on this checkout with TF_CPP_MIN_LOG_LEVEL unset (unless
+    given); returns (stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    path_list = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env.update(PYTHONPATH=path_list, **environ)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip(), result.stderr
+
+
+def test_tensorflow_starts_without_its_cpp_noise():
+    start = (
+        "import os, par_xl.quiet; level = os.environ.get('TF_CPP_MIN_LOG_LEVEL'); "
+        "import tensorflow as tf; tf.constant(1); print(level)"
+    )  # the level par_xl.quiet left (TensorFlow's import of jax sets 1 where it is unset)
+    level, loud = run_python(start, "--verbosity=1")
+    assert level == "None"  # asked for logs: TensorFlow's logging is left alone
+    if not any(line in loud for line in NOISE):
+        pytest.skip("TensorFlow prints none of its start-up noise on this machine")
+    level, quiet = run_python(start)
+    assert level in ("2", "3")
+    assert not [line for line in NOISE if line in quiet], quiet
+
+
+@pytest.mark.parametrize(
+    "argv,level",
+    [
+        ((), "quiet"),
+        (("--verbosity=0",), "quiet"),
+        (("--verbosity=-1",), "quiet"),
+        (("--verbosity=1",), "None"),
+        (("-v", "2"), "None"),
+        (("--v=1",), "None"),
+        (("--verbosity", "1", "--verbosity=0"), "quiet"),  # absl: the last one wins
+        (("--", "--verbosity=1"), "quiet"),  # after --: not a flag
+    ],
+)
+def test_absl_verbosity_decides(argv, level):
+    shown, _ = run_python("import par_xl.quiet; " + SHOW_LEVEL, *argv)
+    assert shown in ("2", "3") if level == "quiet" else shown == level
+
+
+def test_a_level_the_user_set_is_kept():
+    shown, _ = run_python("import par_xl.quiet; " + SHOW_LEVEL, TF_CPP_MIN_LOG_LEVEL="0")
+    assert shown == "0"
