@@ -20,7 +20,6 @@ from pathlib import Path
 
 from par_xl.data.context_batching import context_batches, num_batches
 from par_xl.data.errors import DataError
-from par_xl.data.files import sha256_file
 from par_xl.data.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -43,6 +42,7 @@ from par_xl.data.unigram import (
     unigram_counts,
     write_unigram,
 )
+from par_xl.files import sha256_file
 from par_xl.log_files import log_to_file
 
 LOG_FILE = "build_data.log"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from par_xl.data.errors import DataError
-from par_xl.data.files import atomic_write_text
+from par_xl.files import atomic_write_text
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from par_xl.data.context_batching import ContextBatches
 from par_xl.data.errors import DataError
-from par_xl.data.files import atomic_path
 from par_xl.data.metadata import Shard, read_metadata
+from par_xl.files import atomic_path
 
 FEATURES = ("inputs", "labels")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from keras import ops
 
-from par_xl.data.files import atomic_write_text
+from par_xl.files import atomic_write_text
 
 LATEST = "latest.json"
 CONFIG = "config.json"

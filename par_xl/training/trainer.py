@@ -19,7 +19,7 @@ import numpy as np
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, from_json, to_json
 from par_xl.cutoffs import read_unigram_file
 from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata, sha256_file
-from par_xl.data.files import atomic_write_text
+from par_xl.files import atomic_write_text
 from par_xl.flops import training_flops_per_token
 from par_xl.layers.adaptive_softmax import tail_capacity
 from par_xl.log_files import log_to_file
