@@ -32,10 +32,20 @@ def evaluate_split(model, dataset):
     if not len(losses):
         raise ValueError("evaluate_split received an empty dataset.")
     loss = float(losses.mean())
+    with np.errstate(over="ignore"):
+        batch_mean = float(np.exp(losses).mean())
     return {
         "loss": loss,
-        "perplexity": math.exp(loss),
-        "perplexity_batch_mean": float(np.exp(losses).mean()),
+        "perplexity": perplexity(loss),
+        "perplexity_batch_mean": batch_mean,
         "bits_per_token": loss / math.log(2.0),
         "batches": int(len(losses)),
     }
+
+
+def perplexity(loss):
+    """exp(loss); infinite, not an OverflowError, for a diverged loss above ~709 nats."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
