@@ -93,6 +93,14 @@ def main(argv: list[str]) -> int:
     except DataError as e:
         print(f"build_data.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "build_data.py: interrupted; every file is written under a temporary name first, so "
+            "no half-written file is left, but a split without metadata.json is not built: run "
+            "the build again (with --overwrite).",
+            file=sys.stderr,
+        )
+        return 130
     for split, metadata in report.splits.items():
         print(
             f"{split}: {metadata.steps} batches of {metadata.batch_size} x {metadata.seq_len}, "
