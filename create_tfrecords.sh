@@ -40,16 +40,24 @@ download_wikitext2() {
   local url
   for url in "${URLS[@]}"; do
     echo "Downloading $url"
-    if "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-        "$url" "$tmp/wikitext-2-v1.zip"; then
+    # One line, not a traceback, when there is no network; a partial file is removed.
+    if "$PYTHON" -c '
+import os, sys, urllib.request
+try:
+    urllib.request.urlretrieve(sys.argv[1], sys.argv[2])
+except (OSError, ValueError) as error:
+    if os.path.exists(sys.argv[2]):
+        os.remove(sys.argv[2])
+    sys.exit(f"  {type(error).__name__}: {error}")' "$url" "$tmp/wikitext-2-v1.zip"; then
       break
     fi
     echo "Download from $url failed" >&2
   done
   if [[ ! -f "$tmp/wikitext-2-v1.zip" ]]; then
     rm -rf "$tmp"
-    echo "error: could not download WikiText-2; set WIKITEXT2_DIR to a directory holding" \
-      "train.txt, valid.txt and test.txt" >&2
+    echo "error: could not download WikiText-2 (no network?). Put its train.txt, valid.txt" \
+      "and test.txt (the release's wiki.{train,valid,test}.tokens, renamed) in $TEXT_DIR," \
+      "or set WIKITEXT2_DIR to a directory holding them, and run this again." >&2
     exit 1
   fi
   "$PYTHON" -m zipfile -e "$tmp/wikitext-2-v1.zip" "$tmp"

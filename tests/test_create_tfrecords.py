@@ -77,3 +77,12 @@ def test_missing_copy_source_is_an_error(tmp_path):
     result = run_script(tmp_path / "data", WIKITEXT2_DIR=str(tmp_path))
     assert result.returncode == 1
     assert f"WIKITEXT2_DIR={tmp_path} holds no train.txt" in result.stderr
+
+
+def test_no_network_and_no_data_says_where_to_put_wikitext2(tmp_path):
+    urls = f"file://{tmp_path}/nowhere.zip http://127.0.0.1:9/wikitext-2-v1.zip"
+    result = run_script(tmp_path / "data", WIKITEXT2_URLS=urls)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"in {tmp_path}/data/wikitext-2, or set WIKITEXT2_DIR" in result.stderr
+    assert not (tmp_path / "data" / "tfrecords").exists()
