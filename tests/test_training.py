@@ -21,8 +21,8 @@ from par_xl.models import PARTransformerXL
 from par_xl.models.generation import filter_log_probs, generate
 from par_xl.training import callbacks as cb
 from par_xl.training.evaluation import evaluate_split
+from par_xl.training.runs import check_data
 from par_xl.training.schedules import WarmupCosine, tau_at
-from par_xl.training.trainer import check_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,17 +265,23 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_
     log = tmp_path / "resumed" / "training_log.log"
     process = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and "step 20 | loss" in log.read_text()):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "continue with --resume" in stderr
     interrupted_at = json.loads((tmp_path / "resumed/checkpoints/latest.json").read_text())["step"]
     assert 20 <= interrupted_at < 40  # so the logged intervals 41-50 and 51-60 compare
+    # Where it stopped, said plainly; the epoch's progress bar does not claim a finished epoch.
+    steps = json.loads((tiny_data / "tf/train/metadata.json").read_text())["steps"]
+    where = f"step {interrupted_at} of 60 (epoch 1, batch {interrupted_at} of {steps})"
+    assert f"interrupted by signal {int(signal.SIGTERM)} at {where}" in stderr
+    assert where in log.read_text()
+    assert f" {interrupted_at}/{steps} - " in stdout and f"{steps}/{steps}" not in stdout
 
     refused = run_script("train.py", *args)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
