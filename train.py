@@ -75,7 +75,10 @@ flags.DEFINE_string(
 # there too, default "runs".
 flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default <log_dir>/<name>/checkpoints).")
 flags.DEFINE_bool(
-    "resume", DEFAULT["resume"], "Continue the run in --checkpoint_dir from its latest save."
+    "resume",
+    DEFAULT["resume"],
+    "Continue the run in --checkpoint_dir from its newest intact checkpoint (same model flags "
+    "and data, or a refusal).",
 )
 flags.DEFINE_bool(
     "jit_compile",
