@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import app, flags  # noqa: E402
 
+import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.data import BuildConfig, DataError, build_data  # noqa: E402
 from par_xl.data.documents import WIKITEXT_DOCUMENT_START  # noqa: E402
 from par_xl.data.tokenizer import MODEL_TYPES  # noqa: E402
@@ -121,6 +122,14 @@ def main(argv: list[str]) -> int:
     except DataError as e:
         print(f"build_data.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "build_data.py: interrupted; every file is written under a temporary name first, so "
+            "no half-written file is left, but a split without metadata.json is not built: run "
+            "the build again (with --overwrite).",
+            file=sys.stderr,
+        )
+        return 130
     for split, metadata in report.splits.items():
         print(
             f"{split}: {metadata.steps} batches of {metadata.batch_size} x {metadata.seq_len}, "

@@ -6,9 +6,9 @@
 #      there; else copies it from $WIKITEXT2_DIR if set; else downloads the official release.
 #   2. Runs build_data.py into $DATA_DIR/tfrecords/, the model at $DATA_DIR/sp12k.{model,vocab}.
 #
-# Idempotent: when all three splits have their metadata.json, it says so and stops; REBUILD=1
-# builds again. Otherwise (nothing built, or an interrupted build) it builds with --overwrite:
-# the script owns $TFRECORDS_DIR and $SP_MODEL_PREFIX.*.
+# Idempotent: when all three splits have a metadata.json of the current format, it says so and
+# stops; REBUILD=1 builds again. Otherwise (nothing built, an interrupted build, or data of an
+# older format) it builds with --overwrite: the script owns $TFRECORDS_DIR and $SP_MODEL_PREFIX.*.
 #
 # Environment (default): DATA_DIR (data/ in the repository), WIKITEXT2_DIR (unset),
 # WIKITEXT2_URLS (the release), TFRECORDS_DIR ($DATA_DIR/tfrecords), SP_MODEL_PREFIX
@@ -40,16 +40,24 @@ download_wikitext2() {
   local url
   for url in "${URLS[@]}"; do
     echo "Downloading $url"
-    if "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-        "$url" "$tmp/wikitext-2-v1.zip"; then
+    # One line, not a traceback, when there is no network; a partial file is removed.
+    if "$PYTHON" -c '
+import os, sys, urllib.request
+try:
+    urllib.request.urlretrieve(sys.argv[1], sys.argv[2])
+except (OSError, ValueError) as error:
+    if os.path.exists(sys.argv[2]):
+        os.remove(sys.argv[2])
+    sys.exit(f"  {type(error).__name__}: {error}")' "$url" "$tmp/wikitext-2-v1.zip"; then
       break
     fi
     echo "Download from $url failed" >&2
   done
   if [[ ! -f "$tmp/wikitext-2-v1.zip" ]]; then
     rm -rf "$tmp"
-    echo "error: could not download WikiText-2; set WIKITEXT2_DIR to a directory holding" \
-      "train.txt, valid.txt and test.txt" >&2
+    echo "error: could not download WikiText-2 (no network?). Put its train.txt, valid.txt" \
+      "and test.txt (the release's wiki.{train,valid,test}.tokens, renamed) in $TEXT_DIR," \
+      "or set WIKITEXT2_DIR to a directory holding them, and run this again." >&2
     exit 1
   fi
   "$PYTHON" -m zipfile -e "$tmp/wikitext-2-v1.zip" "$tmp"
@@ -60,11 +68,28 @@ download_wikitext2() {
   rm -rf "$tmp"
 }
 
+# Splits that read with this version's format (a build from an older par-xl is built again).
+current_splits() {
+  "$PYTHON" - "$TFRECORDS_DIR" <<'PY' 2>/dev/null
+import sys
+import par_xl.quiet  # noqa: F401
+from par_xl.data import DataError, read_metadata
+try:
+    for split in ("train", "valid", "test"):
+        read_metadata(f"{sys.argv[1]}/{split}")
+except DataError:
+    sys.exit(1)
+PY
+}
+
 if [[ "${REBUILD:-0}" != 1 && -f "$TFRECORDS_DIR/train/metadata.json" \
     && -f "$TFRECORDS_DIR/valid/metadata.json" && -f "$TFRECORDS_DIR/test/metadata.json" ]]; then
-  echo "TFRecords already built in $TFRECORDS_DIR (all splits have metadata.json); skipping." \
-    "Set REBUILD=1 to build them again."
-  exit 0
+  if current_splits; then
+    echo "TFRecords already built in $TFRECORDS_DIR (all splits have metadata.json); skipping." \
+      "Set REBUILD=1 to build them again."
+    exit 0
+  fi
+  echo "TFRecords in $TFRECORDS_DIR are of an older format (or damaged); building them again."
 fi
 
 mkdir -p "$TEXT_DIR"

@@ -11,34 +11,57 @@ import sys
 
 from absl import app, flags
 
+import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
+
 flags.DEFINE_string("checkpoint_dir", None, "A run's checkpoint directory (with config.json).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint file (default: the latest).")
-flags.DEFINE_string("sp_model_prefix", None, "SentencePiece model prefix (default: the data's).")
+flags.DEFINE_string(
+    "sp_model_prefix", None, "SentencePiece model prefix (default: the run's); must be the run's."
+)
 flags.DEFINE_string("prompt", "", "Text to continue.")
-flags.DEFINE_integer("num_tokens", 100, "SentencePiece tokens to sample.")
+flags.DEFINE_integer("num_tokens", 100, "SentencePiece tokens to sample (> 0).")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
-flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
+flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (>= 0; 0: all).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: all).")
 flags.DEFINE_integer("mem_len", None, "Memory length while sampling (default: the model's).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 FLAGS = flags.FLAGS
 
 
+def check_flags():
+    """Raises ConfigError naming the first sampling flag whose value cannot work."""
+    from par_xl.configs import ConfigError
+
+    if FLAGS.num_tokens < 1:
+        raise ConfigError(f"--num_tokens must be positive, received {FLAGS.num_tokens}.")
+    if not FLAGS.temperature > 0:
+        raise ConfigError(f"--temperature must be positive, received {FLAGS.temperature}.")
+    if FLAGS.top_k < 0:
+        raise ConfigError(f"--top_k must be >= 0 (0: all tokens), received {FLAGS.top_k}.")
+    if not 0 < FLAGS.top_p <= 1:
+        raise ConfigError(f"--top_p must be in (0, 1], received {FLAGS.top_p}.")
+    if FLAGS.mem_len is not None and FLAGS.mem_len < 0:
+        raise ConfigError(f"--mem_len must be >= 0, received {FLAGS.mem_len}.")
+    if not FLAGS.checkpoint_dir:
+        raise ConfigError("--checkpoint_dir is required.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from par_xl.configs import ConfigError
-    from par_xl.data import DataError, load_tokenizer
+    from par_xl.data import DataError, decode_lines, load_tokenizer
     from par_xl.models.generation import generate
-    from par_xl.training.trainer import load_run
+    from par_xl.training.runs import check_sp_model, load_run
 
     try:
-        if not FLAGS.checkpoint_dir:
-            raise ConfigError("--checkpoint_dir is required.")
-        model, _, _, metadata = load_run(FLAGS.checkpoint_dir, FLAGS.checkpoint)
-        model_path = (
-            f"{FLAGS.sp_model_prefix}.model" if FLAGS.sp_model_prefix else metadata.sp_model
-        )
+        check_flags()
+        model, _, _, data = load_run(FLAGS.checkpoint_dir, FLAGS.checkpoint)
+        if FLAGS.sp_model_prefix:
+            model_path, flag = f"{FLAGS.sp_model_prefix}.model", "--sp_model_prefix"
+        else:
+            model_path, flag = data["sp_model"], "the run's SentencePiece model"
+        check_sp_model(model_path, data, flag, what="the run was trained with")
         tokenizer = load_tokenizer(model_path)
         eol = tokenizer.eos_id()
         prompt = tokenizer.encode(FLAGS.prompt) if FLAGS.prompt else []
@@ -46,19 +69,13 @@ def main(argv):
             model, prompt or [eol], FLAGS.num_tokens, FLAGS.temperature, FLAGS.top_k,
             FLAGS.top_p, FLAGS.seed, FLAGS.mem_len,
         )  # fmt: skip
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, DataError, OSError, ValueError) as error:
         print(f"generate.py: error: {error}", file=sys.stderr)
         return 2
-    # End-of-line ids separate lines, as in the training text.
-    lines, current = [], list(prompt)
-    for token in ids:
-        if token == eol:
-            lines.append(tokenizer.decode(current))
-            current = []
-        else:
-            current.append(token)
-    lines.append(tokenizer.decode(current))
-    print("\n".join(lines))
+    except KeyboardInterrupt:
+        print("generate.py: interrupted", file=sys.stderr)
+        return 130
+    print(decode_lines(tokenizer, prompt + ids))  # end-of-line ids end lines, as in the text
     return 0
 
 

@@ -10,6 +10,8 @@ import sys
 
 from absl import app, flags
 
+import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
+
 flags.DEFINE_string("run_dir", None, "Run directory of train.py: <log_dir>/<model_name>.")
 flags.DEFINE_string("output_dir", None, "Where to write search.png and search.gif (default: run).")
 flags.DEFINE_integer("frames", 100, "Most frames in the GIF; longer histories are subsampled.", 1)

@@ -14,7 +14,12 @@ import sys
 
 from absl import app, flags
 
+import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.configs import OPTIMIZERS, PRESETS, TAU_SCHEDULES, ConfigError, ModelConfig, TrainConfig
+
+MODEL_FLAGS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
+# Training flags default to TrainConfig's defaults: one place to change them.
+DEFAULT = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (or resume), or evaluate.")
 flags.DEFINE_string("train_directory", None, "Training split directory (from build_data.py).")
@@ -43,40 +48,75 @@ flags.DEFINE_enum(
     "choice_at_inference", None, ["expected", "argmax"], "Block weights at inference."
 )
 flags.DEFINE_float("initializer_range", None, "Standard deviation of the normal weight init.")
-flags.DEFINE_float("max_lr", 1e-4, "Peak learning rate.")
-flags.DEFINE_integer("warmup_steps", 4000, "Linear warmup steps, then cosine decay to 0.")
-flags.DEFINE_float("tau_start", 1.0, "Gumbel-softmax temperature at step 0.")
-flags.DEFINE_float("tau_end", 0.1, "Temperature at the last step.")
-flags.DEFINE_enum("tau_schedule", "exponential", TAU_SCHEDULES, "Shape of the tau annealing.")
-flags.DEFINE_enum("opt_name", "adam", OPTIMIZERS, "Optimizer.")
-flags.DEFINE_integer("epochs", 20, "Epochs; the schedules span all of them.")
-flags.DEFINE_integer("max_steps", 0, "Stop after this many steps (schedules unchanged); 0: all.")
-flags.DEFINE_integer("eval_every", 0, "Also evaluate the valid split every N steps (0: epochs).")
-flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint every N steps (and at epoch ends).")
-flags.DEFINE_integer("log_every", 100, "Log line every N steps.")
-flags.DEFINE_string("model_name", "par_xl", "Run name: the run directory is <log_dir>/<name>.")
+flags.DEFINE_bool(
+    "document_boundaries",
+    None,
+    "No position attends across a document start (the data's document_starts), through the XL "
+    "memory included; a stream's memory is cleared there.",
+)
+flags.DEFINE_float("max_lr", DEFAULT["max_lr"], "Peak learning rate.")
+flags.DEFINE_integer(
+    "warmup_steps", DEFAULT["warmup_steps"], "Linear warmup steps, then cosine decay to 0."
+)
+flags.DEFINE_float("tau_start", DEFAULT["tau_start"], "Gumbel-softmax temperature at step 0.")
+flags.DEFINE_float("tau_end", DEFAULT["tau_end"], "Temperature at the last step.")
+flags.DEFINE_enum(
+    "tau_schedule", DEFAULT["tau_schedule"], TAU_SCHEDULES, "Shape of the tau annealing."
+)
+flags.DEFINE_enum("opt_name", DEFAULT["opt_name"], OPTIMIZERS, "Optimizer.")
+flags.DEFINE_integer("epochs", DEFAULT["epochs"], "Epochs; the schedules span all of them.")
+flags.DEFINE_integer(
+    "max_steps", DEFAULT["max_steps"], "Stop after this many steps (schedules unchanged); 0: all."
+)
+flags.DEFINE_integer(
+    "eval_every", DEFAULT["eval_every"], "Also evaluate the valid split every N steps (0: epochs)."
+)
+flags.DEFINE_integer(
+    "checkpoint_every", DEFAULT["checkpoint_every"], "Checkpoint every N steps (and at epoch ends)."
+)
+flags.DEFINE_integer("log_every", DEFAULT["log_every"], "Log line every N steps.")
+flags.DEFINE_string(
+    "model_name", DEFAULT["model_name"], "Run name: the run directory is <log_dir>/<name>."
+)
 # --log_dir is absl.logging's flag ("directory to write logfiles into"): run directories go
 # there too, default "runs".
 flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default <log_dir>/<name>/checkpoints).")
-flags.DEFINE_bool("resume", False, "Continue the run in --checkpoint_dir from its latest save.")
+flags.DEFINE_bool(
+    "resume",
+    DEFAULT["resume"],
+    "Continue the run in --checkpoint_dir from its newest intact checkpoint (same model flags "
+    "and data, or a refusal).",
+)
 flags.DEFINE_bool(
     "jit_compile",
     None,
     "XLA-compile the steps. Default: on with a GPU or TPU; off on CPU, where TF's XLA backward "
     "pass is slower (benchmarks/RESULTS.md).",
 )
-flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (for GPUs).")
-flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call.")
-flags.DEFINE_bool("tail_capacity", True, "Score adaptive-softmax tails only where needed.")
 flags.DEFINE_bool(
-    "unigram_bias_init", True, "Start the output biases at the training split's unigram."
+    "mixed_precision", DEFAULT["mixed_precision"], "mixed_float16 compute (for GPUs)."
 )
-flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, Gumbel noise).")
+flags.DEFINE_integer(
+    "steps_per_execution", DEFAULT["steps_per_execution"], "Training steps per compiled call."
+)
+flags.DEFINE_bool(
+    "tail_capacity", DEFAULT["tail_capacity"], "Score adaptive-softmax tails only where needed."
+)
+flags.DEFINE_bool(
+    "unigram_bias_init",
+    DEFAULT["unigram_bias_init"],
+    "Start the output biases at the training split's unigram.",
+)
+flags.DEFINE_integer("seed", DEFAULT["seed"], "Random seed (weights, dropout, Gumbel noise).")
+flags.DEFINE_float(
+    "divergence_factor",
+    DEFAULT["divergence_factor"],
+    "Stop when the training loss exceeds this multiple of log(vocabulary size), the loss of a "
+    "uniform guess, or is not finite (0: only when not finite).",
+)
 flags.DEFINE_string("eval_directory", None, "--mode=evaluate: split directory (default: test).")
 flags.DEFINE_string("checkpoint", None, "--mode=evaluate: checkpoint file (default: latest).")
 FLAGS = flags.FLAGS
-
-MODEL_FLAGS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
 
 
 def model_config_from_flags():
@@ -99,7 +139,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from par_xl.data import DataError
+    from par_xl.files import DiskFull
     from par_xl.training import trainer
+    from par_xl.training.callbacks import TrainingDiverged, TrainingInterrupted
+    from par_xl.training.checkpoints import CheckpointError
 
     jit_compile = default_jit_compile() if FLAGS.jit_compile is None else FLAGS.jit_compile
     try:
@@ -124,15 +167,21 @@ def main(argv):
             log_dir=FLAGS.log_dir or "runs",
         )
         trainer.train(model_config_from_flags(), train_config)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
-    except trainer.cb.TrainingDiverged as error:
+    except TrainingDiverged as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("train.py: interrupted; checkpoint saved, continue with --resume", file=sys.stderr)
+    except TrainingInterrupted as error:  # before the bare KeyboardInterrupt it derives from
+        print(f"train.py: {error}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("train.py: interrupted", file=sys.stderr)
+        return 130
+    except (DiskFull, OSError) as error:  # a full disk, an unwritable or failing device
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

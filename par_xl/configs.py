@@ -49,6 +49,7 @@ class ModelConfig:
     tau_is_trainable: bool = False
     choice_at_inference: str = "expected"
     initializer_range: float = 0.02
+    document_boundaries: bool = False  # no attention across document starts (data v2)
 
     def model_kwargs(self):
         """The configuration as `PARTransformerXL` keyword arguments."""
@@ -116,6 +117,7 @@ class TrainConfig:
     resume: bool = False
     tail_capacity: bool = True  # score adaptive-softmax tails sparsely (exact either way)
     unigram_bias_init: bool = True  # start the output biases at the training unigram
+    divergence_factor: float = 3.0  # stop when the loss exceeds this x log(V); 0: non-finite only
 
     @property
     def run_directory(self):
@@ -136,6 +138,10 @@ class TrainConfig:
         for name in ("warmup_steps", "max_steps", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, received {getattr(self, name)}.")
+        if self.divergence_factor != 0 and not self.divergence_factor > 1:
+            raise ConfigError(
+                f"--divergence_factor must be 0 (off) or > 1, received {self.divergence_factor}."
+            )
         if self.opt_name not in OPTIMIZERS:
             raise ConfigError(
                 f"--opt_name must be one of {OPTIMIZERS}, received {self.opt_name!r}."

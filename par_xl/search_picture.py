@@ -22,7 +22,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.util import tensor_util
 
-from par_xl.data.files import atomic_path
+from par_xl.files import atomic_path
 from par_xl.layers.stochastic_block import CHOICES
 
 CHOICE_NAMES = {"A": "attention", "F": "feed-forward", "I": "identity"}

@@ -24,8 +24,8 @@ from par_xl.data import (
     sha256_file,
 )
 from par_xl.data import tfrecords as tfrecords_module
-from par_xl.data.files import atomic_path
 from par_xl.data.unigram import frequency_order
+from par_xl.files import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=400, batch_size=4, seq_len=8, shards=3)

@@ -9,7 +9,7 @@ from pathlib import Path
 from par_xl.data import SPLITS, read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"VOCAB_SIZE": "200", "BATCH_SIZE": "4", "SEQ_LEN": "8", "SHARDS": "2", "NUM_THREADS": "1"}
+SMALL = {"VOCAB_SIZE": "400", "BATCH_SIZE": "4", "SEQ_LEN": "8", "SHARDS": "2", "NUM_THREADS": "1"}
 
 
 def run_script(data_dir: Path, **env: str) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def test_copies_builds_and_then_skips(small_text_dir, tmp_path):
         text = (data / "wikitext-2" / f"{split}.txt").read_bytes()
         assert text == (small_text_dir / f"{split}.txt").read_bytes()
         metadata = read_metadata(data / "tfrecords" / split)
-        assert (metadata.vocab_size, metadata.batch_size, metadata.seq_len) == (200, 4, 8)
+        assert (metadata.vocab_size, metadata.batch_size, metadata.seq_len) == (400, 4, 8)
     assert read_metadata(data / "tfrecords" / "train").sp_model == str(data / "sp12k.model")
     metadata_file = data / "tfrecords" / "train" / "metadata.json"
     built = metadata_file.stat().st_mtime_ns
@@ -54,6 +54,15 @@ def test_copies_builds_and_then_skips(small_text_dir, tmp_path):
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "Using WikiText-2" in rebuilt.stdout
     assert read_metadata(data / "tfrecords" / "train").seq_len == 16
+
+    # Data of an older format (an earlier par-xl) is built again, not skipped.
+    metadata_file.write_text(
+        metadata_file.read_text().replace('"format_version": 2', '"format_version": 1')
+    )
+    upgraded = run_script(data)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "older format" in upgraded.stdout and "already built" not in upgraded.stdout
+    assert read_metadata(data / "tfrecords" / "train").format_version == 2
 
 
 def test_downloads_with_fallback_url(small_text_dir, tmp_path):
@@ -77,3 +86,12 @@ def test_missing_copy_source_is_an_error(tmp_path):
     result = run_script(tmp_path / "data", WIKITEXT2_DIR=str(tmp_path))
     assert result.returncode == 1
     assert f"WIKITEXT2_DIR={tmp_path} holds no train.txt" in result.stderr
+
+
+def test_no_network_and_no_data_says_where_to_put_wikitext2(tmp_path):
+    urls = f"file://{tmp_path}/nowhere.zip http://127.0.0.1:9/wikitext-2-v1.zip"
+    result = run_script(tmp_path / "data", WIKITEXT2_URLS=urls)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"in {tmp_path}/data/wikitext-2, or set WIKITEXT2_DIR" in result.stderr
+    assert not (tmp_path / "data" / "tfrecords").exists()

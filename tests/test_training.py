@@ -16,27 +16,27 @@ import pytest
 from keras import ops
 
 from par_xl.configs import PRESETS, ConfigError, ModelConfig, TrainConfig
-from par_xl.data import BuildConfig, build_data
+from par_xl.data import BuildConfig, build_data, load_dataset, read_metadata
 from par_xl.models import PARTransformerXL
 from par_xl.models.generation import filter_log_probs, generate
 from par_xl.training import callbacks as cb
-from par_xl.training.evaluation import evaluate_split
+from par_xl.training.evaluation import evaluate_batches, evaluate_split
+from par_xl.training.runs import check_data
 from par_xl.training.schedules import WarmupCosine, tau_at
-from par_xl.training.trainer import check_data
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(small_text_dir, tmp_path_factory):
-    """The generated corpus built with a 200-piece vocabulary into 4 x 16 batches."""
+    """The generated corpus built with a 400-piece vocabulary into 4 x 16 batches."""
     root = tmp_path_factory.mktemp("tiny_data")
     build_data(
         BuildConfig(
             input_text=str(small_text_dir),
             tfrecords_directory=str(root / "tf"),
             sp_model_prefix=str(root / "sp"),
-            vocab_size=200,
+            vocab_size=400,
             batch_size=4,
             seq_len=16,
         )
@@ -110,11 +110,37 @@ def test_memory_resets_only_at_the_start_of_a_data_epoch():
     reset.set_model(model)
     for step, emptied in ((7, False), (10, True)):
         model.memory[0].assign(np.ones(model.memory[0].shape))
-        model.valid_memory_length.assign(4)
+        model.valid_memory_length.assign([4, 4])
         model.optimizer.iterations.assign(step)
         reset.on_epoch_begin(0)
-        assert (int(ops.convert_to_numpy(model.valid_memory_length)) == 0) is emptied
+        assert bool(ops.convert_to_numpy(model.valid_memory_length).max() == 0) is emptied
         assert bool(np.abs(ops.convert_to_numpy(model.memory[0])).sum() == 0) is emptied
+
+
+@pytest.mark.parametrize("document_boundaries", [False, True])
+def test_evaluate_split_reports_word_perplexity_and_bits_per_character(
+    tiny_data, document_boundaries
+):
+    directory = tiny_data / "tf" / "valid"
+    metadata = read_metadata(directory)
+    keras.utils.set_random_seed(0)
+    model = PARTransformerXL(vocab_size=400, d_model=8, num_heads=2, d_ffn=16, num_layers=2,
+                             mem_len=4, cutoffs=[20],
+                             document_boundaries=document_boundaries)  # fmt: skip
+    model.compile(optimizer="adam")
+    model.build((metadata.batch_size, metadata.seq_len))
+    result = evaluate_split(model, directory)
+    # By hand: the batches in order, memory carried, document starts when the model uses them.
+    model.reset_memory()
+    total = 0.0
+    for x, y in load_dataset(directory, document_starts=document_boundaries):
+        total += float(np.sum(ops.convert_to_numpy(model.output_layer.loss(model(x), y))))
+    np.testing.assert_allclose(result["loss"], total / metadata.tokens_used, rtol=1e-5)
+    np.testing.assert_allclose(result["word_perplexity"], np.exp(total / metadata.words_used),
+                               rtol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(result["bits_per_character"],
+                               total / np.log(2) / metadata.characters_used, rtol=1e-5)  # fmt: skip
+    assert result["word_perplexity"] > result["perplexity"]  # more tokens than words
 
 
 def test_interval_fires_when_a_multiple_is_passed():
@@ -130,7 +156,7 @@ def test_evaluation_uses_its_own_memory_and_restores_training_state():
     batches = [(rng.integers(0, 30, (2, 4)), rng.integers(0, 30, (2, 4))) for _ in range(3)]
     model(batches[0][0])  # some training memory
     before = [ops.convert_to_numpy(v).copy() for v in model.non_trainable_variables]
-    result = evaluate_split(model, batches)
+    result = evaluate_batches(model, batches)
     for v, old in zip(model.non_trainable_variables, before):
         np.testing.assert_array_equal(ops.convert_to_numpy(v), old)
     # The same evaluation by hand: memory from empty, carried across the batches.
@@ -193,8 +219,8 @@ def test_train_flags_are_validated():
 def test_data_checks_name_the_problem(tiny_data, tmp_path):
     config = TrainConfig(f"{tiny_data}/tf/train", f"{tiny_data}/tf/valid")
     model = ModelConfig(cutoffs=(20, 80))
-    assert check_data(model, config)["train"].vocab_size == 200
-    with pytest.raises(ValueError, match="--cutoffs must be strictly increasing .* 200"):
+    assert check_data(model, config)["train"].vocab_size == 400
+    with pytest.raises(ValueError, match="--cutoffs must be strictly increasing .* 400"):
         check_data(ModelConfig(cutoffs=(250, 2500)), config)
     other = tmp_path / "other.model"
     other.write_bytes(b"not the model")
@@ -265,17 +291,23 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_
     log = tmp_path / "resumed" / "training_log.log"
     process = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and "step 20 | loss" in log.read_text()):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "continue with --resume" in stderr
     interrupted_at = json.loads((tmp_path / "resumed/checkpoints/latest.json").read_text())["step"]
     assert 20 <= interrupted_at < 40  # so the logged intervals 41-50 and 51-60 compare
+    # Where it stopped, said plainly; the epoch's progress bar does not claim a finished epoch.
+    steps = json.loads((tiny_data / "tf/train/metadata.json").read_text())["steps"]
+    where = f"step {interrupted_at} of 60 (epoch 1, batch {interrupted_at} of {steps})"
+    assert f"interrupted by signal {int(signal.SIGTERM)} at {where}" in stderr
+    assert where in log.read_text()
+    assert f" {interrupted_at}/{steps} - " in stdout and f"{steps}/{steps}" not in stdout
 
     refused = run_script("train.py", *args)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
@@ -375,7 +407,7 @@ def test_base_model_script_smoke_run(small_text_dir, tmp_path):
         "PYTHON": sys.executable,
         "DATA_DIR": str(tmp_path / "data"),
         "WIKITEXT2_DIR": str(small_text_dir),
-        "VOCAB_SIZE": "200",
+        "VOCAB_SIZE": "400",
         "BATCH_SIZE": "4",
         "SEQ_LEN": "16",
         "LOG_DIR": str(tmp_path / "runs"),

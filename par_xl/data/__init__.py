@@ -6,7 +6,6 @@ Build with `build_data.py` (or `create_tfrecords.sh`); train with `load_dataset(
 from par_xl.data.build import BuildConfig, BuildReport, build_data
 from par_xl.data.context_batching import ContextBatches, context_batches, num_batches
 from par_xl.data.errors import DataError
-from par_xl.data.files import sha256_file
 from par_xl.data.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -19,6 +18,7 @@ from par_xl.data.text_files import SPLITS
 from par_xl.data.tfrecords import load_dataset
 from par_xl.data.tokenizer import decode_lines, encode_lines, load_tokenizer
 from par_xl.data.unigram import UNIGRAM_FILE
+from par_xl.files import sha256_file
 
 __all__ = [
     "FORMAT_VERSION",

@@ -29,7 +29,6 @@ from par_xl.data.documents import (
     first_lines,
 )
 from par_xl.data.errors import DataError
-from par_xl.data.files import sha256_file
 from par_xl.data.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -55,6 +54,7 @@ from par_xl.data.unigram import (
     unigram_counts,
     write_unigram,
 )
+from par_xl.files import sha256_file
 from par_xl.log_files import log_to_file
 
 LOG_FILE = "build_data.log"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from par_xl.data.errors import DataError
-from par_xl.data.files import atomic_write_text, sha256_file
+from par_xl.files import atomic_write_text, sha256_file
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from par_xl.data.context_batching import ContextBatches
 from par_xl.data.errors import DataError
-from par_xl.data.files import atomic_path, sha256_file
 from par_xl.data.metadata import Shard, read_metadata, verify_shards
+from par_xl.files import atomic_path, sha256_file
 
 FEATURES = ("inputs", "labels", "document_starts")
 

@@ -33,7 +33,7 @@ from sentencepiece import sentencepiece_model_pb2
 from tqdm import tqdm
 
 from par_xl.data.errors import DataError
-from par_xl.data.files import temporary_name
+from par_xl.files import temporary_name
 
 MODEL_TYPES = ("unigram", "bpe")
 # SentencePiece's own unknown piece; renamed so that a corpus marker `<unk>` can be a piece.

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from par_xl.data.files import atomic_path
+from par_xl.files import atomic_path
 
 UNIGRAM_FILE = "unigram.txt"
 

@@ -1,4 +1,5 @@
-"""Keras callbacks of a PAR training run: tau, memory, evaluation, logs, checkpoints, NaN stop.
+"""Keras callbacks of a PAR training run: tau, memory, evaluation, logs, checkpoints, divergence
+stop, progress bar.
 
 All of them count steps with the optimizer's iteration counter, which is saved in every
 checkpoint, so a resumed run continues every schedule and interval where it stopped.
@@ -14,6 +15,8 @@ import tensorflow as tf
 from keras import ops
 
 from par_xl.layers.stochastic_block import CHOICES
+from par_xl.log_files import format_metrics
+from par_xl.search_picture import choice_figure
 from par_xl.training.evaluation import evaluate_split
 from par_xl.training.schedules import tau_at
 
@@ -39,7 +42,39 @@ class Interval:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN, infinite, or larger than the divergence bound."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT / SIGTERM; the message says where and what was saved."""
+
+
+class LossWindow:
+    """The mean training loss over the steps since the last `mean` call (or `restart`).
+
+    Keras logs `loss` as the running mean of the epoch. This reads the sums behind it, the
+    `total` and `count` of the loss tracker (a `keras.metrics.Mean` that `fit` resets at each
+    epoch start), and differences them: exact over any window, also when one compiled call
+    trains several steps (--steps_per_execution).
+    """
+
+    def __init__(self):
+        self.tracker = None
+        self.start = (0.0, 0.0)
+
+    def restart(self, model):
+        self.tracker = next(m for m in model.metrics if m.name == "loss")
+        self.start = self._totals()
+
+    def mean(self):
+        """Mean loss since the last call, or None if no step was trained since."""
+        total, count = self._totals()
+        (start_total, start_count), self.start = self.start, (total, count)
+        return (total - start_total) / (count - start_count) if count > start_count else None
+
+    def _totals(self):
+        variables = (self.tracker.total, self.tracker.count)
+        return tuple(float(ops.convert_to_numpy(v)) for v in variables)
 
 
 class TauAnnealing(keras.callbacks.Callback):
@@ -73,35 +108,54 @@ class MemoryReset(keras.callbacks.Callback):
             self.model.reset_memory()
 
 
-class StopAtStep(keras.callbacks.Callback):
-    """Stops training once the global step reaches `max_steps`."""
+class DivergenceGuard(keras.callbacks.Callback):
+    """Raises `TrainingDiverged`, naming the step, when the loss of the steps since the last
+    batch end is not finite or exceeds `factor * log(vocab_size)`.
 
-    def __init__(self, max_steps):
-        super().__init__()
-        self.max_steps = max_steps
+    `log(V)` is the loss of a uniform guess. A language model starts near it (below it with
+    the unigram bias init) and goes down; a loss several times larger gives the right token a
+    probability below V ** -factor, far worse than knowing nothing: the optimizer has blown the
+    weights up (a learning rate far too large) and nothing good follows. Unlike a jump over the
+    recent level, this bound needs no warm-up window and does not fire on the ordinary loss
+    spikes of a healthy run. `factor` 0: only a non-finite loss stops.
 
-    def on_train_batch_end(self, batch, logs=None):
-        if global_step(self.model) >= self.max_steps:
-            self.model.stop_training = True
-
-
-class NaNGuard(keras.callbacks.Callback):
-    """Raises `TrainingDiverged`, naming the step, when the loss is not finite.
-
-    Placed before `Checkpointer`, so the diverged state is never saved.
+    Placed before `PeriodicEvaluation` and `Checkpointer`: a diverged state is neither
+    evaluated nor saved, and the good checkpoints are not rotated out by diverged ones.
     """
 
-    def __init__(self, checkpoints):
+    def __init__(self, checkpoints, factor, vocab_size):
         super().__init__()
         self.checkpoints = checkpoints
+        self.factor = factor
+        self.vocab_size = vocab_size
+        self.max_loss = factor * math.log(vocab_size) if factor else math.inf
+        self.window = LossWindow()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.window.restart(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(
-                f"The training loss became {float(loss)} at step {global_step(self.model)}; "
-                f"training stopped. The last good checkpoint is {self.checkpoints.latest()}."
+        loss = self.window.mean()
+        if loss is None or loss <= self.max_loss:  # NaN compares False: it goes on below
+            return
+        bound = ""
+        if math.isfinite(loss):
+            bound = (
+                f", above the divergence bound {self.max_loss:.1f} (--divergence_factor="
+                f"{self.factor:g} x log({self.vocab_size}), the loss of a uniform guess)"
             )
+        message = (
+            f"The training loss became {loss:.4g} at step {global_step(self.model)}{bound}; "
+            f"training stopped before this state was evaluated or saved. "
+            f"{last_checkpoint(self.checkpoints)} Lower --max_lr or raise --warmup_steps."
+        )
+        log.error(message)
+        raise TrainingDiverged(message)
+
+
+def last_checkpoint(checkpoints):
+    latest = checkpoints.latest()
+    return f"The last good checkpoint is {latest}." if latest else "No checkpoint was saved."
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -125,8 +179,8 @@ class Checkpointer(keras.callbacks.Callback):
         if step != self.last_saved:
             if not all(np.isfinite(ops.convert_to_numpy(w)).all() for w in self.model.weights):
                 raise TrainingDiverged(
-                    f"The weights are no longer finite at step {step}; training stopped. The "
-                    f"last good checkpoint is {self.checkpoints.latest()}."
+                    f"The weights are no longer finite at step {step}; training stopped. "
+                    f"{last_checkpoint(self.checkpoints)}"
                 )
             path = self.checkpoints.save(self.model, step)
             self.last_saved = step
@@ -146,14 +200,6 @@ class Checkpointer(keras.callbacks.Callback):
         self.save()
 
 
-def choice_heat_map(probabilities, cell=24):
-    """`(layers, 3)` probabilities -> `(1, H, W, 3)` uint8 image, dark blue (0) to yellow (1)."""
-    low, high = np.array([68, 1, 84], "float32"), np.array([253, 231, 37], "float32")
-    colors = low + probabilities[..., None] * (high - low)  # (layers, 3, rgb)
-    image = np.repeat(np.repeat(colors, cell, axis=0), cell, axis=1)
-    return image[None].astype("uint8")
-
-
 class TrainingLogger(keras.callbacks.Callback):
     """One line every `every` steps in the log file, with TensorBoard scalars beside it.
 
@@ -163,31 +209,31 @@ class TrainingLogger(keras.callbacks.Callback):
     architecture search can be watched as it happens.
     """
 
-    def __init__(self, run_directory, every, tokens_per_step, flops_per_token):
+    def __init__(self, run_directory, every, tokens_per_step, flops_per_token, steps_per_epoch):
         super().__init__()
         self.interval = Interval(every)
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
+        self.steps_per_epoch = steps_per_epoch
         self.writer = tf.summary.create_file_writer(f"{run_directory}/train")
-        self._interval_start = None
+        self.window = LossWindow()
+        self.interval_start = (0, 0.0)  # (step, time) where the current interval began
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = (0, 0.0)  # (batches, running mean loss) at the interval start
-        self._interval_start = (global_step(self.model), time.perf_counter())
+        self.window.restart(self.model)
+        self.interval_start = (global_step(self.model), time.perf_counter())
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
-        if not self.interval.due(step) or "loss" not in (logs or {}):
+        if not self.interval.due(step):
             return
-        seen = batch + 1  # Keras's running mean covers `seen` batches of this fit epoch
-        mean = float(logs["loss"])
-        start_batches, start_mean = self._epoch_start
-        loss = (seen * mean - start_batches * start_mean) / max(seen - start_batches, 1)
-        self._epoch_start = (seen, mean)
-        start_step, start_time = self._interval_start
+        loss = self.window.mean()
+        if loss is None:
+            return
+        start_step, start_time = self.interval_start
         elapsed = max(time.perf_counter() - start_time, 1e-9)
         steps = max(step - start_step, 1)
-        self._interval_start = (step, time.perf_counter())
+        self.interval_start = (step, time.perf_counter())
         tokens_per_second = steps * self.tokens_per_step / elapsed
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         probabilities, architecture = self.model.choice_probabilities()
@@ -209,25 +255,42 @@ class TrainingLogger(keras.callbacks.Callback):
                     tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
 
     def on_epoch_end(self, epoch, logs=None):
+        step = global_step(self.model)
         probabilities, architecture = self.model.choice_probabilities()
-        with self.writer.as_default(step=global_step(self.model)):
-            tf.summary.image("choice_probabilities", choice_heat_map(probabilities))
+        with self.writer.as_default(step=step):
+            tf.summary.image(
+                "choice_probabilities", choice_figure(probabilities, step, self._tau())
+            )
             tf.summary.text("architecture", architecture)
         self.writer.flush()
-        log.info("epoch %d end | %s | %s", epoch + 1, architecture, _format_logs(logs))
+        batch = step - epoch * self.steps_per_epoch
+        where = "end" if batch == self.steps_per_epoch else (
+            f"stopped at batch {batch} of {self.steps_per_epoch}")  # fmt: skip
+        log.info("epoch %d %s | %s | %s", epoch + 1, where, architecture, format_metrics(logs))
 
     def _tau(self):
         layers = self.model.choice_layers
         return float(ops.convert_to_numpy(layers[0].tau)) if layers else float("nan")
 
 
-class PeriodicEvaluation(keras.callbacks.Callback):
-    """Evaluates the valid split, in order with its own memory, every `every` steps (0: never)
-    and at each epoch end; adds `val_*` entries to the epoch logs for TensorBoard."""
+EVALUATION_SCALARS = (
+    "loss",
+    "perplexity",
+    "perplexity_batch_mean",
+    "bits_per_token",
+    "word_perplexity",
+    "bits_per_character",
+)
 
-    def __init__(self, dataset, run_directory, every=0):
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Evaluates the valid split (a split directory), in order with its own memory, every
+    `every` steps (0: never) and at each epoch end; adds `val_*` entries to the epoch logs for
+    TensorBoard."""
+
+    def __init__(self, directory, run_directory, every=0):
         super().__init__()
-        self.dataset = dataset
+        self.directory = directory
         self.interval = Interval(every)
         self.writer = tf.summary.create_file_writer(f"{run_directory}/validation")
         self.history = []
@@ -237,12 +300,12 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         step = global_step(self.model)
         if step == self._last_step:
             return self.history[-1]
-        result = {"step": step, **evaluate_split(self.model, self.dataset)}
+        result = {"step": step, **evaluate_split(self.model, self.directory)}
         self.history.append(result)
         self._last_step = step
-        log.info("step %d | valid | %s", step, _format_logs(result))
+        log.info("step %d | valid | %s", step, format_metrics(result))
         with self.writer.as_default(step=step):
-            for name in ("loss", "perplexity", "perplexity_batch_mean", "bits_per_token"):
+            for name in EVALUATION_SCALARS:
                 tf.summary.scalar(name, result[name])
         self.writer.flush()
         return result
@@ -259,7 +322,57 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             logs.update({f"val_{k}": v for k, v in result.items() if k not in ("step", "batches")})
 
 
-def _format_logs(logs):
-    return " | ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in (logs or {}).items()
-    )
+class EpochProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, counting the batches of the data epoch, not of one `fit` call.
+
+    The trainer runs one `fit` per data epoch, and a resumed run starts mid-epoch. Keras's own
+    bar counts the batches of the call and, when training stops early (Ctrl-C, --max_steps),
+    still ends at the full count with a speed computed for it: `2806/2806 - 69s - 24ms/step`
+    for an epoch stopped at batch 354. This bar shows `batch/steps_per_epoch` of the data
+    epoch, "Epoch e/epochs" of the whole run, and, stopped early, ends where it stopped, with
+    the speed of the steps it ran.
+    """
+
+    def __init__(self, epochs, steps_per_epoch):
+        super().__init__()
+        self.total_epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch_start = 0  # global step at which the current data epoch began
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+        self.target = self.steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = epoch * self.steps_per_epoch
+        super().on_epoch_begin(epoch, logs)
+
+    def _maybe_init_progbar(self):
+        if self.progbar is None:
+            first = global_step(self.model) - self.epoch_start
+            self.progbar = _ResumedProgbar(first, target=self.target, verbose=self.verbose,
+                                           unit_name="step", stateless_metrics=set())  # fmt: skip
+
+    def _update_progbar(self, batch, logs=None):
+        self._maybe_init_progbar()
+        self.seen = global_step(self.model) - self.epoch_start
+        if self.verbose == 1:
+            self.progbar.update(self.seen, list((logs or {}).items()), finalize=False)
+
+    def _finalize_progbar(self, logs):
+        self._maybe_init_progbar()
+        self.seen = global_step(self.model) - self.epoch_start
+        self.progbar.update(self.seen, list((logs or {}).items()), finalize=True)
+
+
+class _ResumedProgbar(keras.utils.Progbar):
+    """A Progbar that starts at batch `first` of its target: the time per step counts only
+    the steps run since."""
+
+    def __init__(self, first, **kwargs):
+        super().__init__(**kwargs)
+        self.first = first
+
+    def _estimate_step_duration(self, current, now):
+        return super()._estimate_step_duration(current - self.first, now)

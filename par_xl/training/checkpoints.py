@@ -1,113 +1,253 @@
-"""Checkpoints of a training run: model + optimizer weights, written atomically, kept rotated.
+"""Checkpoints of a training run: model + optimizer weights, written atomically, verified, rotated.
 
 A checkpoint is a Keras weights file, `ckpt-<step>.weights.h5` (weights, optimizer slots and
 its step counter, XL memory, Gumbel temperatures), plus `ckpt-<step>.state.npz` with the
 random-generator states of dropout and Gumbel noise, which Keras leaves out of weights files:
 a resumed run draws the same noise as an uninterrupted one. The data position follows from
 the step (the data order is fixed), so resuming continues with the right next batch and the
-same memory. Files are written under a temporary name and renamed when complete; `latest.json`
-names the newest and is itself replaced atomically, so an interrupt never leaves a torn
-checkpoint.
+same memory.
+
+Files are written under a temporary name and renamed when complete (`par_xl.files`).
+`latest.json` names the newest and is the manifest of the kept checkpoints: the size and
+SHA-256 of each file, as written. A checkpoint is trusted only if its files match the
+manifest (or, when the manifest lost track of it, if both files read back whole): a damaged
+newest checkpoint (a truncated copy, a disk error) falls back to the newest intact one, with
+a warning naming the damaged file. Rotation keeps the `keep` newest intact checkpoints.
 """
 
 import json
-import os
-import re
+import logging
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 from keras import ops
 
-from par_xl.data.files import atomic_write_text
+from par_xl.files import atomic_path, atomic_write_text, reporting_full_disk, sha256_file
 
 LATEST = "latest.json"
 CONFIG = "config.json"
-_NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
+_WEIGHTS = ".weights.h5"
+_STATE = ".state.npz"
+_DAMAGED = ".damaged"
+
+log = logging.getLogger("par_xl")
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint: none there, all damaged, or one that does not fit the model."""
 
 
 class CheckpointManager:
-    """Saves, finds and restores the checkpoints of one run directory.
+    """Saves, verifies, finds and restores the checkpoints of one run directory.
 
     Args:
         directory: where the checkpoints go (created on first save).
-        keep: how many of the newest checkpoints to keep.
+        keep: how many of the newest intact checkpoints to keep.
     """
 
     def __init__(self, directory, keep=2):
         self.directory = Path(directory)
         self.keep = keep
+        self.restored = None  # path of the checkpoint the last `restore` loaded
 
     def steps(self):
-        """Steps of the checkpoints on disk, oldest first."""
+        """Steps of the checkpoints on disk (intact or not), oldest first."""
         if not self.directory.is_dir():
             return []
-        found = (_NAME.match(p.name) for p in self.directory.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+        names = (p.name for p in self.directory.glob(f"ckpt-*{_WEIGHTS}"))
+        return sorted(int(n[5 : -len(_WEIGHTS)]) for n in names if n[5 : -len(_WEIGHTS)].isdigit())
 
     def path(self, step):
-        return self.directory / f"ckpt-{step:08d}.weights.h5"
+        return self.directory / f"ckpt-{step:08d}{_WEIGHTS}"
 
     @staticmethod
     def state_path(weights_path):
-        return Path(str(weights_path).replace(".weights.h5", ".state.npz"))
+        return Path(str(weights_path).replace(_WEIGHTS, _STATE))
 
     @staticmethod
     def _seed_states(model):
         return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
-    def latest(self):
-        """Path of the newest complete checkpoint, or None."""
+    # The manifest.
+
+    def manifest(self):
+        """`{file name: {"bytes", "sha256"}}` from `latest.json`; empty if it is missing or
+        damaged (then checkpoints are checked by reading them whole)."""
         marker = self.directory / LATEST
-        if marker.is_file():
-            path = self.directory / json.loads(marker.read_text())["file"]
-            if path.is_file():
-                return path
-        steps = self.steps()
-        return self.path(steps[-1]) if steps else None
+        try:
+            files = json.loads(marker.read_text())["files"]
+            return {str(k): dict(bytes=int(v["bytes"]), sha256=str(v["sha256"]))
+                    for k, v in files.items()}  # fmt: skip
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            log.warning("%s is damaged (%s): checking the checkpoints by reading them", marker,
+                        type(error).__name__)  # fmt: skip
+            return {}
+
+    def damage(self, path, manifest=None, thorough=True):
+        """Why the checkpoint `path` cannot be trusted, or None if it is intact.
+
+        A file the manifest lists must have its recorded size and (if `thorough`) SHA-256; one
+        it does not list must read back whole.
+        """
+        path = Path(path)
+        manifest = self.manifest() if manifest is None else manifest
+        for file in (path, self.state_path(path)):
+            if not file.is_file():
+                return f"{file.name} is missing"
+            expected = manifest.get(file.name)
+            if expected is None:
+                reason = _unreadable(file)
+                if reason:
+                    return f"{file.name} cannot be read ({reason})"
+            elif file.stat().st_size != expected["bytes"]:
+                return (f"{file.name} has {file.stat().st_size} bytes, {expected['bytes']} "
+                        "were written")  # fmt: skip
+            elif thorough and sha256_file(file) != expected["sha256"]:
+                return f"{file.name} does not match the SHA-256 recorded when it was written"
+        return None
+
+    def latest(self):
+        """Path of the newest intact checkpoint, or None."""
+        manifest = self.manifest()
+        for step in reversed(self.steps()):
+            if self.damage(self.path(step), manifest) is None:
+                return self.path(step)
+        return None
+
+    # Saving.
 
     def save(self, model, step):
-        """Writes the model's (and its optimizer's) variables as the checkpoint of `step`."""
+        """Writes the model's (and its optimizer's) variables as the checkpoint of `step`.
+
+        A full disk raises `DiskFull` (see `par_xl.files`); the partial files are removed and
+        the previous checkpoints are kept.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.path(step)
-        # Keras wants the .weights.h5 suffix, so the temporary name is a prefix.
-        temporary = final.with_name(f".tmp-{os.getpid()}-{final.name}")
-        model.save_weights(temporary)
-        state = self.state_path(final)
-        temporary_state = state.with_name(f".tmp-{os.getpid()}-{state.name}")
-        seeds = [ops.convert_to_numpy(v) for v in self._seed_states(model)]
-        np.savez(temporary_state, *seeds)
-        os.replace(temporary_state, state)
-        os.replace(temporary, final)
-        atomic_write_text(self.directory / LATEST, json.dumps({"step": step, "file": final.name}))
-        for old in self.steps()[: -self.keep]:
-            self.path(old).unlink(missing_ok=True)
-            self.state_path(self.path(old)).unlink(missing_ok=True)
+        final, state = self.path(step), self.state_path(self.path(step))
+        needed = self._size_estimate(model)
+        with reporting_full_disk(final, needed, "then run again with --resume"):
+            with atomic_path(final, suffix=_WEIGHTS) as tmp, atomic_path(state) as tmp_state:
+                model.save_weights(tmp)
+                seeds = [ops.convert_to_numpy(v) for v in self._seed_states(model)]
+                with open(tmp_state, "wb") as f:  # a file object: np.savez adds no suffix
+                    np.savez(f, *seeds)
+            manifest = self.manifest()
+            for file in (final, state):
+                manifest[file.name] = {"bytes": file.stat().st_size, "sha256": sha256_file(file)}
+            kept = self._kept_steps(manifest)
+            manifest = {k: v for k, v in manifest.items() if _step_of(k) in kept}
+            document = {"step": step, "file": final.name, "files": manifest}
+            atomic_write_text(self.directory / LATEST, json.dumps(document, indent=1))
+        for old in self.steps():
+            if old not in kept and old < step:
+                self.path(old).unlink(missing_ok=True)
+                self.state_path(self.path(old)).unlink(missing_ok=True)
         return final
 
-    def restore(self, model, path=None):
-        """Loads `path` (default: the latest checkpoint) into a built, compiled model.
+    def _kept_steps(self, manifest):
+        """The `keep` newest intact checkpoints' steps (the one just saved first)."""
+        kept = []
+        for step in reversed(self.steps()):
+            if len(kept) == self.keep:
+                break
+            if self.damage(self.path(step), manifest, thorough=False) is None:
+                kept.append(step)
+        return kept
 
-        Returns the restored global step (the optimizer's iteration count).
+    def _size_estimate(self, model):
+        """Bytes a checkpoint takes: the newest one's size, else the variables' size."""
+        steps = self.steps()
+        if steps and self.path(steps[-1]).is_file():
+            return self.path(steps[-1]).stat().st_size
+        variables = model.variables + (model.optimizer.variables if model.optimizer else [])
+        return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+    # Restoring.
+
+    def restore(self, model, path=None, set_aside_damaged=False):
+        """Loads a checkpoint into a built, compiled model; returns its global step.
+
+        Without `path`, the newest intact checkpoint: each newer damaged one is skipped with
+        a warning naming it, and with `set_aside_damaged` renamed to `<name>.damaged` so that
+        training does not meet it again. A given `path` must be intact.
         """
-        path = Path(path) if path else self.latest()
-        if path is None or not path.is_file():
-            raise FileNotFoundError(
-                f"No checkpoint to restore in {self.directory}"
-                + (f" (looked for {path})" if path else "")
-            )
+        manifest = self.manifest()
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise CheckpointError(f"--checkpoint: {path} does not exist.")
+            reason = self.damage(path, manifest)
+            if reason:
+                raise CheckpointError(f"checkpoint {path} is damaged: {reason}.")
+        else:
+            damaged = []
+            for step in reversed(self.steps()):
+                reason = self.damage(self.path(step), manifest)
+                if reason is None:
+                    path = self.path(step)
+                    break
+                damaged.append(self.path(step))
+                log.warning("checkpoint %s is damaged (%s): falling back to an older one",
+                            self.path(step), reason)  # fmt: skip
+            if path is None:
+                raise CheckpointError(
+                    f"no intact checkpoint in {self.directory}"
+                    + (f" (damaged: {', '.join(p.name for p in damaged)})" if damaged else "")
+                    + "."
+                )
+            if damaged:
+                log.warning("using checkpoint %s, the newest intact one", path)
+            if set_aside_damaged:
+                for bad in damaged:
+                    for file in (bad, self.state_path(bad)):
+                        if file.exists():
+                            file.replace(file.with_name(file.name + _DAMAGED))
+        self._load(model, path)
+        self.restored = path
+        return int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
+
+    def _load(self, model, path):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(path)
+        try:
+            model.load_weights(path)
+        except ValueError as error:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model (another model configuration or "
+                f"batch size?): {error}"
+            ) from None
         state = self.state_path(path)
-        if state.is_file():
-            with np.load(state) as saved:
-                values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-            variables = self._seed_states(model)
-            if len(values) != len(variables):
-                raise ValueError(
-                    f"{state} holds {len(values)} random-generator states, the model has "
-                    f"{len(variables)}: the checkpoint belongs to another model configuration."
-                )
-            for variable, value in zip(variables, values):
-                variable.assign(value)
-        return int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
+        with np.load(state) as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        variables = self._seed_states(model)
+        if len(values) != len(variables):
+            raise CheckpointError(
+                f"{state} holds {len(values)} random-generator states, the model has "
+                f"{len(variables)}: the checkpoint belongs to another model configuration."
+            )
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+
+def _step_of(name):
+    digits = name[5:].split(".")[0]
+    return int(digits) if name.startswith("ckpt-") and digits.isdigit() else None
+
+
+def _unreadable(file):
+    """Why `file` (a weights .h5 or a state .npz) does not read back whole, or None."""
+    try:
+        if file.name.endswith(_WEIGHTS):
+            with h5py.File(file, "r") as h5:
+                h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        else:
+            with np.load(file) as saved:
+                for name in saved.files:
+                    saved[name]
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        return f"{type(error).__name__}: {str(error)[:120]}"
+    return None

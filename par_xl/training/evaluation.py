@@ -5,8 +5,29 @@ import math
 import numpy as np
 from keras import ops
 
+from par_xl.data import load_dataset, read_metadata
 
-def evaluate_split(model, dataset):
+
+def evaluate_split(model, directory):
+    """`evaluate_batches` over a built split, plus the tokenizer-independent figures.
+
+    The split's `metadata.json` counts the words and characters its labels cover, so
+    `word_perplexity` = exp(total NLL / words) (WikiText's word count: comparable across
+    tokenizers and with published results) and `bits_per_character` = total NLL / ln 2 /
+    characters. The split is read with its document starts when the model uses them.
+    """
+    metadata = read_metadata(directory)
+    dataset = load_dataset(directory, document_starts=model.document_boundaries)
+    result = evaluate_batches(model, dataset)
+    total = result["loss"] * metadata.tokens_used  # nats; every batch holds B * T tokens
+    return {
+        **result,
+        "word_perplexity": perplexity(total / metadata.words_used),
+        "bits_per_character": total / math.log(2.0) / metadata.characters_used,
+    }
+
+
+def evaluate_batches(model, dataset):
     """Loss and perplexity of a compiled `PARTransformerXL` over `(inputs, labels)` batches.
 
     The memory starts empty and is carried from batch to batch, as in training; afterwards the
@@ -32,10 +53,20 @@ def evaluate_split(model, dataset):
     if not len(losses):
         raise ValueError("evaluate_split received an empty dataset.")
     loss = float(losses.mean())
+    with np.errstate(over="ignore"):
+        batch_mean = float(np.exp(losses).mean())
     return {
         "loss": loss,
-        "perplexity": math.exp(loss),
-        "perplexity_batch_mean": float(np.exp(losses).mean()),
+        "perplexity": perplexity(loss),
+        "perplexity_batch_mean": batch_mean,
         "bits_per_token": loss / math.log(2.0),
         "batches": int(len(losses)),
     }
+
+
+def perplexity(loss):
+    """exp(loss); infinite, not an OverflowError, for a diverged loss above ~709 nats."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf

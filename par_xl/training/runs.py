@@ -1,0 +1,293 @@
+"""A training run on disk: its lock, its `config.json`, the checks that it meets the same data
+again, and the model restored from it (evaluate, generate).
+
+`<checkpoint_dir>/config.json` holds the model and training configurations (`par_xl.configs`)
+and `data`: each split's metadata fields as the run was trained on them (vocabulary, batch
+shape, steps, token counts, the SentencePiece model's SHA-256...). A resume must find the same
+data, generation the same SentencePiece model. The file is written atomically, and only after
+every check of a start or resume has passed, so a refused resume leaves the run as it was.
+
+Only one process at a time trains a run: `lock_run` holds an exclusive `flock` on
+`<run>/.lock` for the run's life. The kernel releases it when the process ends, however it
+ends (kill -9 included), so a lock left behind by a dead run never blocks.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from par_xl.configs import ConfigError, ModelConfig, from_json, to_json
+from par_xl.data import DataError, load_dataset, read_metadata, sha256_file
+from par_xl.files import atomic_write_text, reporting_full_disk
+from par_xl.models import PARTransformerXL
+from par_xl.training.checkpoints import CONFIG, CheckpointManager
+from par_xl.training.schedules import WarmupCosine
+
+LOCK_FILE = ".lock"
+# Metadata fields that say where the data lies or how it is stored, not what it is.
+NOT_IDENTITY = ("split", "sp_model", "source", "format_version")
+
+log = logging.getLogger("par_xl")
+
+
+# The run directory and its lock.
+
+
+def make_directory(path, flag):
+    """Creates `path` (and its parents) or raises ConfigError naming `flag`."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{flag}: cannot create {path}: {error.strerror or error}.") from None
+
+
+@contextlib.contextmanager
+def lock_run(directory, flag="--log_dir / --model_name"):
+    """Holds an exclusive lock on `<directory>/.lock` inside the block (see the module
+    docstring); a second holder gets a ConfigError naming the directory and the PID in it."""
+    make_directory(directory, flag)
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ConfigError(f"{flag}: cannot write {path}: {error.strerror or error}.") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{directory} is in use by another training run (PID {holder}): wait for it to "
+                f"end, or choose another {flag}."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def lock_run_directories(train_config):
+    """Locks the run directory and, if it lies elsewhere, the checkpoint directory."""
+    run = Path(train_config.run_directory).resolve()
+    checkpoints = Path(train_config.checkpoints).resolve()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(lock_run(run))
+        if checkpoints != run and run not in checkpoints.parents:
+            stack.enter_context(lock_run(checkpoints, "--checkpoint_dir"))
+        yield
+
+
+# The data: metadata compared by field name.
+
+
+def metadata_fields(metadata):
+    """The scalar fields of a split's metadata (a `DatasetMetadata` or a dict of them)."""
+    fields = metadata if isinstance(metadata, dict) else dataclasses.asdict(metadata)
+    return {k: v for k, v in fields.items() if isinstance(v, str | int | float | bool)}
+
+
+def differences(reference, other, names=None):
+    """`[(name, reference value, other value)]` for the fields that differ, among `names`
+    (default: every identity field both have; see NOT_IDENTITY)."""
+    reference, other = metadata_fields(reference), metadata_fields(other)
+    if names is None:
+        names = [n for n in reference if n in other and n not in NOT_IDENTITY]
+    return [(n, reference.get(n), other.get(n)) for n in names if reference.get(n) != other.get(n)]
+
+
+def _show(name, value):
+    return f"{value[:12]}..." if name.endswith("sha256") and isinstance(value, str) else value
+
+
+def check_data(model_config, train_config):
+    """Reads and cross-checks the splits' metadata before anything is built.
+
+    Returns `{split: DatasetMetadata}`. Raises DataError / ConfigError naming the directory or
+    flag at fault: splits built with different vocabularies, batch shapes or SentencePiece
+    models, a SentencePiece model (--sp_model_prefix) other than the one the data was built
+    with, records that do not match their metadata, cutoffs that do not fit the vocabulary.
+    """
+    directories = {
+        "train": train_config.train_directory,
+        "valid": train_config.valid_directory,
+        "test": train_config.test_directory,
+    }
+    metadata = {split: read_metadata(d) for split, d in directories.items() if d}
+    train = metadata["train"]
+    shape = ("vocab_size", "batch_size", "seq_len", "sp_model_sha256")
+    for split, meta in metadata.items():
+        for name, expected, value in differences(train, meta, shape):
+            raise DataError(
+                f"--{split}_directory={directories[split]} has {name}={value} but "
+                f"--train_directory has {expected}: build all splits together with build_data.py."
+            )
+        check_records(directories[split], meta)
+    if model_config.document_boundaries and not train.documents:
+        raise ConfigError(
+            f"--document_boundaries: --train_directory={train_config.train_directory} marks no "
+            "document start (built with --document_start=''?); rebuild it with document "
+            "boundaries, or train without the flag."
+        )
+    if train_config.sp_model_prefix:
+        check_sp_model(f"{train_config.sp_model_prefix}.model", metadata_fields(train))
+    dataclasses.replace(model_config, vocab_size=train.vocab_size).validate()
+    return metadata
+
+
+def check_records(directory, metadata):
+    """Reads the first batch of a split: its records must parse with the shape and ids below
+    the vocabulary size that `metadata.json` gives (a hand-edited or mixed-up metadata file)."""
+    try:
+        inputs, labels = next(iter(load_dataset(directory).take(1)))
+    except (tf.errors.OpError, StopIteration) as error:
+        raise DataError(
+            f"{directory}: its records do not match its metadata.json (batch "
+            f"{metadata.batch_size} x {metadata.seq_len}): {_first_line(error)}; rebuild it "
+            "with build_data.py."
+        ) from None
+    largest = int(max(np.max(inputs), np.max(labels)))
+    if largest >= metadata.vocab_size:
+        raise DataError(
+            f"{directory}: its records hold the id {largest}, but its metadata.json says "
+            f"vocab_size={metadata.vocab_size}; rebuild it with build_data.py."
+        )
+
+
+def _first_line(error):
+    return (getattr(error, "message", None) or str(error) or type(error).__name__).splitlines()[0]
+
+
+def check_sp_model(model_file, data, flag="--sp_model_prefix", what="the data was built with"):
+    """Raises unless `model_file` is the SentencePiece model recorded in `data` (metadata
+    fields: `sp_model`, `sp_model_sha256`)."""
+    model_file = Path(model_file)
+    if not model_file.is_file():
+        raise ConfigError(f"{flag}: {model_file} does not exist.")
+    if sha256_file(model_file) != data["sp_model_sha256"]:
+        raise DataError(
+            f"{flag}: {model_file} is not the SentencePiece model {what} ({data['sp_model']}, "
+            f"sha256 {_show('sha256', data['sp_model_sha256'])})."
+        )
+
+
+# config.json.
+
+
+def read_run_config(checkpoint_dir):
+    """`(ModelConfig, TrainConfig, data)` from a run's `config.json`; `data` maps each split
+    to its recorded metadata fields (empty for a run recorded before they were)."""
+    path = Path(checkpoint_dir) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint_dir: {path} does not exist (no training run?).")
+    try:
+        text = path.read_text()
+        model_config, train_config = from_json(text)
+        data = json.loads(text).get("data", {})
+        for split, fields in data.items():
+            missing = {"batch_size", "seq_len", "sp_model", "sp_model_sha256"} - set(fields)
+            if missing:
+                raise KeyError(f"data.{split} lacks {', '.join(sorted(missing))}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(
+            f"{path} is damaged or edited ({type(error).__name__}: {_first_line(error)}); "
+            "restore it from a backup, or start a new run."
+        ) from None
+    return model_config, train_config, data
+
+
+def write_run_config(checkpoint_dir, model_config, train_config, metadata):
+    """Writes `config.json` atomically: both configurations and the splits' metadata fields."""
+    document = json.loads(to_json(model_config, train_config))
+    document["data"] = {split: metadata_fields(meta) for split, meta in metadata.items()}
+    path = Path(checkpoint_dir) / CONFIG
+    with reporting_full_disk(path):
+        atomic_write_text(path, json.dumps(document, indent=2))
+
+
+def check_resume(checkpoint_dir, model_config, metadata):
+    """Raises unless the model flags and the data are those the run was trained with."""
+    path = Path(checkpoint_dir) / CONFIG
+    if not path.is_file():
+        log.warning("%s does not exist: the model flags and data cannot be checked", path)
+        return
+    previous, previous_train, data = read_run_config(checkpoint_dir)
+    changed = [
+        f"{f.name}: {getattr(previous, f.name)!r} -> {getattr(model_config, f.name)!r}"
+        for f in dataclasses.fields(ModelConfig)
+        if getattr(previous, f.name) != getattr(model_config, f.name)
+    ]
+    if changed:
+        raise ConfigError(
+            "--resume: the model flags differ from the checkpointed run's: " + "; ".join(changed)
+        )
+    if not data:
+        log.warning("%s records no data (an older run): the data cannot be checked", path)
+    changed = [
+        f"{split} {name} {_show(name, old)} -> {_show(name, new)}"
+        for split, meta in metadata.items()
+        if split in data
+        for name, old, new in differences(data[split], meta)
+    ]
+    if changed:
+        given = ", ".join(
+            f"--{split}_directory={getattr(previous_train, f'{split}_directory')}"
+            for split in metadata
+            if split in data
+        )
+        raise DataError(
+            "--resume: the data differ from those the run was trained on: "
+            + "; ".join(changed)
+            + f". Resume with the run's data ({given}), or start a new run."
+        )
+
+
+# The model of a run.
+
+
+def build_model(model_config, train_config, batch_shape, total_steps, capacity=None):
+    """A compiled PARTransformerXL with its warmup-cosine optimizer, built for `batch_shape`."""
+    if train_config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = PARTransformerXL(
+        **model_config.model_kwargs(),
+        tau=train_config.tau_start,
+        tail_capacities=capacity,
+        seed=train_config.seed,
+    )
+    schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
+    optimizer = {
+        "adam": lambda: keras.optimizers.Adam(schedule),
+        "adamw": lambda: keras.optimizers.AdamW(schedule),
+        "lamb": lambda: keras.optimizers.Lamb(schedule),
+        "sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9),
+    }[train_config.opt_name]()
+    model.compile(
+        optimizer=optimizer,
+        jit_compile=train_config.jit_compile,
+        steps_per_execution=train_config.steps_per_execution,
+    )
+    model.build(batch_shape)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def load_run(checkpoint_dir, checkpoint=None, jit_compile=False):
+    """A compiled model restored from a run: its `config.json` and its newest intact (or the
+    given) checkpoint. Returns `(model, model_config, train_config, train data)`, the last the
+    training split's metadata fields as recorded (as read, for a run that recorded none)."""
+    model_config, train_config, data = read_run_config(checkpoint_dir)
+    train_config = dataclasses.replace(train_config, jit_compile=jit_compile)
+    train = data.get("train") or metadata_fields(read_metadata(train_config.train_directory))
+    model = build_model(model_config, train_config, (train["batch_size"], train["seq_len"]), 1)
+    CheckpointManager(checkpoint_dir).restore(model, checkpoint)
+    return model, model_config, train_config, train
