@@ -303,7 +303,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         result = {"step": step, **evaluate_split(self.model, self.directory)}
         self.history.append(result)
         self._last_step = step
-        log.info("step %d | valid | %s", step, format_metrics(result))
+        metrics = {k: v for k, v in result.items() if k != "step"}
+        log.info("step %d | valid | %s", step, format_metrics(metrics))
         with self.writer.as_default(step=step):
             for name in EVALUATION_SCALARS:
                 tf.summary.scalar(name, result[name])
