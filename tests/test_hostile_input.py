@@ -212,6 +212,7 @@ def test_perplexity_of_a_diverged_loss_is_infinite_not_an_overflow():
 # 3. --steps_per_execution never overshoots --max_steps or the end of an epoch.
 
 
+@pytest.mark.slow
 def test_steps_per_execution_stops_at_max_steps_exactly(tiny_data, tmp_path):
     args = train_args(tiny_data, tmp_path, "spe", "--max_steps=10", "--steps_per_execution=4")
     result = run_script("train.py", *args)
@@ -220,6 +221,7 @@ def test_steps_per_execution_stops_at_max_steps_exactly(tiny_data, tmp_path):
     assert json.loads((tmp_path / "spe/checkpoints/latest.json").read_text())["step"] == 10
 
 
+@pytest.mark.slow
 def test_more_steps_per_execution_than_an_epoch_has_stops_at_the_schedule_end(tiny_data, tmp_path):
     # The valid split (fewer than 200 batches) as training data, two epochs, 200 steps per
     # execution.
@@ -282,6 +284,7 @@ def test_a_damaged_latest_file_is_survived(short_run, tmp_path, caplog):
     assert np.isfinite(result["loss"]) and "latest.json is damaged" in caplog.text
 
 
+@pytest.mark.slow
 def test_resume_and_generate_skip_a_truncated_newest_checkpoint(tiny_data, short_run, tmp_path):
     run = copy_run(short_run, tmp_path)
     truncate(run / "checkpoints/ckpt-00000020.weights.h5")
@@ -375,6 +378,7 @@ def test_full_disk_while_writing_results_leaves_no_temporary_file(tmp_path, monk
 # 8. Two runs of one run directory: the second is refused; a dead run's lock does not block.
 
 
+@pytest.mark.slow
 def test_a_second_run_of_the_same_directory_is_refused(tiny_data, tmp_path):
     run = tmp_path / "twice"
     with lock_run(run):

@@ -257,6 +257,7 @@ def read_results(run):
     return json.loads((run / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     results = read_results(trained_run)
     assert results["step"] == 60
@@ -274,6 +275,7 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     assert {p.parent.name for p in events} >= {"train", "validation"}
 
 
+@pytest.mark.slow
 def test_several_steps_per_execution_keep_every_interval(tiny_data, tmp_path):
     args = train_args(tiny_data, tmp_path, "spe", "--max_steps=24", "--checkpoint_every=10",
                       "--steps_per_execution=4")  # fmt: skip
@@ -285,6 +287,7 @@ def test_several_steps_per_execution_keep_every_interval(tiny_data, tmp_path):
     assert json.loads((tmp_path / "spe/checkpoints/latest.json").read_text())["step"] == 24
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_path):
     args = train_args(tiny_data, tmp_path, "resumed", "--max_steps=60", "--checkpoint_every=10",
                       "--eval_every=30")  # fmt: skip
@@ -358,6 +361,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert np.isfinite(result["loss"])
 
 
+@pytest.mark.slow
 def test_evaluate_mode_reproduces_the_final_test_perplexity(trained_run):
     result = run_script("train.py", "--mode=evaluate",
                         f"--checkpoint_dir={trained_run}/checkpoints")  # fmt: skip
@@ -368,13 +372,26 @@ def test_evaluate_mode_reproduces_the_final_test_perplexity(trained_run):
     np.testing.assert_allclose(report["perplexity"], expected, rtol=1e-5)
 
 
-def test_generate_prints_text(trained_run):
-    result = run_script("generate.py", f"--checkpoint_dir={trained_run}/checkpoints",
-                        "--prompt=Ka lo mi", "--num_tokens=20", "--top_k=20",
-                        "--temperature=0.8")  # fmt: skip
+@pytest.mark.slow
+def test_generate_prints_what_the_library_samples(trained_run):
+    """generate.py's text is the library's sample for the same run, prompt and seed, decoded."""
+    from par_xl.data import decode_lines, load_tokenizer
+    from par_xl.training.runs import load_run
+
+    flags = ["--prompt=Ka lo mi 😀", "--num_tokens=20", "--top_k=20", "--temperature=0.8",
+             "--seed=3"]  # fmt: skip
+    result = run_script("generate.py", f"--checkpoint_dir={trained_run}/checkpoints", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("ka lo mi")  # the model lowercases
-    assert len(result.stdout.split()) > 3
+    model, _, _, data = load_run(trained_run / "checkpoints")
+    tokenizer = load_tokenizer(data["sp_model"])
+    prompt = tokenizer.encode("Ka lo mi 😀")
+    ids, _ = generate(model, prompt, 20, temperature=0.8, top_k=20, seed=3)
+    assert result.stdout == decode_lines(tokenizer, prompt + ids) + "\n"
+    assert result.stdout.startswith("ka lo mi 😀")  # lowercased; the unseen emoji round-trips
+    assert "⁇" not in result.stdout
+    other = run_script("generate.py", f"--checkpoint_dir={trained_run}/checkpoints",
+                       *flags[:-1], "--seed=4")  # fmt: skip
+    assert other.stdout != result.stdout
 
 
 def test_cached_generation_equals_recomputing_the_prefix():
@@ -400,6 +417,7 @@ def test_filtering_keeps_top_k_and_the_nucleus():
         filter_log_probs(log_probs, temperature=0)
 
 
+@pytest.mark.slow
 def test_base_model_script_smoke_run(small_text_dir, tmp_path):
     env = {
         **os.environ,
