@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
 from par_xl.layers.stochastic_block import validate_architecture
+from par_xl.models.par_transformer_xl import validate_shape
 
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
 TAU_SCHEDULES = ("exponential", "linear")
@@ -57,16 +58,10 @@ class ModelConfig:
 
     def validate(self):
         """Raises ConfigError naming the first flag whose value cannot work."""
-        positive = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "proj_factor")
-        for name in positive:
+        for name in ("vocab_size", "d_model", "num_heads", "d_ffn", "proj_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")
-        if self.d_model % self.num_heads:
-            raise ConfigError(f"--num_heads={self.num_heads} must divide --d_model={self.d_model}.")
-        if self.d_model % 2:
-            raise ConfigError(f"--d_model must be even, received {self.d_model}.")
-        if self.mem_len < 0:
-            raise ConfigError(f"--mem_len must be >= 0, received {self.mem_len}.")
+        _as_flag_error(validate_shape, self.d_model, self.num_heads, self.num_layers, self.mem_len)
         if not self.initializer_range > 0:
             raise ConfigError(
                 f"--initializer_range must be positive, received {self.initializer_range}."

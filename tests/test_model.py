@@ -271,7 +271,7 @@ def test_jax_backend_matches_tensorflow(tmp_path):
 
 
 def test_rejects_bad_configuration():
-    with pytest.raises(ValueError, match="num_heads must divide d_model"):
+    with pytest.raises(ValueError, match="num_heads=3 must divide d_model=10"):
         PARTransformerXL(vocab_size=10, d_model=10, num_heads=3)
     with pytest.raises(ValueError, match="architecture"):
         PARTransformerXL(vocab_size=10, d_model=8, num_heads=2, num_layers=2, architecture="AX")

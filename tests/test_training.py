@@ -194,7 +194,7 @@ def test_checkpoint_restores_every_variable_including_noise_states(tmp_path):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        (dict(num_heads=3), "--num_heads=3 must divide --d_model=128"),
+        (dict(num_heads=3), "--num_heads=3 must divide d_model=128"),
         (dict(cutoffs=(2500, 250)), "--cutoffs must be strictly increasing"),
         (dict(cutoffs=(250, 12000)), "--cutoffs must be strictly increasing"),
         (dict(dropout_rate=1.0), "--dropout_rate must be in [0, 1)"),
@@ -235,7 +235,7 @@ def test_data_checks_name_the_problem(tiny_data, tmp_path):
 def test_cli_reports_bad_flags_without_traceback(tiny_data, tmp_path):
     result = run_script("train.py", *train_args(tiny_data, tmp_path, "bad", "--num_heads=3"))
     assert result.returncode == 2
-    assert "--num_heads=3 must divide --d_model=32" in result.stderr
+    assert "--num_heads=3 must divide d_model=32" in result.stderr
     assert "Traceback" not in result.stderr
 
 

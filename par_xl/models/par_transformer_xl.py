@@ -40,6 +40,18 @@ from par_xl.layers.stochastic_block import CHOICES, StochasticBlock, validate_ar
 from par_xl.metrics import LanguageModelMetrics
 
 
+def validate_shape(d_model, num_heads, num_layers, mem_len):
+    """Raises ValueError, naming the argument first, for a shape the model cannot take."""
+    if d_model % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide d_model={d_model}.")
+    if d_model % 2:
+        raise ValueError(f"d_model must be even (sinusoid encodings), received {d_model}.")
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be positive, received {num_layers}.")
+    if mem_len < 0:
+        raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+
+
 @keras.saving.register_keras_serializable(package="par_xl")
 class PARTransformerXL(keras.Model):
     """Pay Attention when Required Transformer-XL (Mandava et al. 2020, arXiv 2009.04534).
@@ -114,16 +126,7 @@ class PARTransformerXL(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if d_model % num_heads:
-            raise ValueError(
-                f"num_heads must divide d_model, received d_model={d_model}, num_heads={num_heads}."
-            )
-        if d_model % 2:
-            raise ValueError(f"d_model must be even (sinusoid encodings), received {d_model}.")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be positive, received {num_layers}.")
-        if mem_len < 0:
-            raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+        validate_shape(d_model, num_heads, num_layers, mem_len)
         if architecture is not None:
             validate_architecture(architecture, num_layers)
         self.vocab_size = vocab_size
