@@ -83,6 +83,8 @@ class ScannKNNMemory(KNNMemory):
             0.2 is its documented choice).
         training_sample_size: entries sampled to train the partition at a build.
         training_iterations: k-means iterations of the partition.
+        parallel: split each searcher's queries in batches of 256 over ScaNN's threads (one
+            per core); segments of at most 256 tokens are searched in one thread either way.
 
     Example:
         >>> memory = ScannKNNMemory(batch_size=2, num_heads=4, capacity=65536, key_size=64)
@@ -107,6 +109,7 @@ class ScannKNNMemory(KNNMemory):
         anisotropic_threshold=0.2,
         training_sample_size=65536,
         training_iterations=8,
+        parallel=True,
     ):
         self._set_memory_arguments(
             batch_size, num_heads, capacity, key_size, num_neighbors, normalize
@@ -128,6 +131,7 @@ class ScannKNNMemory(KNNMemory):
         self.anisotropic_threshold = float(anisotropic_threshold)
         self.training_sample_size = int(training_sample_size)
         self.training_iterations = int(training_iterations)
+        self.parallel = bool(parallel)
 
         store = (self.batch_size, self.num_heads, self.capacity, self.key_size)
         self._keys = np.zeros(store, "float32")  # (B, N, C, H)
@@ -232,6 +236,7 @@ class ScannKNNMemory(KNNMemory):
             anisotropic_threshold=self.anisotropic_threshold,
             training_sample_size=self.training_sample_size,
             training_iterations=self.training_iterations,
+            parallel=self.parallel,
         )
 
     @classmethod
@@ -357,7 +362,7 @@ class ScannKNNMemory(KNNMemory):
         """ScaNN search of one row and head: `(T, min(k, n))` slots."""
         searcher = self._searchers[row][head]
         indices, _ = searcher.searcher.search_batched(  # raw datapoint indices, not docids
-            query, k, max(self.reorder, k), -1, False, 0
+            query, k, max(self.reorder, k), -1, self.parallel, 256
         )
         return self._slot_of_index[row][np.asarray(indices, "int64")]
 
