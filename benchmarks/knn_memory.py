@@ -7,9 +7,11 @@ tokens of one 32 x 32 batch) for their 32 nearest keys, and given 1,024 new entr
 store starts full: the exact one is assigned, the ScaNN one built from the same keys (its build
 time reported apart). Figures are medians of `--repeats` runs; recall@32 is ScaNN's overlap with
 the exact top 32, over all queries. Exact runs `ExactKNNMemory` compiled with XLA
-(`tf.function(jit_compile=True)`) and as a plain `tf.function` (on CPU, XLA's top-k is the
-slower one at large n); speed-ups are against the faster. ScaNN runs `ScannKNNMemory` eagerly,
-everything included (ScaNN on both cores, mapping to slots, exact re-scoring and ordering).
+(`tf.function(jit_compile=True)`) and as a plain `tf.function`; speed-ups are against the faster
+of the two. ScaNN runs `ScannKNNMemory` eagerly, everything included (ScaNN on both cores,
+mapping to slots, exact re-scoring and ordering). The backends are timed in turn within each
+run, so that a change of load on the shared machine hits them alike; speed-ups are medians of
+per-run ratios.
 
 Data (`--data`): `isotropic`, unit vectors uniform on the sphere, the worst case for any
 partitioning index (no structure to exploit); `clustered`, text-like keys: a unit vector per
@@ -137,15 +139,20 @@ def full_state(keys):
     )
 
 
-def measure_exact(keys, queries, new_keys):
-    """`ExactKNNMemory`'s add and search, compiled with XLA and as a plain `tf.function`."""
-    return {
-        mode: measure_exact_mode(keys, queries, new_keys, jit_compile)
-        for mode, jit_compile in (("xla", True), ("graph", False))
-    }
+def interleaved(functions, repeats):
+    """Seconds of each of `functions` (a dict), called in turn `repeats` times: a change of load
+    on the shared machine then hits every one of them alike. Returns name -> list of seconds."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def measure_exact_mode(keys, queries, new_keys, jit_compile):
+def exact_steps(keys, queries, new_keys, jit_compile):
+    """`ExactKNNMemory` holding `keys`, and its compiled (search, add) as thunks."""
     import tensorflow as tf
 
     from par_xl.memory import ExactKNNMemory
@@ -157,17 +164,20 @@ def measure_exact_mode(keys, queries, new_keys, jit_compile):
     memory.length.assign(np.full(1, size, "int32"))
     search = tf.function(memory.search, jit_compile=jit_compile)
     add = tf.function(memory.add, jit_compile=jit_compile)
-    search(queries)[2].numpy()  # compile
-    add(new_keys, new_keys)
-    memory.position.numpy()
-    search_seconds, _ = timed(lambda: search(queries)[2].numpy(), FLAGS.repeats)
-    add_seconds, _ = timed(
-        lambda: (add(new_keys, new_keys), memory.position.numpy()), FLAGS.repeats
-    )
-    return {"add_ms": round(1000 * add_seconds, 2), "search_ms": round(1000 * search_seconds, 2)}
+
+    def run_search():
+        return search(queries)[2].numpy()
+
+    def run_add():
+        add(new_keys, new_keys)
+        return memory.position.numpy()
+
+    run_search(), run_add()  # compile
+    return run_search, run_add
 
 
-def measure_scann(keys, queries, new_keys):
+def measure_size(keys, queries, new_keys):
+    """Add and search latency of both backends at one store size, ScaNN's build and recall."""
     size = len(keys)
     builds = []
     for _ in range(FLAGS.build_repeats):
@@ -175,20 +185,42 @@ def measure_scann(keys, queries, new_keys):
         start = time.perf_counter()
         memory.set_state(full_state(keys))  # builds the searcher
         builds.append(time.perf_counter() - start)
-    q = entries(queries)
-    search_seconds, (slots, _, _) = timed(lambda: memory.nearest(q), FLAGS.repeats)
-    found_recall = recall(slots[0, :, 0], exact_slots(keys, queries, FLAGS.neighbors))
-    k = entries(new_keys)
-    add_seconds, _ = timed(lambda: memory.add(k, k), FLAGS.repeats)
+    q, k = entries(queries), entries(new_keys)
+    slots = memory.nearest(q)[0][0, :, 0]
+    found_recall = recall(slots, exact_slots(keys, queries, FLAGS.neighbors))
+    xla_search, xla_add = exact_steps(keys, queries, new_keys, jit_compile=True)
+    graph_search, graph_add = exact_steps(keys, queries, new_keys, jit_compile=False)
+    searches = interleaved(
+        {"xla": xla_search, "graph": graph_search, "scann": lambda: memory.nearest(q)},
+        FLAGS.repeats,
+    )
+    adds = interleaved(
+        {"xla": xla_add, "graph": graph_add, "scann": lambda: memory.add(k, k)}, FLAGS.repeats
+    )
+    ms = {name: {"add_ms": round(1000 * median(adds[name]), 2),
+                 "search_ms": round(1000 * median(searches[name]), 2)}
+          for name in searches}  # fmt: skip
     leaves = FLAGS.num_leaves or max(1, round(size**0.5))
+    # Speed-ups against the faster exact mode, per round (one load level), then the median.
+    best = [min(a, b) for a, b in zip(searches["xla"], searches["graph"])]
+    best_step = [
+        min(a + b, c + d)
+        for a, b, c, d in zip(searches["xla"], adds["xla"], searches["graph"], adds["graph"])
+    ]
+    scann_step = [a + b for a, b in zip(searches["scann"], adds["scann"])]
     return {
-        "build_s": round(median(builds), 3),
-        "add_ms": round(1000 * add_seconds, 2),
-        "search_ms": round(1000 * search_seconds, 2),
-        "recall_at_k": round(found_recall, 4),
-        "num_leaves": leaves,
-        "leaves_searched": max(1, round(FLAGS.leaves_to_search * leaves)),
-        "reorder": max(FLAGS.reorder, FLAGS.neighbors),
+        "size": size,
+        "exact": {"xla": ms["xla"], "graph": ms["graph"]},
+        "scann": {
+            **ms["scann"],
+            "build_s": round(median(builds), 3),
+            "recall_at_k": round(found_recall, 4),
+            "num_leaves": leaves,
+            "leaves_searched": max(1, round(FLAGS.leaves_to_search * leaves)),
+            "reorder": max(FLAGS.reorder, FLAGS.neighbors),
+        },
+        "search_speedup": round(median([e / s for e, s in zip(best, searches["scann"])]), 2),
+        "add_and_search_speedup": round(median([e / s for e, s in zip(best_step, scann_step)]), 2),
     }
 
 
@@ -243,21 +275,7 @@ def main(_):
     results = []
     for size in (int(s) for s in FLAGS.sizes):
         keys, queries, new_keys = (source.draw(n) for n in (size, FLAGS.queries, FLAGS.queries))
-        exact = measure_exact(keys, queries, new_keys)
-        scann = measure_scann(keys, queries, new_keys)
-        best = min(exact.values(), key=lambda x: x["search_ms"])  # the faster exact mode
-        results.append(
-            {
-                "size": size,
-                "exact": exact,
-                "scann": scann,
-                "search_speedup": round(best["search_ms"] / scann["search_ms"], 2),
-                "add_and_search_speedup": round(
-                    (best["add_ms"] + best["search_ms"]) / (scann["add_ms"] + scann["search_ms"]),
-                    2,
-                ),
-            }
-        )
+        results.append(measure_size(keys, queries, new_keys))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     turnover = {
         size: measure_turnover(size, source) for size in (int(s) for s in FLAGS.turnover_sizes)
