@@ -48,7 +48,7 @@ flags.DEFINE_integer("neighbors", 32, "k.")
 flags.DEFINE_integer("repeats", 5, "Timed runs of each add and search.")
 flags.DEFINE_integer("build_repeats", 3, "Timed ScaNN builds per size.")
 flags.DEFINE_integer("num_leaves", None, "ScaNN partitions; default round(sqrt(n)).")
-flags.DEFINE_float("leaves_to_search", 0.25, "Fraction of the partitions searched.")
+flags.DEFINE_integer("leaves_to_search", 64, "Partitions searched per query.")
 flags.DEFINE_integer("reorder", 256, "Candidates re-scored exactly.")
 flags.DEFINE_integer("seed", 0, "Data seed.")
 FLAGS = flags.FLAGS
@@ -216,7 +216,7 @@ def measure_size(keys, queries, new_keys):
             "build_s": round(median(builds), 3),
             "recall_at_k": round(found_recall, 4),
             "num_leaves": leaves,
-            "leaves_searched": max(1, round(FLAGS.leaves_to_search * leaves)),
+            "leaves_searched": min(FLAGS.leaves_to_search, leaves),
             "reorder": max(FLAGS.reorder, FLAGS.neighbors),
         },
         "search_speedup": round(median([e / s for e, s in zip(best, searches["scann"])]), 2),

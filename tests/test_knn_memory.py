@@ -69,7 +69,11 @@ def exhaustive_scann(num_neighbors=4, **kwargs):
     """A ScaNN memory that indexes tiny rows and searches every partition and candidate, so its
     results must be exact: it tests the plumbing (slots, upserts, masks), not the recall."""
     return ScannKNNMemory(
-        num_neighbors=num_neighbors, min_index_size=16, leaves_to_search=1.0, reorder=4096, **kwargs
+        num_neighbors=num_neighbors,
+        min_index_size=16,
+        leaves_to_search=4096,
+        reorder=4096,
+        **kwargs,
     )
 
 
@@ -373,13 +377,14 @@ def test_jax_backend_matches_tensorflow(tmp_path):
 
 
 def test_scann_returns_stored_entries_with_measured_recall():
-    """A store of 8,192 random unit keys per head, searched by the default (approximate)
-    settings: every result is a valid entry of the store, and recall@16 against the exact
-    search is at least 0.8 (0.9 to 0.95 measured)."""
+    """A store of 8,192 random unit keys per head (d = 32, the hardest case: no structure),
+    searched approximately (32 of 91 partitions): every result is a valid entry of the store,
+    exactly scored and ordered, and recall@16 against the exact search is at least 0.8 (0.891
+    measured; ScaNN's build is deterministic)."""
     rng = np.random.default_rng(10)
     batch, heads, size, capacity, k = 1, 2, 32, 8192, 16
     kwargs = dict(batch_size=batch, num_heads=heads, capacity=capacity, key_size=size)
-    approximate = ScannKNNMemory(**kwargs, min_index_size=2048)
+    approximate = ScannKNNMemory(**kwargs, min_index_size=2048, leaves_to_search=32)
     exact = ExactKNNMemory(**kwargs)
     for _ in range(9):  # the ninth segment evicts 1,024 entries through upserts
         _, keys, values = random_entries(rng, 1024, batch, heads, size)

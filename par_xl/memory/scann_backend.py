@@ -76,7 +76,9 @@ class ScannKNNMemory(KNNMemory):
             been written since (see the module docstring).
         num_leaves: partitions of the tree, or `None` for `round(sqrt(n))` of the n entries at
             each build.
-        leaves_to_search: fraction of the partitions searched per query.
+        leaves_to_search: partitions searched per query (at most all of them). A fixed count
+            with `round(sqrt(n))` partitions makes the search cost grow as `sqrt(n)`: 64 gave
+            recall@32 0.94 at n = 65,536 and 0.90 at 262,144 on text-like keys.
         reorder: candidates re-scored exactly after the hashed scoring (at least k are).
         dimensions_per_block: dimensions per asymmetric-hashing block (2 is ScaNN's usual).
         anisotropic_threshold: ScaNN's anisotropic quantization threshold (for unit vectors,
@@ -103,7 +105,7 @@ class ScannKNNMemory(KNNMemory):
         min_index_size=4096,
         rebuild_ratio=1.0,
         num_leaves=None,
-        leaves_to_search=0.25,
+        leaves_to_search=64,
         reorder=256,
         dimensions_per_block=2,
         anisotropic_threshold=0.2,
@@ -118,14 +120,14 @@ class ScannKNNMemory(KNNMemory):
             raise ValueError(f"min_index_size must be at least 16, received {min_index_size}.")
         if rebuild_ratio <= 0:
             raise ValueError(f"rebuild_ratio must be positive, received {rebuild_ratio}.")
-        if not 0.0 < leaves_to_search <= 1.0:
-            raise ValueError(f"leaves_to_search must be in (0, 1], received {leaves_to_search}.")
+        if leaves_to_search < 1:
+            raise ValueError(f"leaves_to_search must be positive, received {leaves_to_search}.")
         if num_leaves is not None and num_leaves < 1:
             raise ValueError(f"num_leaves must be positive or None, received {num_leaves}.")
         self.min_index_size = int(min_index_size)
         self.rebuild_ratio = float(rebuild_ratio)
         self.num_leaves = num_leaves
-        self.leaves_to_search = float(leaves_to_search)
+        self.leaves_to_search = int(leaves_to_search)
         self.reorder = int(reorder)
         self.dimensions_per_block = int(dimensions_per_block)
         self.anisotropic_threshold = float(anisotropic_threshold)
@@ -395,7 +397,7 @@ class ScannKNNMemory(KNNMemory):
             builder = scann.scann_ops_pybind.builder(database, self.num_neighbors, "dot_product")
             builder = builder.tree(
                 num_leaves=leaves,
-                num_leaves_to_search=max(1, round(self.leaves_to_search * leaves)),
+                num_leaves_to_search=min(self.leaves_to_search, leaves),
                 training_sample_size=min(size, self.training_sample_size),
                 training_iterations=self.training_iterations,
             )
