@@ -1,6 +1,9 @@
 """Shared test fixtures: the read-only WikiText-2 copy, its TFRecords, a small generated corpus."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -80,3 +83,19 @@ def small_text_dir(tmp_path_factory) -> Path:
     return _write_small_corpus(
         tmp_path_factory.mktemp("small_text"), {"train": 3000, "valid": 400, "test": 400}
     )
+
+
+def run_on_jax(script_text: str, directory: Path, *args: str) -> dict:
+    """Runs `script_text` in a subprocess on the JAX backend (CPU), with this checkout's par_xl
+    first on the path; fails the test on a non-zero exit. Returns the JSON object the script
+    printed last."""
+    script = directory / "jax_check.py"
+    script.write_text(script_text)
+    # This checkout's par_xl, not whichever one the environment has installed.
+    path_list = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path_list}
+    result = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -2,15 +2,12 @@
 contract, clearing, state, compiled steps, `fit`, the JAX backend, and ScaNN's recall."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_on_jax
 from keras import ops
 
 from par_xl.memory import ExactKNNMemory, ScannKNNMemory, create_knn_memory
@@ -352,21 +349,7 @@ def test_jax_backend_matches_tensorflow(tmp_path):
         for i in range(4)
         for x in memory(data["queries"][i], data["keys"][i], data["values"][i])
     ]
-    script = tmp_path / "jax_check.py"
-    script.write_text(JAX_SCRIPT)
-    repo = Path(__file__).resolve().parents[1]
-    # This checkout's par_xl, not whichever one the environment has installed.
-    path_list = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path_list}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "data.npz"), str(tmp_path / "out.npz")],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_on_jax(JAX_SCRIPT, tmp_path, str(tmp_path / "data.npz"), str(tmp_path / "out.npz"))
     assert report == {"backend": "jax", "same": True, "length": [12, 12]}
     got = np.load(tmp_path / "out.npz")
     for i, value in enumerate(expected):

@@ -1,15 +1,11 @@
 """PARTransformerXL: causality, memory equivalence, derive, serialization, XLA and JAX parity."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_on_jax
 from keras import ops
 
 from par_xl.models import PARTransformerXL
@@ -248,21 +244,9 @@ def test_jax_backend_matches_tensorflow(tmp_path):
     first = numpy(model(x[0]))
     second = numpy(model.log_probs(model(x[1])))
     np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "jax_check.py"
-    script.write_text(JAX_SCRIPT)
-    repo = Path(__file__).resolve().parents[1]
-    # This checkout's par_xl, not whichever one the environment has installed.
-    path_list = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path_list}
-    result = subprocess.run(
-        [sys.executable, str(script), str(path), str(tmp_path / "x.npy"), str(tmp_path / "o.npz")],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=repo,
+    report = run_on_jax(
+        JAX_SCRIPT, tmp_path, str(path), str(tmp_path / "x.npy"), str(tmp_path / "o.npz")
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == "jax" and np.isfinite(report["loss"])
     assert report["valid_memory_length"] == [5, 5]
     outputs = np.load(tmp_path / "o.npz")
