@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+import par_xl.lean_imports  # noqa: F401  (TensorFlow without jax, matplotlib, scipy: memory)
 import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.configs import (
     OPTIMIZERS,
