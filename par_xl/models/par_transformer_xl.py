@@ -53,6 +53,14 @@ def validate_shape(d_model, num_heads, num_layers, mem_len):
         raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
 
 
+def _with_batch(x, batch):
+    """`x` with its static batch size: tf.distribute's multi-step loop (steps_per_execution > 1)
+    hands each replica `(None, T)` batches, but the model's shapes need B (the memory's)."""
+    if x is None or batch is None or x.shape[0] is not None:
+        return x
+    return ops.reshape(x, (batch, *x.shape[1:]))
+
+
 @keras.saving.register_keras_serializable(package="par_xl")
 class PARTransformerXL(keras.Model):
     """Pay Attention when Required Transformer-XL (Mandava et al. 2020, arXiv 2009.04534).
@@ -292,6 +300,8 @@ class PARTransformerXL(keras.Model):
             if self.document_boundaries:
                 document_starts = inputs["document_starts"]
             inputs = inputs["token_ids"]
+        built_batch = getattr(self, "_batch_shape", (None,))[0]
+        inputs, document_starts = (_with_batch(x, built_batch) for x in (inputs, document_starts))
         if not self.memory:
             if self.mem_len and self.memory_blocks:
                 raise ValueError(
@@ -372,7 +382,7 @@ class PARTransformerXL(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean adaptive-softmax NLL of the labels `y` given the hidden states `y_pred`."""
-        token_nll = self.output_layer.loss(y_pred, y)  # (B, T)
+        token_nll = self.output_layer.loss(y_pred, _with_batch(y, y_pred.shape[0]))  # (B, T)
         self.lm_metrics.update_state(token_nll)
         loss = ops.mean(token_nll)
         for extra in self.losses:
