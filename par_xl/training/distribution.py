@@ -127,16 +127,16 @@ def check_config(strategy, train_config):
     module docstring)."""
     if strategy is None or isinstance(strategy, tf.distribute.TPUStrategy):
         return
-    name = type(strategy).__name__
+    name = f"--strategy={strategy_name(strategy)}"
     if train_config.jit_compile:
         raise ConfigError(
-            f"--jit_compile does not work under {name}: Keras 3 compiles the whole replicated "
+            f"--jit_compile does not work with {name}: Keras 3 compiles the whole replicated "
             f"step for one device ({_XLA_ISSUE}). Leave it unset: the replicas run TensorFlow "
             "graphs."
         )
     if train_config.steps_per_execution > 1:
         raise ConfigError(
-            f"--steps_per_execution={train_config.steps_per_execution} does not work under "
+            f"--steps_per_execution={train_config.steps_per_execution} does not work with "
             f"{name}: Keras 3 runs the gradient all-reduce inside a tf.cond there "
             f"({_STEPS_ISSUE}). Use --steps_per_execution=1."
         )
@@ -292,13 +292,28 @@ def model_strategy(model):
     return value.distribute_strategy
 
 
+def strategy_name(strategy):
+    """The `--strategy` value of a strategy object, e.g. "multi_worker" (MirroredStrategy's
+    multi-worker sibling is a CollectiveAllReduceStrategy to `type()`)."""
+    if strategy is None:
+        return "default"
+    for name, kind in (
+        ("multi_worker", tf.distribute.MultiWorkerMirroredStrategy),
+        ("mirrored", tf.distribute.MirroredStrategy),
+        ("tpu", tf.distribute.TPUStrategy),
+    ):
+        if isinstance(strategy, kind):
+            return name
+    return type(strategy).__name__
+
+
 def describe(strategy):
-    """One line for the log: the strategy, its replicas and workers."""
+    """One line for the log: the strategy, its replicas and this worker's share."""
     if strategy is None:
         return "one device (no tf.distribute strategy)"
-    workers = len(getattr(strategy.extended, "worker_devices", ()) or ())
-    return (f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replicas"
-            + (f", {workers} on this worker" if workers else ""))  # fmt: skip
+    local = len(strategy.extended.worker_devices)
+    return (f"--strategy={strategy_name(strategy)}: {strategy.num_replicas_in_sync} replicas, "
+            f"{local} on this worker")  # fmt: skip
 
 
 def jax_data_parallel(devices=None):
@@ -317,6 +332,6 @@ def jax_data_parallel(devices=None):
     devices = devices or keras.distribution.list_devices()
     mesh = keras.distribution.DeviceMesh((len(devices),), ["batch"], devices)
     layout_map = keras.distribution.LayoutMap(mesh)
-    layout_map[r"memory_\d+$"] = ("batch", None, None)
-    layout_map[r"valid_memory_length$"] = ("batch",)
+    layout_map[r".*/memory_\d+"] = ("batch", None, None)  # matched against the whole path
+    layout_map[r".*/valid_memory_length"] = ("batch",)
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
