@@ -88,6 +88,19 @@ def _strategy(variables):
     return next(iter(strategies.values()))
 
 
+_FUNCTIONS = {}  # (kind, variables' ids) -> (variables, tf.function), the last few used
+
+
+def _function(kind, variables, make):
+    """The `tf.function` `make()` for these variables, made once (not retraced each call)."""
+    key = (kind, *map(id, variables))
+    if key not in _FUNCTIONS:
+        while len(_FUNCTIONS) >= 16:
+            _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
+        _FUNCTIONS[key] = (variables, make())  # the variables keep their ids taken
+    return _FUNCTIONS[key][1]
+
+
 def read_streams(variables):
     """The global value of each variable: `(R * b, ...)` numpy arrays, replica r's rows at
     `r*b .. (r+1)*b - 1`; an ordinary variable's value as it is.
@@ -100,15 +113,18 @@ def read_streams(variables):
     tf = _tensorflow()
     strategy = _strategy(variables)
 
-    @tf.function
-    def gather():
-        def local():  # replica context: each replica's own component
-            return [tf.identity(v.value) for v in variables]
+    def make():
+        @tf.function
+        def gather():
+            def local():  # replica context: each replica's own component
+                return [tf.identity(v.value) for v in variables]
 
-        per_replica = strategy.run(local)
-        return [strategy.gather(value, axis=0) for value in per_replica]
+            per_replica = strategy.run(local)
+            return [strategy.gather(value, axis=0) for value in per_replica]
 
-    return [value.numpy() for value in gather()]
+        return gather
+
+    return [value.numpy() for value in _function("read", variables, make)()]
 
 
 def write_streams(variables, values):
@@ -128,18 +144,21 @@ def write_streams(variables, values):
     for variable, value in zip(variables, values):
         _check_rows(variable, value, strategy.num_replicas_in_sync)
 
-    @tf.function
-    def scatter(values):
-        def assign():  # replica context: replica r keeps rows r*b .. (r+1)*b - 1
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            for variable, value in zip(variables, values):
-                rows = variable.shape[0]
-                own = value[replica * rows : (replica + 1) * rows]
-                variable.value.assign(tf.cast(own, variable.dtype), read_value=False)
+    def make():
+        @tf.function
+        def scatter(values):
+            def assign():  # replica context: replica r keeps rows r*b .. (r+1)*b - 1
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                for variable, value in zip(variables, values):
+                    rows = variable.shape[0]
+                    own = value[replica * rows : (replica + 1) * rows]
+                    variable.value.assign(tf.cast(own, variable.dtype), read_value=False)
 
-        strategy.run(assign)
+            strategy.run(assign)
 
-    scatter([tf.convert_to_tensor(value) for value in values])
+        return scatter
+
+    _function("write", variables, make)([tf.convert_to_tensor(value) for value in values])
 
 
 def clear_streams(variables):

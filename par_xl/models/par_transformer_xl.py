@@ -17,6 +17,11 @@ designs fail one of the three requirements: Python-side caches do not survive
 `forward` is the stateless core (memory in, memory out) that `call` wraps; generation and
 tests use it directly with any batch size and memory size M.
 
+Several devices: each replica of a tf.distribute strategy trains on fixed rows of every batch,
+so the memory is per-stream state kept per replica (`par_xl.replicas`: ON_READ variables with
+no aggregation, built for the replica's rows), never averaged or broadcast; `get_memory` /
+`set_memory` and checkpoints see all B streams, as one device holds them.
+
 The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
 segment attends to nothing but itself, exactly as with no memory at all; each segment makes
 `min(M, seen)` slots valid, counted per row (stream). Memory of block l is its *input* in the
