@@ -307,6 +307,7 @@ def test_settings_that_cannot_work_are_refused_naming_the_flag(monkeypatch):
         distribution.make_strategy("multi_worker")
     assert distribution.jit_compile_for("default", None, lambda: True) is True
     assert distribution.jit_compile_for("mirrored", None, lambda: True) is False
+    assert distribution.jit_compile_for("tpu", True, lambda: True) is False
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
     config = TrainConfig("a", "b", jit_compile=False)
     distribution.check_config(mirrored, config)
@@ -358,8 +359,14 @@ def logged_losses(run):
 
 def checkpoint_arrays(path):
     arrays = {}
+
+    def read(name, item):
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
     with h5py.File(path) as f:
-        f.visititems(lambda k, v: arrays.update({k: v[()]}) if isinstance(v, h5py.Dataset) else 0)
+        f.visititems(read)
+    assert arrays, path
     return arrays
 
 

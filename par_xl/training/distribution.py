@@ -116,7 +116,10 @@ def check_tf_config():
 
 def jit_compile_for(strategy_name, jit_compile, default):
     """`--jit_compile` under `--strategy`: unset, `default()` (XLA on GPU/TPU) on one device and
-    off under a strategy (see the module docstring; `check_config` refuses it on)."""
+    off under a strategy (see the module docstring; `check_config` refuses it on). Always off
+    for Keras on a TPU, where TPUStrategy compiles every step with XLA itself."""
+    if strategy_name == "tpu":
+        return False
     if jit_compile is None:
         return default() if strategy_name == "default" else False
     return jit_compile
