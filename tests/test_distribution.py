@@ -295,6 +295,8 @@ class _Replicas:
 def test_settings_that_cannot_work_are_refused_naming_the_flag(monkeypatch):
     with pytest.raises(ConfigError, match=r"batch_size=6 .* multiple of the 4 replicas.*=4 or 8"):
         distribution.replica_batch_size(_Replicas(4), 6)
+    with pytest.raises(ConfigError, match=r"--batch_size=4, or"):
+        distribution.replica_batch_size(_Replicas(4), 3)
     assert distribution.replica_batch_size(_Replicas(4), 8) == 2
     assert distribution.replica_batch_size(None, 6) == 6
     with pytest.raises(ConfigError, match="--strategy must be one of"):
@@ -390,23 +392,16 @@ def test_two_workers_train_as_one_device(small_data, tmp_path):
         "--dropout_rate=0",
     ] + [f"--{k}={v}" for k, v in TRAIN.items()]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *flags],
-            cwd=REPO,
-            text=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={
-                **os.environ,
-                "PYTHONPATH": path,
-                "TF_CONFIG": json.dumps(
-                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
-                ),
-            },
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    logs = [tmp_path / f"worker-{i}.err" for i in range(2)]
+    workers = []
+    for i, log in enumerate(logs):
+        task = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+        env = {**os.environ, "PYTHONPATH": path, "TF_CONFIG": json.dumps(task)}
+        command = [sys.executable, str(REPO / "train.py"), *flags]
+        with log.open("w") as stderr:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stderr=stderr,
+                                       stdout=subprocess.DEVNULL)  # fmt: skip
+        workers.append(process)
     try:
         # Meanwhile, the same run on one device in this process.
         one = trainer.train(
@@ -414,12 +409,13 @@ def test_two_workers_train_as_one_device(small_data, tmp_path):
             TrainConfig(f"{small_data}/tf/train", f"{small_data}/tf/valid",
                         log_dir=str(tmp_path), model_name="one", jit_compile=False, **TRAIN),
         )  # fmt: skip
-        errors = [worker.communicate(timeout=180)[1] for worker in workers]
+        for worker in workers:
+            worker.wait(timeout=180)
     finally:
         for worker in workers:
             worker.kill()
-    for worker, error in zip(workers, errors):
-        assert worker.returncode == 0, error[-3000:]
+    for worker, log in zip(workers, logs):
+        assert worker.returncode == 0, log.read_text()[-3000:]
     chief, other = tmp_path / "run", tmp_path / "run" / "worker-1"
     assert (
         "--strategy=multi_worker: 2 replicas, 1 on this worker"

@@ -36,7 +36,6 @@ several steps per execution are what keep it busy.
 """
 
 import json
-import logging
 import os
 
 import keras
@@ -48,8 +47,6 @@ from par_xl.configs import ConfigError
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 _XLA_ISSUE = "keras-team/keras#19005"
 _STEPS_ISSUE = "keras-team/keras#19246"
-
-log = logging.getLogger("par_xl")
 
 
 def make_strategy(name="default", tpu=""):
@@ -182,12 +179,12 @@ def replica_batch_size(strategy, batch_size):
     """
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if batch_size % replicas:
+        fits = [replicas * n for n in (batch_size // replicas, batch_size // replicas + 1) if n]
         raise ConfigError(
             f"the data's batch_size={batch_size} (build_data.py --batch_size) must be a "
             f"multiple of the {replicas} replicas of --strategy: each replica trains on "
             f"batch_size / {replicas} rows of every batch. Build the data with --batch_size="
-            f"{replicas * max(batch_size // replicas, 1)} or "
-            f"{replicas * (batch_size // replicas + 1)}, or use other devices."
+            f"{' or '.join(map(str, fits))}, or train on other devices."
         )
     return batch_size // replicas
 
