@@ -186,7 +186,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def two_replicas(tmp_path_factory):
-    """The report of TWO_REPLICAS (about 40 s on 2 shared cores)."""
+    """The report of TWO_REPLICAS (about 30 s of CPU time)."""
     directory = tmp_path_factory.mktemp("two_replicas")
     return run_python(TWO_REPLICAS, directory, str(directory))
 
