@@ -109,7 +109,8 @@ flags.DEFINE_bool(
     "jit_compile",
     None,
     "XLA-compile the steps. Default: on with a GPU or TPU; off on CPU, where TF's XLA backward "
-    "pass is slower (benchmarks/RESULTS.md); off under --strategy (TPUs compile anyway).",
+    "pass is slower (benchmarks/RESULTS.md); off under --strategy (TPUs compile anyway) and "
+    "with --search=single_path.",
 )
 flags.DEFINE_enum(
     "strategy",
@@ -190,6 +191,16 @@ def main(argv):
         for name in ("train_directory", "valid_directory"):
             if not getattr(FLAGS, name):
                 raise ConfigError(f"--{name} is required.")
+        model_config = model_config_from_flags()
+        if model_config.search == "single_path" and model_config.architecture is None:
+            if FLAGS.jit_compile:
+                raise ConfigError(
+                    "--jit_compile does not work with --search=single_path on TensorFlow: its "
+                    "XLA program for the branch switch with dropout inside did not finish 2 "
+                    "steps in 15 minutes on a CPU (benchmarks/RESULTS.md). Leave --jit_compile "
+                    "unset (TensorFlow graphs), or use the JAX backend for XLA."
+                )
+            jit_compile = False
         train_config = TrainConfig(
             **{
                 f.name: getattr(FLAGS, f.name)
@@ -199,7 +210,7 @@ def main(argv):
             jit_compile=jit_compile,
             log_dir=FLAGS.log_dir or "runs",
         )
-        trainer.train(model_config_from_flags(), train_config, strategy)
+        trainer.train(model_config, train_config, strategy)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
