@@ -1,70 +1,274 @@
-"""Sampling text from a PARTransformerXL, one token per step, reusing the XL memory."""
+"""Sampling text from a PARTransformerXL: the prompt read in chunks, new tokens in one loop.
 
+How a sample is made
+--------------------
+The prompt, but for its last token, is read through `forward` in chunks of `chunk_length`
+positions, filling an XL memory of fixed shape `(B, M, D)` per attention-capable block. Then
+one compiled loop (`keras.ops.fori_loop` inside `tf.function` or `jax.jit`) runs a step per new
+token: one position through `forward` over the memory, the full distribution (`log_probs`),
+temperature / top-k / nucleus filtering, an inverse-CDF draw, and the sampled id fed back. The
+memory keeps its shape and is masked by its valid length, so a step costs the same whatever
+the prompt's length; Python runs once per sample, not once per token.
+
+Each prompt position sees between M and M + chunk - 1 earlier positions (Transformer-XL
+evaluation with segments of `chunk_length`); each new token sees the M before it. A model
+without memory (`mem_len=0`) has only its context: it gets a memory as long as the whole
+context (prompt and sample), so that it sees everything, as if recomputing the prefix.
+
+Filtering and drawing never sort the vocabulary (XLA's sort on CPU costs ~5 ms a row of
+12,000): top-k and top-p are thresholds (`filter_probabilities`), the draw inverts the
+cumulative distribution at one uniform per new token and row (`draw`). The uniforms are drawn
+by NumPy from the seed before the loop: the same seed gives the same tokens on either backend,
+with XLA on or off (up to float rounding at an interval's boundary). The compiled functions
+are kept per model and traced again only for new shapes (B, M, chunk, number of tokens) or
+filtering settings; a prompt of any length reuses them (it is left-padded to whole chunks).
+"""
+
+import weakref
+
+import keras
 import numpy as np
 from keras import ops
 
+_compiled = weakref.WeakKeyDictionary()  # model -> {(name, jit_compile): compiled function}
 
-def filter_log_probs(log_probs, temperature=1.0, top_k=0, top_p=1.0):
-    """Next-token distribution after temperature, top-k and nucleus (top-p) filtering.
 
-    Args:
-        log_probs: `(V,)` normalized log-probabilities.
-        temperature: > 0; below 1 sharpens, above 1 flattens.
-        top_k: keep the k most likely tokens (0: all).
-        top_p: keep the smallest set of most likely tokens whose mass reaches top_p (1: all).
-
-    Returns:
-        `(V,)` probabilities summing to one.
-    """
-    if temperature <= 0:
+def validate_filtering(temperature, top_k, top_p):
+    """Raises ValueError, naming the argument first, for filtering settings that cannot work."""
+    if not temperature > 0:
         raise ValueError(f"temperature must be positive, received {temperature}.")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: all tokens), received {top_k}.")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], received {top_p}.")
-    logits = np.asarray(log_probs, "float64") / temperature
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs, kind="stable")
-    keep = np.ones(len(probs), bool)
-    if top_k:
-        keep[order[top_k:]] = False
+
+
+def filter_probabilities(log_probs, temperature=1.0, top_k=0, top_p=1.0):
+    """Next-token distribution after temperature, top-k and nucleus (top-p) filtering.
+
+    Both filters are thresholds, so no step sorts the vocabulary: top-k keeps the tokens at
+    least as likely as the k-th (`top_k`), top-p the tokens at least as likely as the least
+    likely one of the nucleus, found by bisection (`nucleus_threshold`). Tokens tied with the
+    last one kept are all kept.
+
+    Args:
+        log_probs: `(B, V)` normalized log-probabilities.
+        temperature: > 0; below 1 sharpens, above 1 flattens.
+        top_k: keep the k most likely tokens (0: all).
+        top_p: keep the smallest set of most likely tokens whose mass (at this temperature)
+            reaches top_p (1: all); with top_k too, both filters apply.
+
+    Returns:
+        `(B, V)` float32 probabilities, each row summing to one.
+    """
+    logits = ops.cast(log_probs, "float32") / temperature  # (B, V)
+    probabilities = ops.softmax(logits, axis=-1)
+    keep = None
+    if top_k and top_k < logits.shape[-1]:
+        # Unsorted: XLA on CPU sorts the whole row for a sorted top-k, ~50x slower.
+        kth = ops.min(ops.top_k(logits, k=top_k, sorted=False)[0], axis=-1, keepdims=True)
+        keep = logits >= kth  # (B, V)
     if top_p < 1:
-        cumulative = np.cumsum(probs[order])
-        beyond = order[np.searchsorted(cumulative, top_p) + 1 :]  # tokens after the nucleus
-        keep[beyond] = False
-    probs = np.where(keep, probs, 0.0)
-    return probs / probs.sum()
+        nucleus = probabilities >= nucleus_threshold(probabilities, top_p)
+        keep = nucleus if keep is None else ops.logical_and(keep, nucleus)
+    if keep is None:
+        return probabilities
+    probabilities = ops.where(keep, probabilities, 0.0)
+    return probabilities / ops.sum(probabilities, axis=-1, keepdims=True)
+
+
+def nucleus_threshold(probabilities, top_p):
+    """The probability of the least likely token of each row's nucleus, `(B, 1)`.
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches `top_p`; its
+    least likely token has the largest probability t with `sum(p[p >= t]) >= top_p`. The mass
+    falls as t grows, so t is found by bisection, exactly: non-negative float32 numbers order
+    as their bit patterns (int32) do, and 31 halvings cover them all.
+    """
+    bits = ops.view(probabilities, "int32")  # (B, V), ordered as the probabilities
+    low = ops.zeros(bits.shape[:1], "int32")  # mass at or above low reaches top_p
+    high = ops.max(bits, axis=-1)  # (B,), the answer is in [low, high]
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low + 1) // 2
+        mass = ops.sum(ops.where(bits >= middle[:, None], probabilities, 0.0), axis=-1)
+        enough = mass >= top_p
+        return ops.where(enough, middle, low), ops.where(enough, high, middle - 1)
+
+    low, _ = ops.fori_loop(0, 31, halve, (low, high))
+    return ops.view(low, "float32")[:, None]
+
+
+def draw(probabilities, uniform):
+    """Inverse-CDF sampling: the token whose interval of the cumulative sum holds `uniform`.
+
+    Args:
+        probabilities: `(B, V)`, from `filter_probabilities`.
+        uniform: `(B,)` in [0, 1).
+
+    Returns:
+        `(B,)` int32 ids; never one of probability zero.
+    """
+    vocab_size = probabilities.shape[-1]
+    cumulative = ops.cumsum(probabilities, axis=-1)  # (B, V)
+    target = ops.cast(uniform, "float32")[:, None] * cumulative[:, -1:]  # (B, 1)
+    index = ops.sum(ops.cast(cumulative <= target, "int32"), axis=-1)  # (B,)
+    # Rounding may put the target at the very end: fall back on the last possible token.
+    possible = ops.cast(ops.flip(probabilities > 0, axis=-1), "int32")
+    last = vocab_size - 1 - ops.cast(ops.argmax(possible, axis=-1), "int32")  # (B,)
+    return ops.minimum(index, last)
+
+
+def _read(model, ids, starts, memory, length):
+    """One prompt chunk through `forward`: the memory and valid length after it. `starts`
+    marks where the prompt begins in a left-padded chunk: nothing sees the padding."""
+    _, memory, length = model.forward(ids, memory, length, False, document_starts=starts)
+    return memory, length
+
+
+def _sample(model, token, memory, length, uniforms, temperature, top_k, top_p):
+    """The sampling loop: `(B,)` last prompt token, memory, `(B,)` valid length, `(N, B)`
+    uniforms -> `(B, N)` sampled ids and the `(B, N)` log-probability of each under the model
+    (before filtering)."""
+    num_tokens, batch = uniforms.shape
+
+    def step(i, state):
+        token, memory, length, sampled, scores = state
+        if memory:
+            hidden, memory, length = model.forward(token[:, None], memory, length, training=False)
+        else:
+            hidden = model.forward(token[:, None], training=False)[0]  # (B, 1, D)
+        log_probs = model.log_probs(hidden[:, 0])  # (B, V)
+        probabilities = filter_probabilities(log_probs, temperature, top_k, top_p)
+        token = draw(probabilities, ops.take(uniforms, i, axis=0))  # (B,)
+        score = ops.take_along_axis(log_probs, token[:, None], axis=-1)  # (B, 1)
+        sampled = ops.slice_update(sampled, (0, i), token[:, None])
+        scores = ops.slice_update(scores, (0, i), ops.cast(score, "float32"))
+        return token, memory, length, sampled, scores
+
+    sampled = ops.zeros((batch, num_tokens), "int32")
+    scores = ops.zeros((batch, num_tokens), "float32")
+    state = (token, list(memory), length, sampled, scores)
+    return ops.fori_loop(0, num_tokens, step, state)[3:]
+
+
+def _compiled_function(model, name, jit_compile):
+    """`_read` or `_sample` for `model`, compiled once and kept while the model lives.
+
+    TensorFlow: a `tf.function` (XLA if `jit_compile`), reading the variables in place. JAX:
+    `jax.jit` over the variables' current values (`StatelessScope`), so the compiled function
+    never holds stale weights. Other backends run eagerly. Python scalars (the filtering
+    settings) are static: each new value traces anew. The functions hold the model weakly, so
+    that the cache never keeps a model alive.
+    """
+    functions = _compiled.setdefault(model, {})
+    key = (name, bool(jit_compile))
+    if key in functions:
+        return functions[key]
+    function = {"read": _read, "sample": _sample}[name]
+    model_ref = weakref.ref(model)
+
+    def bound(*args):
+        return function(model_ref(), *args)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(bound, jit_compile=jit_compile)
+    elif backend == "jax":
+        import jax
+
+        def stateless(values, *args):
+            variables = model_ref().variables
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return bound(*args)
+
+        static = (5, 6, 7) if name == "sample" else ()  # temperature, top_k, top_p
+        jitted = jax.jit(stateless, static_argnums=static)
+
+        def compiled(*args):
+            return jitted([variable.value for variable in model_ref().variables], *args)
+    else:
+        compiled = bound
+
+    functions[key] = compiled
+    return compiled
 
 
 def generate(
-    model, prompt_ids, num_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, mem_len=None
+    model,
+    prompt_ids,
+    num_tokens,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    mem_len=None,
+    chunk_length=None,
+    jit_compile=True,
 ):
-    """Samples `num_tokens` ids after `prompt_ids` (a non-empty list of ids).
+    """Samples `num_tokens` ids after `prompt_ids` (see the module docstring).
 
-    The prompt is read in one forward pass; then each new token is one forward step of one
-    position over the memory, which keeps the last `mem_len` positions (default: the model's
-    training memory length; longer works too, as in Transformer-XL evaluation). A model with
-    no memory blocks or `mem_len = 0` recomputes its whole context each step instead.
+    Args:
+        model: a built `PARTransformerXL` (supernet or derived); its memory state is untouched.
+        prompt_ids: a non-empty list of ids, or a `(B, P)` array of B prompts of one length.
+        num_tokens: N > 0.
+        temperature, top_k, top_p: see `filter_probabilities`; `top_k=1` is greedy decoding.
+        seed: the sample's seed: same seed, same tokens.
+        mem_len: M while sampling (default: the model's; longer works too, as in
+            Transformer-XL evaluation); 0, or a model trained without memory: the whole
+            context, so that every position sees all before it.
+        chunk_length: prompt positions per `forward` call (default M).
+        jit_compile: compile the loop with XLA (TensorFlow; JAX always does). The step is small
+            matrix-vector work, so XLA's fused loop beats TensorFlow's per-op dispatch.
 
     Returns:
-        `(ids, log_probs)`: the sampled ids and, for each, the `(V,)` distribution it was
-        drawn from (before filtering).
+        `(ids, log_probs)`: the sampled ids and the model's log-probability of each (before
+        filtering), as lists for a list prompt, else `(B, N)` arrays.
     """
-    if not len(prompt_ids):
-        raise ValueError("generate needs a prompt of at least one token.")
-    rng = np.random.default_rng(seed)
-    memory, length = model.initial_memory(1, mem_len)
-    context = np.asarray(prompt_ids, "int32")[None]  # (1, P)
-    sampled, distributions = [], []
-    for _ in range(num_tokens):
-        if memory is None:
-            hidden = model.forward(context, training=False)[0]
-        else:
-            hidden, memory, length = model.forward(context, memory, length, training=False)
-        log_probs = ops.convert_to_numpy(model.log_probs(hidden[:, -1:]))[0, 0]  # (V,)
-        probs = filter_log_probs(log_probs, temperature, top_k, top_p)
-        token = int(rng.choice(len(probs), p=probs))
-        sampled.append(token)
-        distributions.append(log_probs)
-        step = np.array([[token]], "int32")
-        context = np.concatenate([context, step], axis=1) if memory is None else step
-    return sampled, distributions
+    validate_filtering(temperature, top_k, top_p)
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be positive, received {num_tokens}.")
+    prompt = np.asarray(prompt_ids, "int32")
+    single = prompt.ndim == 1
+    prompt = prompt[None] if single else prompt  # (B, P)
+    if prompt.ndim != 2 or not prompt.shape[1]:
+        raise ValueError(
+            f"prompt_ids must hold at least one token, as a list or a (B, P) array; received "
+            f"shape {np.shape(prompt_ids)}."
+        )
+    batch, prompt_length = prompt.shape
+    mem_len = model.mem_len if mem_len is None else mem_len
+    if mem_len < 0:
+        raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+    mem_len = mem_len or prompt_length + num_tokens - 1  # no memory: the whole context
+    chunk_length = chunk_length or max(mem_len, 1)
+    if chunk_length < 1:
+        raise ValueError(f"chunk_length must be positive, received {chunk_length}.")
+
+    memory, _ = model.initial_memory(batch, mem_len)
+    memory = memory or []  # none for a model that never attends: its context cannot matter
+    length = ops.zeros((batch,), "int32")
+    context = prompt[:, :-1]  # the last prompt token is the loop's first input
+    if memory and context.shape[1]:
+        # Left-padded to whole chunks, the prompt marked as a document starting after the
+        # padding: one traced shape for every prompt length.
+        padding = -context.shape[1] % chunk_length
+        context = np.pad(context, [(0, 0), (padding, 0)])
+        starts = np.zeros_like(context)
+        starts[:, padding] = 1
+        read = _compiled_function(model, "read", jit_compile)
+        for i in range(0, context.shape[1], chunk_length):
+            chunk = slice(i, i + chunk_length)
+            memory, length = read(context[:, chunk], starts[:, chunk], memory, length)
+    uniforms = np.random.default_rng(seed).random((num_tokens, batch)).astype("float32")
+    sample = _compiled_function(model, "sample", jit_compile)
+    ids, scores = sample(
+        prompt[:, -1], memory, length, uniforms, float(temperature), int(top_k), float(top_p)
+    )
+    ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
+    if single:
+        return ids[0].tolist(), scores[0].tolist()
+    return ids, scores
