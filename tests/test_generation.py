@@ -10,7 +10,13 @@ from conftest import run_on_jax
 from keras import ops
 
 from par_xl.models import PARTransformerXL, generation
-from par_xl.models.generation import draw, filter_probabilities, generate
+from par_xl.models.generation import (
+    draw,
+    filter_probabilities,
+    generate,
+    read_prompt,
+    sample,
+)
 
 VOCAB = 40
 
@@ -99,11 +105,13 @@ def test_compiled_loop_equals_a_python_loop_over_forward(architecture, settings,
 
 def test_one_trace_for_every_prompt_length_and_seed():
     model = tiny_model()
-    first, _ = generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)
-    again, _ = generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)
-    other, _ = generate(model, [1, 2, 3, 4, 5], 6, seed=1, jit_compile=False)
-    generate(model, list(range(1, 12)), 6, seed=2, jit_compile=False)
+    prompt = read_prompt(model, [1, 2, 3, 4, 5], jit_compile=False)
+    first, _ = sample(model, prompt, 6, seed=0, jit_compile=False)
+    again, _ = sample(model, prompt, 6, seed=0, jit_compile=False)  # the state is not changed
+    other, _ = sample(model, prompt, 6, seed=1, jit_compile=False)
     assert first == again and first != other
+    assert generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)[0] == first
+    generate(model, list(range(1, 12)), 6, seed=2, jit_compile=False)
     compiled = generation._compiled[model]
     assert compiled["read", False].experimental_get_tracing_count() == 1
     assert compiled["sample", False].experimental_get_tracing_count() == 1
@@ -168,7 +176,8 @@ def test_generation_rejects_what_cannot_work():
     model = tiny_model()
     for kwargs, name in [(dict(temperature=0), "temperature"), (dict(top_k=-1), "top_k"),
                          (dict(top_p=0), "top_p"), (dict(mem_len=-1), "mem_len"),
-                         (dict(num_tokens=0), "num_tokens")]:  # fmt: skip
+                         (dict(num_tokens=0), "num_tokens"),
+                         (dict(chunk_length=0), "chunk_length")]:  # fmt: skip
         with pytest.raises(ValueError, match=f"^{name}"):
             generate(model, [1, 2], **{"num_tokens": 3, **kwargs})
     with pytest.raises(ValueError, match="at least one token"):

@@ -2,18 +2,19 @@
 
 How a sample is made
 --------------------
-The prompt, but for its last token, is read through `forward` in chunks of `chunk_length`
-positions, filling an XL memory of fixed shape `(B, M, D)` per attention-capable block. Then
-one compiled loop (`keras.ops.fori_loop` inside `tf.function` or `jax.jit`) runs a step per new
-token: one position through `forward` over the memory, the full distribution (`log_probs`),
-temperature / top-k / nucleus filtering, an inverse-CDF draw, and the sampled id fed back. The
-memory keeps its shape and is masked by its valid length, so a step costs the same whatever
-the prompt's length; Python runs once per sample, not once per token.
+`read_prompt` reads the prompt, but for its last token, through `forward` in chunks of
+`chunk_length` positions, filling an XL memory of fixed shape `(B, M, D)` per attention-capable
+block. Then `sample` runs one compiled loop (`keras.ops.fori_loop` inside `tf.function` or
+`jax.jit`), a step per new token: one position through `forward` over the memory, the full
+distribution (`log_probs`), temperature / top-k / nucleus filtering, an inverse-CDF draw, and
+the sampled id fed back. The memory keeps its shape and is masked by its valid length, so a
+step costs the same whatever the prompt's length; Python runs once per sample, not per token.
 
 Each prompt position sees between M and M + chunk - 1 earlier positions (Transformer-XL
 evaluation with segments of `chunk_length`); each new token sees the M before it. A model
 without memory (`mem_len=0`) has only its context: it gets a memory as long as the whole
-context (prompt and sample), so that it sees everything, as if recomputing the prefix.
+context (prompt and sample), so that it sees everything, as if recomputing the prefix. A read
+prompt can be sampled from any number of times; `generate` does both steps.
 
 Filtering and drawing never sort the vocabulary (XLA's sort on CPU costs ~5 ms a row of
 12,000): top-k and top-p are thresholds (`filter_probabilities`), the draw inverts the
@@ -21,9 +22,11 @@ cumulative distribution at one uniform per new token and row (`draw`). The unifo
 by NumPy from the seed before the loop: the same seed gives the same tokens on either backend,
 with XLA on or off (up to float rounding at an interval's boundary). The compiled functions
 are kept per model and traced again only for new shapes (B, M, chunk, number of tokens) or
-filtering settings; a prompt of any length reuses them (it is left-padded to whole chunks).
+filtering settings; a prompt of any length reuses them (it is left-padded to whole chunks;
+for a model without memory, M follows the context, so each length traces anew).
 """
 
+import dataclasses
 import weakref
 
 import keras
@@ -33,8 +36,10 @@ from keras import ops
 _compiled = weakref.WeakKeyDictionary()  # model -> {(name, jit_compile): compiled function}
 
 
-def validate_filtering(temperature, top_k, top_p):
-    """Raises ValueError, naming the argument first, for filtering settings that cannot work."""
+def validate_sampling(num_tokens, temperature, top_k, top_p):
+    """Raises ValueError, naming the argument first, for sampling settings that cannot work."""
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be positive, received {num_tokens}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, received {temperature}.")
     if top_k < 0:
@@ -197,6 +202,112 @@ def _compiled_function(model, name, jit_compile):
     return compiled
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptState:
+    """A read prompt, what `sample` continues from (any number of times: it is not changed).
+
+    Attributes:
+        token: `(B,)` the prompt's last token, the loop's first input.
+        memory: one `(B, M, D)` tensor per block in `model.memory_blocks` (none for a model
+            that never attends: its context cannot matter).
+        length: `(B,)` valid memory slots.
+        whole_context: the memory holds the whole context and grows with the sample (a model
+            without memory, or `mem_len=0`).
+        single: the prompt was a list of ids (`sample` then returns lists).
+    """
+
+    token: np.ndarray
+    memory: list
+    length: object
+    whole_context: bool
+    single: bool
+
+
+def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=True):
+    """Reads all but the last prompt token into an XL memory, in chunks through `forward`.
+
+    Args:
+        model: a built `PARTransformerXL` (supernet or derived); its memory state is untouched.
+        prompt_ids: a non-empty list of ids, or a `(B, P)` array of B prompts of one length.
+        mem_len: M while sampling (default: the model's; longer works too, as in
+            Transformer-XL evaluation); 0, or a model trained without memory: the whole
+            context, so that every position sees all before it.
+        chunk_length: prompt positions per `forward` call (default M).
+        jit_compile: compile the chunk's step with XLA (TensorFlow; JAX always does).
+
+    Returns:
+        A `PromptState`.
+    """
+    prompt = np.asarray(prompt_ids, "int32")
+    single = prompt.ndim == 1
+    prompt = prompt[None] if single else prompt  # (B, P)
+    if prompt.ndim != 2 or not prompt.shape[1]:
+        raise ValueError(
+            f"prompt_ids must hold at least one token, as a list or a (B, P) array; received "
+            f"shape {np.shape(prompt_ids)}."
+        )
+    mem_len = model.mem_len if mem_len is None else mem_len
+    if mem_len < 0:
+        raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+    whole_context = not mem_len
+    context = prompt[:, :-1]  # the last prompt token is the loop's first input
+    mem_len = mem_len or max(context.shape[1], 1)  # `sample` adds room for the new tokens
+    chunk_length = mem_len if chunk_length is None else chunk_length
+    if chunk_length < 1:
+        raise ValueError(f"chunk_length must be positive, received {chunk_length}.")
+
+    batch = prompt.shape[0]
+    memory, _ = model.initial_memory(batch, mem_len)
+    memory = memory or []
+    length = ops.zeros((batch,), "int32")
+    if memory and context.shape[1]:
+        # Left-padded to whole chunks, the prompt marked as a document starting after the
+        # padding: one traced shape for every prompt length.
+        padding = -context.shape[1] % chunk_length
+        context = np.pad(context, [(0, 0), (padding, 0)])
+        starts = np.zeros_like(context)
+        starts[:, padding] = 1
+        read = _compiled_function(model, "read", jit_compile)
+        for i in range(0, context.shape[1], chunk_length):
+            chunk = slice(i, i + chunk_length)
+            memory, length = read(context[:, chunk], starts[:, chunk], memory, length)
+    return PromptState(prompt[:, -1], memory, length, whole_context, single)
+
+
+def sample(
+    model, prompt, num_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, jit_compile=True
+):
+    """Samples `num_tokens` ids after a read prompt, in one compiled loop.
+
+    Args:
+        model: the model that read the prompt.
+        prompt: a `PromptState` from `read_prompt`.
+        num_tokens: N > 0.
+        temperature, top_k, top_p: see `filter_probabilities`; `top_k=1` is greedy decoding.
+        seed: the sample's seed: same seed, same tokens.
+        jit_compile: compile the loop with XLA (TensorFlow; JAX always does). The step is small
+            matrix-vector work, so XLA's fused loop beats TensorFlow's per-op dispatch.
+
+    Returns:
+        `(ids, log_probs)`: the sampled ids and the model's log-probability of each (before
+        filtering), as lists for a list prompt, else `(B, N)` arrays.
+    """
+    validate_sampling(num_tokens, temperature, top_k, top_p)
+    memory = prompt.memory
+    if prompt.whole_context:  # room for the new tokens: memory is right-aligned
+        memory = [ops.pad(m, [(0, 0), (num_tokens, 0), (0, 0)]) for m in memory]
+    uniforms = np.random.default_rng(seed).random((num_tokens, len(prompt.token)))
+    loop = _compiled_function(model, "sample", jit_compile)
+    ids, scores = loop(
+        prompt.token, memory, prompt.length, uniforms.astype("float32"), float(temperature),
+        int(top_k), float(top_p),
+    )  # fmt: skip
+    ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
+    if prompt.single:
+        return ids[0].tolist(), scores[0].tolist()
+    return ids, scores
+
+
 def generate(
     model,
     prompt_ids,
@@ -209,66 +320,12 @@ def generate(
     chunk_length=None,
     jit_compile=True,
 ):
-    """Samples `num_tokens` ids after `prompt_ids` (see the module docstring).
-
-    Args:
-        model: a built `PARTransformerXL` (supernet or derived); its memory state is untouched.
-        prompt_ids: a non-empty list of ids, or a `(B, P)` array of B prompts of one length.
-        num_tokens: N > 0.
-        temperature, top_k, top_p: see `filter_probabilities`; `top_k=1` is greedy decoding.
-        seed: the sample's seed: same seed, same tokens.
-        mem_len: M while sampling (default: the model's; longer works too, as in
-            Transformer-XL evaluation); 0, or a model trained without memory: the whole
-            context, so that every position sees all before it.
-        chunk_length: prompt positions per `forward` call (default M).
-        jit_compile: compile the loop with XLA (TensorFlow; JAX always does). The step is small
-            matrix-vector work, so XLA's fused loop beats TensorFlow's per-op dispatch.
+    """Samples `num_tokens` ids after `prompt_ids`: `read_prompt`, then `sample` (see both).
 
     Returns:
         `(ids, log_probs)`: the sampled ids and the model's log-probability of each (before
         filtering), as lists for a list prompt, else `(B, N)` arrays.
     """
-    validate_filtering(temperature, top_k, top_p)
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be positive, received {num_tokens}.")
-    prompt = np.asarray(prompt_ids, "int32")
-    single = prompt.ndim == 1
-    prompt = prompt[None] if single else prompt  # (B, P)
-    if prompt.ndim != 2 or not prompt.shape[1]:
-        raise ValueError(
-            f"prompt_ids must hold at least one token, as a list or a (B, P) array; received "
-            f"shape {np.shape(prompt_ids)}."
-        )
-    batch, prompt_length = prompt.shape
-    mem_len = model.mem_len if mem_len is None else mem_len
-    if mem_len < 0:
-        raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
-    mem_len = mem_len or prompt_length + num_tokens - 1  # no memory: the whole context
-    chunk_length = chunk_length or max(mem_len, 1)
-    if chunk_length < 1:
-        raise ValueError(f"chunk_length must be positive, received {chunk_length}.")
-
-    memory, _ = model.initial_memory(batch, mem_len)
-    memory = memory or []  # none for a model that never attends: its context cannot matter
-    length = ops.zeros((batch,), "int32")
-    context = prompt[:, :-1]  # the last prompt token is the loop's first input
-    if memory and context.shape[1]:
-        # Left-padded to whole chunks, the prompt marked as a document starting after the
-        # padding: one traced shape for every prompt length.
-        padding = -context.shape[1] % chunk_length
-        context = np.pad(context, [(0, 0), (padding, 0)])
-        starts = np.zeros_like(context)
-        starts[:, padding] = 1
-        read = _compiled_function(model, "read", jit_compile)
-        for i in range(0, context.shape[1], chunk_length):
-            chunk = slice(i, i + chunk_length)
-            memory, length = read(context[:, chunk], starts[:, chunk], memory, length)
-    uniforms = np.random.default_rng(seed).random((num_tokens, batch)).astype("float32")
-    sample = _compiled_function(model, "sample", jit_compile)
-    ids, scores = sample(
-        prompt[:, -1], memory, length, uniforms, float(temperature), int(top_k), float(top_p)
-    )
-    ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
-    if single:
-        return ids[0].tolist(), scores[0].tolist()
-    return ids, scores
+    validate_sampling(num_tokens, temperature, top_k, top_p)  # before reading the prompt
+    prompt = read_prompt(model, prompt_ids, mem_len, chunk_length, jit_compile)
+    return sample(model, prompt, num_tokens, temperature, top_k, top_p, seed, jit_compile)
