@@ -1,26 +1,41 @@
-"""Matrix-multiply FLOPs of a PARTransformerXL training step, per token.
+"""Matrix-multiply FLOPs of a PARTransformerXL per token: training step, evaluation, generation.
 
 Counts what the implementation computes (hardware FLOPs): every branch of a supernet block,
 the masked half of the attention scores, the memory positions' key/value projections, the
-dense per-cluster adaptive-softmax logits. Element-wise work (norms, softmax, dropout) is
-left out, as usual for model-FLOPs utilization. Training costs 3x the forward pass (the
-backward pass computes two products per forward product).
+dense per-cluster adaptive-softmax logits. Element-wise work (norms, softmax, dropout, the
+sampler's filtering) is left out, as usual for model-FLOPs utilization. Training costs 3x the
+forward pass (the backward pass computes two products per forward product); evaluation is
+the forward pass and its loss.
 """
 
 from par_xl.cutoffs import tail_width
 
 
-def forward_flops_per_token(model, segment_length, batch_size):
-    """Forward-pass FLOPs (2 per multiply-add) per input token, for `(B, T)` batches."""
-    d, m, t = model.d_model, model.mem_len, segment_length
+def forward_flops_per_token(
+    model, segment_length, batch_size, mem_len=None, all_tails=False, position_projection=True
+):
+    """Forward-pass FLOPs (2 per multiply-add) per input token, for `(B, T)` batches.
+
+    Args:
+        model: a `PARTransformerXL`.
+        segment_length, batch_size: T and B.
+        mem_len: M memory positions (default: the model's).
+        all_tails: score every tail cluster for every position (`log_probs`, as generation
+            does) instead of the loss's capacity of positions.
+        position_projection: count the projection of the K relative positions (shared by the
+            batch); a loop whose K never changes computes it once (XLA hoists it).
+    """
+    d, t = model.d_model, segment_length
+    m = model.mem_len if mem_len is None else mem_len
     k = m + t  # keys per query
     attention = (
         d * d  # query projection
         + 2 * d * d * k / t  # key and value projections over [memory; segment]
-        + k * d * d / (batch_size * t)  # position projection, shared by the batch
         + 3 * k * d  # content scores, position scores, probabilities x values
         + d * d  # output projection
     )
+    if position_projection:
+        attention += k * d * d / (batch_size * t)  # shared by the batch
     feed_forward = 2 * d * model.d_ffn
     macs = 0.0
     for block in model.blocks:
@@ -34,7 +49,7 @@ def forward_flops_per_token(model, segment_length, batch_size):
     positions = batch_size * segment_length
     for i in range(1, softmax.num_tails + 1):
         reduced = tail_width(d, softmax.proj_factor, i)
-        scored = softmax.tail_slice_rows(i, positions) / positions  # share the tail scores
+        scored = 1.0 if all_tails else softmax.tail_slice_rows(i, positions) / positions
         macs += scored * (d * reduced + reduced * (bounds[i + 1] - bounds[i]))
     return 2.0 * macs
 
@@ -42,3 +57,10 @@ def forward_flops_per_token(model, segment_length, batch_size):
 def training_flops_per_token(model, segment_length, batch_size):
     """Forward plus backward pass FLOPs per token (3x the forward pass)."""
     return 3.0 * forward_flops_per_token(model, segment_length, batch_size)
+
+
+def generation_flops_per_token(model, mem_len=None):
+    """FLOPs per sampled token (`par_xl.models.generation.sample`): one position over M memory
+    positions (default: the model's), the full distribution, in a loop that computes the
+    position projection once (any batch size: nothing else is shared)."""
+    return forward_flops_per_token(model, 1, 1, mem_len, all_tails=True, position_projection=False)
