@@ -153,6 +153,7 @@ def test_filtering_matches_a_numpy_reference():
         got = ops.convert_to_numpy(
             filter_probabilities(log_probs.astype("float32"), temperature, top_k, top_p)
         )
+        got = got / got.sum(axis=-1, keepdims=True)  # weights: draw needs no normalization
         expected = np.stack([reference_filter(row, temperature, top_k, top_p) for row in log_probs])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
         kept = (expected > 0).sum(axis=-1)
@@ -162,13 +163,14 @@ def test_filtering_matches_a_numpy_reference():
 
 
 def test_draw_follows_the_distribution_and_never_picks_a_filtered_token():
-    probs = np.array([0.1, 0.0, 0.25, 0.4, 0.0, 0.25], "float32")
+    weights = np.array([0.1, 0.0, 0.25, 0.4, 0.0, 0.25, 0.0], "float32") * 3  # 3 blocks of 3
     rows = 4000
     uniforms = (np.arange(rows, dtype="float32") + 0.5) / rows  # one per quantile
-    ids = ops.convert_to_numpy(draw(np.tile(probs, (rows, 1)), uniforms))
-    np.testing.assert_allclose(np.bincount(ids, minlength=6) / rows, probs, atol=1 / rows)
+    ids = ops.convert_to_numpy(draw(np.tile(weights, (rows, 1)), uniforms))
+    frequencies = np.bincount(ids, minlength=7) / rows
+    np.testing.assert_allclose(frequencies, weights / weights.sum(), atol=1 / rows)
     edge = np.array([0.0, 1 - 2**-24], "float32")  # the very ends of [0, 1)
-    ids = ops.convert_to_numpy(draw(np.tile(probs, (2, 1)), edge))
+    ids = ops.convert_to_numpy(draw(np.tile(weights, (2, 1)), edge))
     assert ids.tolist() == [0, 5]
 
 
