@@ -15,7 +15,15 @@ import sys
 from absl import app, flags
 
 import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
-from par_xl.configs import OPTIMIZERS, PRESETS, TAU_SCHEDULES, ConfigError, ModelConfig, TrainConfig
+from par_xl.configs import (
+    OPTIMIZERS,
+    PRESETS,
+    TAU_SCHEDULES,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+)
+from par_xl.layers.stochastic_block import SEARCHES
 
 MODEL_FLAGS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
 # Training flags default to TrainConfig's defaults: one place to change them.
@@ -42,6 +50,14 @@ flags.DEFINE_multi_integer(
 flags.DEFINE_integer("proj_factor", None, "Adaptive-softmax width divisor per tail cluster.")
 flags.DEFINE_bool("tie_embeddings", None, "Tie the input embedding to the adaptive softmax.")
 flags.DEFINE_string("architecture", None, "Train a fixed architecture, e.g. AAFAFF (no search).")
+flags.DEFINE_enum(
+    "search",
+    None,
+    list(SEARCHES),
+    "How the supernet trains: all_branches (PAR: every branch, mixed by per-example "
+    "Gumbel-softmax weights) or single_path (one sampled branch per block and batch, the only "
+    "one computed: faster).",
+)
 flags.DEFINE_bool("straight_through", None, "Straight-through (hard) Gumbel samples.")
 flags.DEFINE_bool("tau_is_trainable", None, "Learn tau instead of annealing it.")
 flags.DEFINE_enum(

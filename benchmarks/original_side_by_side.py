@@ -84,6 +84,11 @@ flags.DEFINE_string(
     os.environ.get("WIKITEXT2_DIR", str(REPO.parent / "shared" / "data" / "wikitext-2")),
     "WikiText-2 text, to build par-xl's data when --data_dir has none (default $WIKITEXT2_DIR).",
 )
+flags.DEFINE_list(
+    "searches",
+    ["all_branches", "single_path"],
+    "par-xl's supernet searches to time (train.py --search), each in every round.",
+)
 flags.DEFINE_integer("runs", 3, "Rounds; each runs the original, then par-xl.", lower_bound=1)
 flags.DEFINE_integer("warmup", 100, "Untimed steps first (tracing, caches).", lower_bound=1)
 flags.DEFINE_integer("steps", 500, "Timed steps per run.", lower_bound=1)
@@ -143,7 +148,7 @@ if len(sys.argv) > 1:
     from par_xl.configs import PRESETS, ModelConfig
     from par_xl.data import load_dataset, read_metadata
     from par_xl.flops import training_flops_per_token
-    from par_xl.layers.adaptive_softmax import tail_capacity
+    from par_xl.data.label_statistics import max_tail_labels_per_batch
     from par_xl.models import PARTransformerXL
     train_dir, flag_values = sys.argv[1], json.loads(sys.argv[2])
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -152,8 +157,8 @@ if len(sys.argv) > 1:
     meta = read_metadata(train_dir)
     config = dataclasses.replace(PRESETS["base"], **overrides, vocab_size=meta.vocab_size)
     labels = (y for _, y in load_dataset(train_dir).as_numpy_iterator())
-    capacity = tail_capacity(labels, config.cutoffs, config.vocab_size)
-    model = PARTransformerXL(**config.model_kwargs(), tail_capacity=capacity)
+    capacity = max_tail_labels_per_batch(labels, config.cutoffs, config.vocab_size)
+    model = PARTransformerXL(**config.model_kwargs(), tail_capacities=capacity)
     model.build((meta.batch_size, meta.seq_len))
     flops = training_flops_per_token(model, meta.seq_len, meta.batch_size)
     result.update(flops_per_token=flops, tail_capacity=capacity, tensorflow=tf.__version__)
@@ -232,7 +237,7 @@ def run_original(directory, total_steps):
     }
 
 
-def run_par_xl(directory, total_steps, data):
+def run_par_xl(directory, total_steps, data, search):
     command = [
         sys.executable,
         str(REPO / "train.py"),
@@ -245,6 +250,7 @@ def run_par_xl(directory, total_steps, data):
         f"--max_steps={total_steps}",
         f"--log_every={FLAGS.log_every}",
         *command_flags(BASE_CONFIG),
+        f"--search={search}",
     ]
     wall, rss = run_process(command, directory)
     log_text = (directory / "side_by_side" / "training_log.log").read_text()
@@ -348,24 +354,33 @@ def main(argv):
         raise app.UsageError("--log_every must divide --warmup and --steps.")
     data = par_xl_data()
     total = FLAGS.warmup + FLAGS.steps
-    before = probe(str(data / "tfrecords" / "train"), json.dumps(BASE_CONFIG))
+    train_directory = str(data / "tfrecords" / "train")
+    before = probe(train_directory, json.dumps(BASE_CONFIG))
+    flops = {
+        search: probe(train_directory, json.dumps({**BASE_CONFIG, "search": search}))[
+            "flops_per_token"
+        ]
+        for search in FLAGS.searches
+    }
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="side_by_side_") as tmp:
         work = Path(FLAGS.work_dir or tmp).resolve()
-        original, par_xl = [], []
+        original, par_xl = [], {search: [] for search in FLAGS.searches}
         for i in range(FLAGS.runs):
             original.append(run_original(work / f"round{i}" / "original", total))
-            par_xl.append(run_par_xl(work / f"round{i}" / "par_xl", total, data))
+            for search in FLAGS.searches:
+                directory = work / f"round{i}" / f"par_xl_{search}"
+                par_xl[search].append(run_par_xl(directory, total, data, search))
+            timings = ", ".join(f"par-xl {s} {r[-1]['ms_per_step']:.1f}" for s, r in par_xl.items())
             print(
-                f"round {i + 1}/{FLAGS.runs}: original {original[-1]['ms_per_step']:.1f} "
-                f"ms/step, par-xl {par_xl[-1]['ms_per_step']:.1f} ms/step",
+                f"round {i + 1}/{FLAGS.runs} (ms/step): original {original[-1]['ms_per_step']:.1f}"
+                f", {timings}",
                 file=sys.stderr,
             )
     load_after = os.getloadavg()
     after = probe()
     peak = max(before["matmul_peak_gflops"], after["matmul_peak_gflops"])
     tokens_per_step = FLAGS.batch_size * FLAGS.seq_len
-    flops = before["flops_per_token"]
     report = {
         "benchmark": "original_side_by_side",
         "machine": machine(),
@@ -374,17 +389,23 @@ def main(argv):
         "timed_steps": FLAGS.steps,
         "runs": FLAGS.runs,
         "original": {
-            **summary(original, tokens_per_step, flops, peak),
+            # At the all-branches supernet's FLOP count: the original computes every branch.
+            **summary(original, tokens_per_step, before["flops_per_token"], peak),
             "steps_per_epoch": original[0]["steps_per_epoch"],
             "train_loss_running_mean": [round(run["train_loss"], 4) for run in original],
             **original[0]["versions"],
         },
         "par_xl": {
-            **summary(par_xl, tokens_per_step, flops, peak),
-            "flops_per_token": round(flops),
-            "tail_capacity": before["tail_capacity"],
-            "tensorflow": before["tensorflow"],
+            search: {
+                **summary(runs, tokens_per_step, flops[search], peak),
+                # A single-path step's FLOPs follow the choice probabilities: these are at
+                # initialization (uniform), where the timed steps still are.
+                "flops_per_token": round(flops[search]),
+            }
+            for search, runs in par_xl.items()
         },
+        "tail_capacity": before["tail_capacity"],
+        "tensorflow": before["tensorflow"],
         "matmul_peak_gflops": round(peak, 1),
         "matmul_peak_gflops_before_after": [
             round(before["matmul_peak_gflops"], 1),
@@ -393,12 +414,15 @@ def main(argv):
         "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "work_dir": FLAGS.work_dir,
     }
-    report["ratio_par_xl_over_original"] = round(
-        report["par_xl"]["tokens_per_second"] / report["original"]["tokens_per_second"], 3
-    )
-    report["round_ratios"] = [
-        round(o["ms_per_step"] / p["ms_per_step"], 3) for o, p in zip(original, par_xl)
-    ]
+    original_rate = report["original"]["tokens_per_second"]
+    report["ratio_par_xl_over_original"] = {
+        search: round(result["tokens_per_second"] / original_rate, 3)
+        for search, result in report["par_xl"].items()
+    }
+    report["round_ratios"] = {
+        search: [round(o["ms_per_step"] / p["ms_per_step"], 3) for o, p in zip(original, runs)]
+        for search, runs in par_xl.items()
+    }
     print(json.dumps(report, indent=2))
 
 

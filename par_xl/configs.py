@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
-from par_xl.layers.stochastic_block import validate_architecture
+from par_xl.layers.stochastic_block import validate_architecture, validate_search
 from par_xl.models.par_transformer_xl import validate_shape
 
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
@@ -46,9 +46,10 @@ class ModelConfig:
     proj_factor: int = 4
     tie_embeddings: bool = False
     architecture: str | None = None
+    search: str = "all_branches"
     straight_through: bool = False
     tau_is_trainable: bool = False
-    choice_at_inference: str = "expected"
+    choice_at_inference: str | None = None  # None: the search's own (see PARTransformerXL)
     initializer_range: float = 0.02
     document_boundaries: bool = False  # no attention across document starts (data v2)
 
@@ -72,7 +73,9 @@ class ModelConfig:
         _as_flag_error(validate_cutoffs, self.cutoffs, self.vocab_size)
         if self.architecture is not None:
             _as_flag_error(validate_architecture, self.architecture, self.num_layers)
-        _as_flag_error(validate_choice_at_inference, self.choice_at_inference)
+        if self.choice_at_inference is not None:
+            _as_flag_error(validate_choice_at_inference, self.choice_at_inference)
+        _as_flag_error(validate_search, self.search)
 
 
 PRESETS = {

@@ -1,6 +1,8 @@
 """Matrix-multiply FLOPs of a PARTransformerXL per token: training step, evaluation, generation.
 
-Counts what the implementation computes (hardware FLOPs): every branch of a supernet block,
+Counts what the implementation computes (hardware FLOPs): every branch of an all-branches
+supernet block, the expected branch of a single-path one (under the current choice
+probabilities, so the figure follows the search),
 the masked half of the attention scores, the memory positions' key/value projections, the
 dense per-cluster adaptive-softmax logits. Element-wise work (norms, softmax, dropout, the
 sampler's filtering) is left out, as usual for model-FLOPs utilization. Training costs 3x the
@@ -9,6 +11,7 @@ the forward pass and its loss.
 """
 
 from par_xl.cutoffs import tail_width
+from par_xl.layers.stochastic_block import CHOICES
 
 
 def forward_flops_per_token(
@@ -37,12 +40,14 @@ def forward_flops_per_token(
     if position_projection:
         attention += k * d * d / (batch_size * t)  # shared by the batch
     feed_forward = 2 * d * model.d_ffn
+    branch_macs = {"A": attention, "F": feed_forward, "I": 0.0}
+    probabilities = model.choice_probabilities()[0]
     macs = 0.0
-    for block in model.blocks:
-        if block.choice in (None, "A"):
-            macs += attention
-        if block.choice in (None, "F"):
-            macs += feed_forward
+    for block, row in zip(model.blocks, probabilities):
+        if block.choice is None and model.search == "all_branches":
+            macs += attention + feed_forward
+        else:  # a fixed block's row is one-hot
+            macs += sum(p * branch_macs[c] for p, c in zip(row, CHOICES))
     softmax = model.output_layer
     bounds = softmax.bounds
     macs += d * (bounds[1] + softmax.num_tails)  # head

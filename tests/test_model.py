@@ -1,6 +1,5 @@
 """PARTransformerXL: causality, memory equivalence, derive, serialization, XLA and JAX parity."""
 
-
 import keras
 import numpy as np
 import pytest

@@ -318,6 +318,7 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tiny_data, tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = read_results(trained_run), read_results(tmp_path / "resumed")
     assert got["step"] == 60
+
     # Same noise, same data position, same memory: equal up to float reduction order, the
     # training losses logged after the resume as well as the final evaluations.
     def logged_loss(run, step):

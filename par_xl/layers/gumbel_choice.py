@@ -88,6 +88,31 @@ class GumbelChoice(keras.layers.Layer):
         """`softmax(logits)`: the expected choice weights, `(K,)`, float32."""
         return ops.softmax(ops.cast(self.logits, "float32"))
 
+    def single_choice(self, training=None):
+        """One choice for the whole batch, GDAS-style (Dong & Yang 2019, arXiv 1910.04465).
+
+        Training: one Gumbel draw `g` per call; `index = argmax(logits + g)`, a sample of
+        `softmax(logits)` whatever tau (the Gumbel-max trick), and `gate = 1 + p[index] -
+        stop_gradient(p[index])` with `p = softmax((logits + g) / tau)`: 1 in the forward pass,
+        while its gradient reaches the logits through the relaxed sample (straight-through).
+        Inference: `index = argmax(logits)`, gate 1.
+
+        Returns:
+            `(index, gate)`: an int32 scalar and a compute-dtype scalar.
+        """
+        logits = ops.cast(self.logits, "float32")
+        if not training:
+            return ops.cast(ops.argmax(logits), "int32"), ops.ones((), self.compute_dtype)
+        uniform = keras.random.uniform(
+            (self.num_choices,), minval=1e-10, maxval=1.0, dtype="float32",
+            seed=self.seed_generator,
+        )  # fmt: skip
+        noisy = logits - ops.log(-ops.log(uniform))  # (K,)
+        tau = ops.maximum(ops.cast(self.tau, "float32"), MIN_TAU)
+        index = ops.cast(ops.argmax(noisy), "int32")
+        chosen = ops.take(ops.softmax(noisy / tau), index)
+        return index, ops.cast(1.0 + chosen - ops.stop_gradient(chosen), self.compute_dtype)
+
     def call(self, inputs, training=None):
         batch = ops.shape(inputs)[0]
         if not training:

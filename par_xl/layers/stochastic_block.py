@@ -1,6 +1,7 @@
 """A PAR block: attention, feed-forward or identity, chosen by Gumbel-softmax."""
 
 import keras
+from keras import ops
 
 from par_xl.layers.feed_forward import FeedForward
 from par_xl.layers.gumbel_choice import GumbelChoice
@@ -8,6 +9,16 @@ from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import RelativeAttention
 
 CHOICES = "AFI"  # attention, feed-forward, identity: the order of the choice weights
+# How a supernet block trains: every branch, mixed by per-example Gumbel-softmax weights (PAR),
+# or one sampled branch per batch, the only one computed (GDAS).
+SEARCHES = ("all_branches", "single_path")
+
+
+def validate_search(search):
+    """Checks that `search` is one of SEARCHES; returns it."""
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, received {search!r}.")
+    return search
 
 
 def validate_architecture(architecture, num_layers, name="architecture"):
@@ -41,9 +52,16 @@ class StochasticBlock(keras.layers.Layer):
         A: LayerNorm(x + Dropout(RelativeAttention(x, memory)))
         F: LayerNorm(x + Dropout(FeedForward(x)))
         I: x
-    The supernet block (`choice=None`) returns `sum_k w_k * branch_k` with per-example
-    weights `w` from a `GumbelChoice`. A block built with a fixed `choice` ('A', 'F' or 'I')
-    holds only that sublayer, so a derived architecture is a genuinely smaller model.
+    The supernet block (`choice=None`) trains in one of two ways (`search`):
+        "all_branches": `sum_k w_k * branch_k` with per-example weights `w` from a
+            `GumbelChoice` (PAR); every branch is computed.
+        "single_path": one branch per batch, sampled from the choice probabilities, is the
+            only one computed; its output is scaled by a gate that is 1 in the forward pass and
+            carries the gradient to the choice logits (`GumbelChoice.single_choice`, GDAS).
+    At inference, `choice_at_inference="expected"` mixes every branch by the choice
+    probabilities; `"argmax"` computes only the preferred branch.
+    A block built with a fixed `choice` ('A', 'F' or 'I') holds only that sublayer, so a
+    derived architecture is a genuinely smaller model.
 
     Args:
         num_heads: N.
@@ -52,6 +70,7 @@ class StochasticBlock(keras.layers.Layer):
         dropout_rate: residual dropout rate (also inside the feed-forward branch).
         attention_dropout_rate: dropout rate on attention probabilities.
         choice: `None` for the supernet, or one of 'A', 'F', 'I'.
+        search: "all_branches" or "single_path" (supernet only).
         tau, straight_through, tau_is_trainable, choice_at_inference, seed: see `GumbelChoice`.
         kernel_initializer: initializer of every projection.
 
@@ -74,6 +93,7 @@ class StochasticBlock(keras.layers.Layer):
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
         choice=None,
+        search="all_branches",
         tau=1.0,
         straight_through=False,
         tau_is_trainable=False,
@@ -91,6 +111,7 @@ class StochasticBlock(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.attention_dropout_rate = attention_dropout_rate
         self.choice = choice
+        self.search = validate_search(search)
         self.tau = tau
         self.straight_through = straight_through
         self.tau_is_trainable = tau_is_trainable
@@ -154,18 +175,48 @@ class StochasticBlock(keras.layers.Layer):
         )
 
     def call(self, inputs, memory, position_encoding, mask, training=None):
-        if self.choice == "A":
-            return self._attention_branch(inputs, memory, position_encoding, mask, training)
-        if self.choice == "F":
-            return self._feed_forward_branch(inputs, training)
-        if self.choice == "I":
-            return inputs
-        weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, 3)
-        attention = self._attention_branch(inputs, memory, position_encoding, mask, training)
-        feed_forward = self._feed_forward_branch(inputs, training)
-        return (
-            weights[..., 0] * attention + weights[..., 1] * feed_forward + weights[..., 2] * inputs
+        branches = [  # in CHOICES order
+            lambda: self._attention_branch(inputs, memory, position_encoding, mask, training),
+            lambda: self._feed_forward_branch(inputs, training),
+            lambda: inputs,
+        ]
+        if self.choice is not None:
+            return branches[CHOICES.index(self.choice)]()
+        one_branch = (
+            self.search == "single_path" if training else self.choice_at_inference == "argmax"
         )
+        if one_branch:
+            index, gate = self.gumbel.single_choice(training)
+            return self._switch(index, branches) * gate
+        weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, 3)
+        return sum(weights[..., k] * branch() for k, branch in enumerate(branches))
+
+    def _switch(self, index, branches):
+        """`branches[index]()`, computing only that branch.
+
+        The dropout layers' seed states go through the switch as explicit inputs and outputs:
+        a branch that draws noise advances them inside it, which the JAX backend's stateless
+        tracing cannot carry out of a `lax.switch` otherwise (a leaked tracer).
+        """
+        states = [
+            layer.seed_generator.state
+            for layer in self._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.Dropout) and hasattr(layer, "seed_generator")
+        ]
+        values = [ops.convert_to_tensor(state) for state in states]
+
+        def threaded(branch):
+            def run():
+                for state, value in zip(states, values):
+                    state.assign(value)
+                return branch(), [ops.convert_to_tensor(state) for state in states]
+
+            return run
+
+        output, values = ops.switch(index, [threaded(branch) for branch in branches])
+        for state, value in zip(states, values):
+            state.assign(value)
+        return output
 
     def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return inputs_shape
@@ -179,6 +230,7 @@ class StochasticBlock(keras.layers.Layer):
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             choice=self.choice,
+            search=self.search,
             tau=self.tau,
             straight_through=self.straight_through,
             tau_is_trainable=self.tau_is_trainable,

@@ -76,8 +76,12 @@ class PARTransformerXL(keras.Model):
             (see `AdaptiveSoftmax`); `None` scores all. Speed only: the loss is exact anyway.
         tie_embeddings: use the adaptive softmax's tables as the input embedding.
         architecture: `None` for the supernet, else a string over "AFI" of length num_layers.
+        search: how the supernet trains: "all_branches" (PAR: every branch, mixed per example)
+            or "single_path" (one sampled branch per block and batch; see `StochasticBlock`).
         tau, straight_through, tau_is_trainable: Gumbel-softmax settings (see `GumbelChoice`).
-        choice_at_inference: `"expected"` (softmax of the choice logits) or `"argmax"`.
+        choice_at_inference: `"expected"` (every branch, mixed by the softmax of the choice
+            logits) or `"argmax"` (only the preferred branch); `None` picks the one the search
+            trains for: "expected" for all_branches, "argmax" for single_path.
         initializer_range: standard deviation of the normal weight initializer.
         document_boundaries: read `document_starts` from dict inputs and never attend across
             a document start (through the memory included).
@@ -116,10 +120,11 @@ class PARTransformerXL(keras.Model):
         tail_capacities=None,
         tie_embeddings=False,
         architecture=None,
+        search="all_branches",
         tau=1.0,
         straight_through=False,
         tau_is_trainable=False,
-        choice_at_inference="expected",
+        choice_at_inference=None,
         initializer_range=0.02,
         document_boundaries=False,
         seed=None,
@@ -140,9 +145,12 @@ class PARTransformerXL(keras.Model):
         self.proj_factor = proj_factor
         self.tie_embeddings = tie_embeddings
         self.architecture = architecture
+        self.search = search
         self.tau = tau
         self.straight_through = straight_through
         self.tau_is_trainable = tau_is_trainable
+        if choice_at_inference is None:
+            choice_at_inference = "argmax" if search == "single_path" else "expected"
         self.choice_at_inference = choice_at_inference
         self.initializer_range = initializer_range
         self.document_boundaries = document_boundaries
@@ -178,6 +186,7 @@ class PARTransformerXL(keras.Model):
                 dropout_rate=dropout_rate,
                 attention_dropout_rate=attention_dropout_rate,
                 choice=None if architecture is None else architecture[i],
+                search=search,
                 tau=tau,
                 straight_through=straight_through,
                 tau_is_trainable=tau_is_trainable,
@@ -403,6 +412,7 @@ class PARTransformerXL(keras.Model):
             tail_capacities=self.output_layer.tail_capacities,
             tie_embeddings=self.tie_embeddings,
             architecture=self.architecture,
+            search=self.search,
             tau=self.tau,
             straight_through=self.straight_through,
             tau_is_trainable=self.tau_is_trainable,
