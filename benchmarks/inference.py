@@ -1,14 +1,17 @@
 """Inference throughput: evaluation (batch 32) and generation (batch 1); prints JSON.
 
-    python benchmarks/inference.py [--models supernet,AAFFFF,AFAFAF] [--shapes 32x16,128x128]
-        [--parts evaluation,generation] [--notail_capacity] [--repeats 5]
+    python benchmarks/inference.py [--models supernet,supernet_argmax,AAFFFF,AFAFAF]
+        [--shapes 32x16,128x128] [--parts evaluation,generation] [--notail_capacity] [--repeats 5]
 
 Models: the base supernet (every block computes attention and feed-forward, weighted by its
-choice probabilities), a derived architecture (`derive("AAFFFF")`: each block holds only its
-chosen sublayer) and a standard Transformer-XL with as many sublayers (`derive("AFAFAF")`),
-all of the base shape (vocab 12000, d_model 128, 4 heads, d_ffn 512, 6 blocks, cutoffs
-250/2500) with untrained weights (speed does not depend on them). Shapes `TxM`: segment length
-T and memory length M; the long-context one gives attention a larger share of the cost.
+choice probabilities), the same supernet with `choice_at_inference="argmax"` (each block
+computes only its preferred branch, behind a switch), a derived architecture
+(`derive("AAFFFF")`: each block holds only its chosen sublayer) and a standard Transformer-XL
+with as many sublayers (`derive("AFAFAF")`), all of the base shape (vocab 12000, d_model 128,
+4 heads, d_ffn 512, 6 blocks, cutoffs 250/2500) with untrained weights (speed does not depend
+on them) but the supernet's choices set to prefer `--preferred`, as after a search. Shapes
+`TxM`: segment length T and memory length M; the long-context one gives attention a larger
+share of the cost.
 
 Evaluation: `par_xl.training.evaluation.evaluate_batches` (what train.py's validation and
 `--mode=evaluate` run: `test_on_batch` per batch, compiled, memory carried) over batches of
@@ -40,7 +43,12 @@ import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ star
 from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 
-flags.DEFINE_list("models", ["supernet", "AAFFFF", "AFAFAF"], "supernet and/or architectures.")
+flags.DEFINE_list(
+    "models",
+    ["supernet", "supernet_argmax", "AAFFFF", "AFAFAF"],
+    "supernet, supernet_argmax and/or derived architectures.",
+)
+flags.DEFINE_string("preferred", "AAFFFF", "The architecture the supernet's choices prefer.")
 flags.DEFINE_list("shapes", ["32x16", "128x128"], "Segment x memory lengths, TxM.")
 flags.DEFINE_list("parts", ["evaluation", "generation"], "Which of evaluation, generation.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds; in each, every model runs once.")
@@ -71,22 +79,36 @@ def rounds(functions):
 
 
 def build_models(segment, mem_len, capacity):
-    """The base supernet for (B, T) batches with memory M, and the derived models asked for."""
+    """The base supernet for (B, T) batches with memory M, its choices preferring
+    `--preferred` (as after a search), and the other models asked for."""
     import keras
+    import numpy as np
 
+    from par_xl.layers.stochastic_block import CHOICES
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)
     config = {**PRESETS["base"].model_kwargs(), "mem_len": mem_len}
     supernet = PARTransformerXL(**config, tail_capacities=capacity)
     supernet.build((FLAGS.eval_batch_size, segment))
-    return {
-        name: supernet if name == "supernet" else supernet.derive(name) for name in FLAGS.models
-    }
+    for block, choice in zip(supernet.blocks, FLAGS.preferred):
+        block.gumbel.logits.assign(np.where(np.arange(3) == CHOICES.index(choice), 2.0, 0.0))
+    models = {}
+    for name in FLAGS.models:
+        if name == "supernet":
+            models[name] = supernet
+        elif name == "supernet_argmax":  # the same weights, only the preferred branches
+            argmax = {**supernet.get_config(), "choice_at_inference": "argmax"}
+            models[name] = PARTransformerXL.from_config(argmax)
+            models[name].build((FLAGS.eval_batch_size, segment))
+            models[name].set_weights(supernet.get_weights())
+        else:
+            models[name] = supernet.derive(name)
+    return models
 
 
 def evaluation(models, segment, data, tokens):
-    from par_xl.flops import forward_flops_per_token
+    from par_xl.flops import evaluation_flops_per_token
     from par_xl.training.evaluation import evaluate_batches
 
     warmup, functions = {}, {}
@@ -101,7 +123,7 @@ def evaluation(models, segment, data, tokens):
             "tokens_per_second": round(tokens / median(times[name])),
             "runs_tokens_per_second": [round(tokens / s) for s in times[name]],
             "compile_and_warmup_seconds": round(warmup[name], 1),
-            "flops_per_token": forward_flops_per_token(model, segment, FLAGS.eval_batch_size),
+            "flops_per_token": evaluation_flops_per_token(model, segment, FLAGS.eval_batch_size),
         }
     return figures, times
 

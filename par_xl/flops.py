@@ -1,21 +1,30 @@
 """Matrix-multiply FLOPs of a PARTransformerXL per token: training step, evaluation, generation.
 
-Counts what the implementation computes (hardware FLOPs): every branch of an all-branches
-supernet block, the expected branch of a single-path one (under the current choice
-probabilities, so the figure follows the search),
-the masked half of the attention scores, the memory positions' key/value projections, the
-dense per-cluster adaptive-softmax logits. Element-wise work (norms, softmax, dropout, the
-sampler's filtering) is left out, as usual for model-FLOPs utilization. Training costs 3x the
+Counts what the implementation computes (hardware FLOPs): in training, every branch of an
+all-branches supernet block, the expected branch of a single-path one (under the current choice
+probabilities, so the figure follows the search); at inference, every branch with
+`choice_at_inference="expected"`, the preferred one with "argmax"; the masked half of the
+attention scores, the memory positions' key/value projections, the dense per-cluster
+adaptive-softmax logits. Element-wise work (norms, softmax, dropout, the sampler's filtering)
+is left out, as usual for model-FLOPs utilization. Training costs 3x the
 forward pass (the backward pass computes two products per forward product); evaluation is
 the forward pass and its loss.
 """
+
+import numpy as np
 
 from par_xl.cutoffs import tail_width
 from par_xl.layers.stochastic_block import CHOICES
 
 
 def forward_flops_per_token(
-    model, segment_length, batch_size, mem_len=None, all_tails=False, position_projection=True
+    model,
+    segment_length,
+    batch_size,
+    mem_len=None,
+    all_tails=False,
+    position_projection=True,
+    training=True,
 ):
     """Forward-pass FLOPs (2 per multiply-add) per input token, for `(B, T)` batches.
 
@@ -23,6 +32,9 @@ def forward_flops_per_token(
         model: a `PARTransformerXL`.
         segment_length, batch_size: T and B.
         mem_len: M memory positions (default: the model's).
+        training: the training pass (a supernet block computes what its `search` does), else
+            inference: every branch with `choice_at_inference="expected"`, only the preferred
+            one with `"argmax"`.
         all_tails: score every tail cluster for every position (`log_probs`, as generation
             does) instead of the loss's capacity of positions.
         position_projection: count the projection of the K relative positions (shared by the
@@ -43,8 +55,13 @@ def forward_flops_per_token(
     branch_macs = {"A": attention, "F": feed_forward, "I": 0.0}
     probabilities = model.choice_probabilities()[0]
     macs = 0.0
+    if training:
+        one_branch = model.search == "single_path"
+    else:
+        one_branch = model.choice_at_inference == "argmax"
+        probabilities = np.eye(len(CHOICES))[probabilities.argmax(axis=1)]  # the preferred
     for block, row in zip(model.blocks, probabilities):
-        if block.choice is None and model.search == "all_branches":
+        if block.choice is None and not one_branch:
             macs += attention + feed_forward
         else:  # a fixed block's row is one-hot
             macs += sum(p * branch_macs[c] for p, c in zip(row, CHOICES))
@@ -64,8 +81,15 @@ def training_flops_per_token(model, segment_length, batch_size):
     return 3.0 * forward_flops_per_token(model, segment_length, batch_size)
 
 
+def evaluation_flops_per_token(model, segment_length, batch_size):
+    """FLOPs per token of an evaluation batch: the inference forward pass and its loss."""
+    return forward_flops_per_token(model, segment_length, batch_size, training=False)
+
+
 def generation_flops_per_token(model, mem_len=None):
     """FLOPs per sampled token (`par_xl.models.generation.sample`): one position over M memory
     positions (default: the model's), the full distribution, in a loop that computes the
     position projection once (any batch size: nothing else is shared)."""
-    return forward_flops_per_token(model, 1, 1, mem_len, all_tails=True, position_projection=False)
+    return forward_flops_per_token(
+        model, 1, 1, mem_len, all_tails=True, position_projection=False, training=False
+    )

@@ -213,3 +213,20 @@ def test_jax_backend_samples_the_same_tokens(tmp_path):
     assert report["backend"] == "jax"
     assert report["ids"] == ids, json.dumps(report)
     np.testing.assert_allclose(report["scores"], scores, rtol=1e-4, atol=1e-5)
+
+
+def test_an_argmax_supernet_samples_what_its_derived_model_samples():
+    """`choice_at_inference="argmax"` computes only the preferred branches, inside the loop."""
+    supernet = tiny_model()
+    for block, preferred in zip(supernet.blocks, "AFI"):
+        block.gumbel.logits.assign(np.where(np.arange(3) == "AFI".index(preferred), 2.0, 0.0))
+    argmax = PARTransformerXL.from_config(
+        {**supernet.get_config(), "choice_at_inference": "argmax"}
+    )
+    argmax.build((2, 4))
+    argmax.set_weights(supernet.get_weights())
+    prompt = [3, 7, 1, 12, 30, 2]
+    expected = generate(supernet.derive(), prompt, 6, seed=2, jit_compile=False)
+    ids, scores = generate(argmax, prompt, 6, seed=2, jit_compile=False)
+    assert ids == expected[0]
+    np.testing.assert_allclose(scores, expected[1], rtol=1e-5, atol=1e-6)
