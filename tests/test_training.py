@@ -386,7 +386,7 @@ def test_generate_prints_what_the_library_samples(trained_run):
     model, _, _, data = load_run(trained_run / "checkpoints")
     tokenizer = load_tokenizer(data["sp_model"])
     prompt = tokenizer.encode("Ka lo mi 😀")
-    ids, _ = generate(model, prompt, 20, temperature=0.8, top_k=20, seed=3)
+    ids, _ = generate(model, prompt, 20, temperature=0.8, top_k=20, seed=3, jit_compile=False)
     assert result.stdout == decode_lines(tokenizer, prompt + ids) + "\n"
     assert result.stdout.startswith("ka lo mi 😀")  # lowercased; the unseen emoji round-trips
     assert "⁇" not in result.stdout
