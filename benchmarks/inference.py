@@ -1,13 +1,13 @@
 """Inference throughput: evaluation (batch 32) and generation (batch 1); prints JSON.
 
-    python benchmarks/inference.py [--models supernet,supernet_argmax,AAFFFF,AFAFAF]
+    python benchmarks/inference.py [--models supernet,AAFFFF,AFAFAF,supernet_argmax]
         [--shapes 32x16,128x128] [--parts evaluation,generation] [--notail_capacity] [--repeats 5]
 
 Models: the base supernet (every block computes attention and feed-forward, weighted by its
-choice probabilities), the same supernet with `choice_at_inference="argmax"` (each block
-computes only its preferred branch, behind a switch), a derived architecture
-(`derive("AAFFFF")`: each block holds only its chosen sublayer) and a standard Transformer-XL
-with as many sublayers (`derive("AFAFAF")`), all of the base shape (vocab 12000, d_model 128,
+choice probabilities), a derived architecture (`derive("AAFFFF")`: each block holds only its
+chosen sublayer), a standard Transformer-XL with as many sublayers (`derive("AFAFAF")`) and,
+if asked for, the supernet with `choice_at_inference="argmax"` (each block computes only its
+preferred branch, behind a switch), all of the base shape (vocab 12000, d_model 128,
 4 heads, d_ffn 512, 6 blocks, cutoffs 250/2500) with untrained weights (speed does not depend
 on them) but the supernet's choices set to prefer `--preferred`, as after a search. Shapes
 `TxM`: segment length T and memory length M; the long-context one gives attention a larger
@@ -45,19 +45,20 @@ from par_xl.configs import PRESETS  # noqa: E402
 
 flags.DEFINE_list(
     "models",
-    ["supernet", "supernet_argmax", "AAFFFF", "AFAFAF"],
-    "supernet, supernet_argmax and/or derived architectures.",
+    ["supernet", "AAFFFF", "AFAFAF"],
+    "supernet, supernet_argmax and/or derived architectures (supernet_argmax's generation loop "
+    "takes minutes to compile with XLA).",
 )
 flags.DEFINE_string("preferred", "AAFFFF", "The architecture the supernet's choices prefer.")
 flags.DEFINE_list("shapes", ["32x16", "128x128"], "Segment x memory lengths, TxM.")
 flags.DEFINE_list("parts", ["evaluation", "generation"], "Which of evaluation, generation.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds; in each, every model runs once.")
 flags.DEFINE_integer("eval_batch_size", 32, "Evaluation batch size B.")
-flags.DEFINE_integer("eval_tokens", 16384, "Tokens per timed evaluation (whole batches).")
+flags.DEFINE_integer("eval_tokens", 8192, "Tokens per timed evaluation (whole batches).")
 flags.DEFINE_bool("tail_capacity", True, "Evaluation loss scores tails sparsely (validation).")
 flags.DEFINE_bool("eval_jit_compile", False, "Evaluate with XLA (train.py's CPU default: off).")
 flags.DEFINE_integer("num_tokens", 256, "Tokens per timed sample.")
-flags.DEFINE_integer("long_prompt", 4096, "The long prompt's length in tokens.")
+flags.DEFINE_integer("long_prompt", 2048, "The long prompt's length in tokens.")
 flags.DEFINE_integer("top_k", 0, "Sampling: top-k (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass (1: all).")
 FLAGS = flags.FLAGS
@@ -178,6 +179,7 @@ def measure_shape(segment, mem_len):
     import tensorflow as tf
 
     from par_xl.data.label_statistics import max_tail_labels_per_batch
+    from par_xl.flops import evaluation_flops_per_token
 
     batches = max(1, FLAGS.eval_tokens // (FLAGS.eval_batch_size * segment))
     shape = (batches, FLAGS.eval_batch_size, segment)
@@ -189,6 +191,11 @@ def measure_shape(segment, mem_len):
         capacity = max_tail_labels_per_batch(labels, cutoffs, vocab_size)
     models = build_models(segment, mem_len, capacity)
     result = {"parameters": {name: model.count_params() for name, model in models.items()}}
+    if "evaluation" in FLAGS.parts:  # what every model computes alike: embedding and softmax
+        shared = next(iter(models.values())).derive("I" * PRESETS["base"].num_layers)
+        result["evaluation_softmax_flops_per_token"] = evaluation_flops_per_token(
+            shared, segment, FLAGS.eval_batch_size
+        )
     if "evaluation" in FLAGS.parts:
         data = tf.data.Dataset.from_tensor_slices((inputs, labels)).cache()
         tokens = inputs.size
