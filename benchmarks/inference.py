@@ -15,9 +15,10 @@ share of the cost.
 
 Evaluation: `par_xl.training.evaluation.evaluate_batches` (what train.py's validation and
 `--mode=evaluate` run: `test_on_batch` per batch, compiled, memory carried) over batches of
-32 x T synthetic Zipf tokens, `--eval_tokens` per timed run. With `--tail_capacity` (the
-default) the loss scores each tail cluster only for the positions whose label is in it, as in
-train.py's validation; without, every tail for every position, as `--mode=evaluate` does.
+32 x T synthetic Zipf tokens held as NumPy arrays, `--eval_tokens` per timed run. With
+`--tail_capacity` (the default) the loss scores each tail cluster only for the positions whose
+label is in it, as in train.py's validation; without, every tail for every position, as
+`--mode=evaluate` does.
 Generation: `read_prompt`, then `sample` (`par_xl.models.generation`) at batch 1, the XL memory
 at M, XLA on; the sampling loop is timed alone, after a prompt of T tokens and after one of
 `--long_prompt` tokens (its cost per token must not depend on the prompt), and the reading of
@@ -176,8 +177,6 @@ def speedups(times):
 
 
 def measure_shape(segment, mem_len):
-    import tensorflow as tf
-
     from par_xl.data.label_statistics import max_tail_labels_per_batch
     from par_xl.flops import evaluation_flops_per_token
 
@@ -197,7 +196,9 @@ def measure_shape(segment, mem_len):
             shared, segment, FLAGS.eval_batch_size
         )
     if "evaluation" in FLAGS.parts:
-        data = tf.data.Dataset.from_tensor_slices((inputs, labels)).cache()
+        # NumPy batches: a new tf.data iterator sometimes costs ~0.6 s here (once per
+        # evaluation, nothing in a real split's hundreds of batches, but half a timed run).
+        data = list(zip(inputs, labels))
         tokens = inputs.size
         result["evaluation"], times = evaluation(models, segment, data, tokens)
         result["evaluation_batches"] = batches
