@@ -130,6 +130,15 @@ def evaluation(models, segment, data, tokens):
     return figures, times
 
 
+def ready(state):
+    """Waits for a read prompt's memory (JAX dispatches asynchronously)."""
+    from keras import ops
+
+    for memory in state.memory[-1:]:
+        ops.convert_to_numpy(memory)
+    return state
+
+
 def generation(models, segment):
     from par_xl.flops import generation_flops_per_token
     from par_xl.models.generation import read_prompt, sample
@@ -142,12 +151,12 @@ def generation(models, segment):
     warmup, functions = {}, {}
     for name, model in models.items():
         start = time.perf_counter()
-        states = {length: read_prompt(model, prompt) for length, prompt in prompts.items()}
+        states = {kind: ready(read_prompt(model, prompt)) for kind, prompt in prompts.items()}
         sample(model, states["short"], n, seed=0, **settings)
         warmup[name] = time.perf_counter() - start
         for length, state in states.items():
             functions[name, length] = lambda m=model, s=state: sample(m, s, n, seed=1, **settings)
-        functions[name, "read"] = lambda m=model: read_prompt(m, prompts["long"])
+        functions[name, "read"] = lambda m=model: ready(read_prompt(m, prompts["long"]))
     times = rounds(functions)
     figures = {}
     for name, model in models.items():
