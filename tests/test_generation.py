@@ -148,8 +148,10 @@ def test_filtering_matches_a_numpy_reference():
     rng = np.random.default_rng(0)
     logits = rng.normal(scale=2.0, size=(3, VOCAB))
     log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    # (0.5, 20, 0.5): the nucleus ends among the top 20; (1.0, 3, 0.95): it holds all 3.
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (1.0, 5, 1.0), (0.5, 0, 0.7),
-                                      (1.5, 10, 0.6), (1.0, 1, 1.0), (1.0, 0, 1e-6)]:  # fmt: skip
+                                      (0.5, 20, 0.5), (1.0, 3, 0.95), (1.0, 1, 1.0),
+                                      (1.0, 0, 1e-6)]:  # fmt: skip
         got = ops.convert_to_numpy(
             filter_probabilities(log_probs.astype("float32"), temperature, top_k, top_p)
         )
@@ -159,6 +161,10 @@ def test_filtering_matches_a_numpy_reference():
         kept = (expected > 0).sum(axis=-1)
         if top_k:
             assert (kept <= top_k).all()
+        if (top_k, top_p) == (20, 0.5):
+            assert (kept < top_k).all()
+        if (top_k, top_p) == (3, 0.95):
+            assert (kept == top_k).all()
     assert ((got > 0).sum(axis=-1) == 1).all()  # a tiny nucleus is the most likely token
 
 

@@ -74,13 +74,15 @@ def filter_probabilities(log_probs, temperature=1.0, top_k=0, top_p=1.0):
         probabilities = ops.exp(log_probs)  # normalized already
     else:
         probabilities = ops.softmax(log_probs / temperature, axis=-1)  # (B, V)
-    keep = None
+    keep, candidates = None, probabilities  # where the nucleus's last token is looked for
     if top_k and top_k < log_probs.shape[-1]:
         # Unsorted: XLA on CPU sorts the whole row for a sorted top-k, ~50x slower.
-        kth = ops.min(ops.top_k(log_probs, k=top_k, sorted=False)[0], axis=-1, keepdims=True)
-        keep = log_probs >= kth  # (B, V)
+        values, indices = ops.top_k(log_probs, k=top_k, sorted=False)  # (B, k)
+        keep = log_probs >= ops.min(values, axis=-1, keepdims=True)  # (B, V)
+        # The nucleus ends among the k most likely tokens, or holds them all (threshold 0).
+        candidates = ops.take_along_axis(probabilities, indices, axis=-1)  # (B, k)
     if top_p < 1:
-        nucleus = probabilities >= nucleus_threshold(probabilities, top_p)
+        nucleus = probabilities >= nucleus_threshold(candidates, top_p)
         keep = nucleus if keep is None else ops.logical_and(keep, nucleus)
     return probabilities if keep is None else ops.where(keep, probabilities, 0.0)
 
@@ -91,7 +93,8 @@ def nucleus_threshold(probabilities, top_p):
     The nucleus is the smallest set of most likely tokens whose mass reaches `top_p`; its
     least likely token has the largest probability t with `sum(p[p >= t]) >= top_p`. The mass
     falls as t grows, so t is found by bisection, exactly: non-negative float32 numbers order
-    as their bit patterns (int32) do, and 31 halvings cover them all.
+    as their bit patterns (int32) do, and 31 halvings cover them all. Given only the most
+    likely tokens (`(B, k)`, any order), it is 0 when their mass is below `top_p`.
     """
     bits = ops.view(probabilities, "int32")  # (B, V), ordered as the probabilities
     low = ops.zeros(bits.shape[:1], "int32")  # mass at or above low reaches top_p
