@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash base_model.sh
 
+# One pytest worker per core (pytest-xdist), each test file on one worker: the module-scoped
+# fixtures (a trained run, a built corpus) are built once. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= auto
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check par_xl tests benchmarks *.py
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,6 +4,7 @@ r"""Trains a PAR Transformer-XL on TFRecords from build_data.py, or evaluates a 
       --test_directory=data/tfrecords/test --sp_model_prefix=data/sp12k --model_name=base
   python train.py ... --resume                  # continue after an interrupt (SIGINT/SIGTERM save)
   python train.py --mode=evaluate --checkpoint_dir=runs/base/checkpoints [--eval_directory=...]
+  python train.py ... --strategy=mirrored       # all GPUs of this machine (also: multi_worker, tpu)
 
 Flag names follow the original PAR scripts. The work is `par_xl.training.trainer`.
 """
@@ -14,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+import par_xl.lean_imports  # noqa: F401  (TensorFlow without jax, matplotlib, scipy: memory)
 import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.configs import (
     OPTIMIZERS,
@@ -107,7 +109,19 @@ flags.DEFINE_bool(
     "jit_compile",
     None,
     "XLA-compile the steps. Default: on with a GPU or TPU; off on CPU, where TF's XLA backward "
-    "pass is slower (benchmarks/RESULTS.md).",
+    "pass is slower (benchmarks/RESULTS.md); off under --strategy (TPUs compile anyway) and "
+    "with --search=single_path.",
+)
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored", "multi_worker", "tpu"],
+    "Devices: one (default); all GPUs of this machine (mirrored); several machines, each with "
+    "its TF_CONFIG (multi_worker); a TPU (tpu, see --tpu). The data's batch_size is the global "
+    "batch, split by rows over the replicas (README, 'Training on several devices').",
+)
+flags.DEFINE_string(
+    "tpu", "", "--strategy=tpu: the TPU's name or grpc:// address; 'local' on a TPU VM (Colab)."
 )
 flags.DEFINE_bool(
     "mixed_precision", DEFAULT["mixed_precision"], "mixed_float16 compute (for GPUs)."
@@ -156,23 +170,37 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from par_xl.data import DataError
     from par_xl.files import DiskFull
-    from par_xl.training import trainer
+    from par_xl.training import distribution, trainer
     from par_xl.training.callbacks import TrainingDiverged, TrainingInterrupted
     from par_xl.training.checkpoints import CheckpointError
 
-    jit_compile = default_jit_compile() if FLAGS.jit_compile is None else FLAGS.jit_compile
     try:
+        # The strategy first: multi-worker and TPU set-up must precede any TensorFlow work.
+        strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
+        jit_compile = distribution.jit_compile_for(
+            FLAGS.strategy, FLAGS.jit_compile, default_jit_compile
+        )
         if FLAGS.mode == "evaluate":
             if not FLAGS.checkpoint_dir:
                 raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
             result = trainer.evaluate(
-                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile
+                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile, strategy
             )
             print(json.dumps(result, indent=2))
             return 0
         for name in ("train_directory", "valid_directory"):
             if not getattr(FLAGS, name):
                 raise ConfigError(f"--{name} is required.")
+        model_config = model_config_from_flags()
+        if model_config.search == "single_path" and model_config.architecture is None:
+            if FLAGS.jit_compile:
+                raise ConfigError(
+                    "--jit_compile does not work with --search=single_path on TensorFlow: its "
+                    "XLA program for the branch switch with dropout inside did not finish 2 "
+                    "steps in 15 minutes on a CPU (benchmarks/RESULTS.md). Leave --jit_compile "
+                    "unset (TensorFlow graphs), or use the JAX backend for XLA."
+                )
+            jit_compile = False
         train_config = TrainConfig(
             **{
                 f.name: getattr(FLAGS, f.name)
@@ -182,7 +210,7 @@ def main(argv):
             jit_compile=jit_compile,
             log_dir=FLAGS.log_dir or "runs",
         )
-        trainer.train(model_config_from_flags(), train_config)
+        trainer.train(model_config, train_config, strategy)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2

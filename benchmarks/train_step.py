@@ -1,6 +1,7 @@
-"""Steady-state training throughput of the base PAR supernet, XLA on and off; prints JSON.
+"""Steady-state training throughput of the base PAR supernet, XLA on and off, for each
+supernet search (all branches, single path); prints JSON.
 
-    python benchmarks/train_step.py [--repeats 5] [--steps 40]
+    python benchmarks/train_step.py [--repeats 5] [--steps 40] [--searches=single_path]
 
 Each configuration is compiled, warmed up, then timed over `--repeats` runs of `--steps`
 training steps through `model.fit` (the real path: callbacks, progress off); the figures are
@@ -28,11 +29,14 @@ flags.DEFINE_integer("batch_size", 32, "Batch size B.")
 flags.DEFINE_integer("seq_len", 32, "Segment length T.")
 flags.DEFINE_string("architecture", None, "Fixed architecture (e.g. AAFAFF); default supernet.")
 flags.DEFINE_list("modes", ["xla", "no_xla"], "Which of xla, no_xla to run.")
+flags.DEFINE_list(
+    "searches", ["all_branches", "single_path"], "Supernet searches to time (--search of train.py)."
+)
 flags.DEFINE_bool("tail_capacity", True, "Score tail clusters sparsely (as train.py does).")
 FLAGS = flags.FLAGS
 
 
-def measure(jit_compile):
+def measure(jit_compile, search):
     import keras
     import tensorflow as tf
 
@@ -49,6 +53,7 @@ def measure(jit_compile):
     if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
         capacity = max_tail_labels_per_batch(labels, base["cutoffs"], base["vocab_size"])
     base["architecture"] = FLAGS.architecture
+    base["search"] = search
     model = PARTransformerXL(**base, tail_capacities=capacity)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
     data = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat()
@@ -66,6 +71,8 @@ def measure(jit_compile):
         "ms_per_step": round(1000 * FLAGS.batch_size * FLAGS.seq_len / tokens_per_second, 2),
         "runs_tokens_per_second": [round(r) for r in rates],
         "compile_and_warmup_seconds": round(warmup_seconds, 1),
+        # For a single path: the expected FLOPs at the choice probabilities of the timed steps
+        # (still uniform here, as at the start of a search).
         "flops_per_token": training_flops_per_token(model, FLAGS.seq_len, FLAGS.batch_size),
         "parameters": model.count_params(),
         "tail_capacities": capacity,
@@ -75,7 +82,12 @@ def measure(jit_compile):
 def main(_):
     import tensorflow as tf
 
-    results = {"mode_" + mode: measure(mode == "xla") for mode in FLAGS.modes}
+    searches = ["fixed"] if FLAGS.architecture else FLAGS.searches
+    results = {
+        f"{search}_{mode}": measure(mode == "xla", search if search != "fixed" else "all_branches")
+        for search in searches
+        for mode in FLAGS.modes
+    }
     peak = matmul_peak_gflops()
     for result in results.values():
         achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e9
@@ -94,9 +106,18 @@ def main(_):
         "matmul_peak_gflops": round(peak, 1),
         **results,
     }
-    if {"mode_xla", "mode_no_xla"} <= results.keys():
-        xla, no_xla = results["mode_xla"], results["mode_no_xla"]
-        report["xla_speedup"] = round(xla["tokens_per_second"] / no_xla["tokens_per_second"], 2)
+    for search in searches:
+        if {f"{search}_xla", f"{search}_no_xla"} <= results.keys():
+            xla, no_xla = results[f"{search}_xla"], results[f"{search}_no_xla"]
+            report[f"{search}_xla_speedup"] = round(
+                xla["tokens_per_second"] / no_xla["tokens_per_second"], 2
+            )
+    for mode in FLAGS.modes:
+        if {f"all_branches_{mode}", f"single_path_{mode}"} <= results.keys():
+            single, every = results[f"single_path_{mode}"], results[f"all_branches_{mode}"]
+            report[f"single_path_speedup_{mode}"] = round(
+                single["tokens_per_second"] / every["tokens_per_second"], 2
+            )
     print(json.dumps(report, indent=2))
 
 

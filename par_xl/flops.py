@@ -64,7 +64,7 @@ def forward_flops_per_token(
         if block.choice is None and not one_branch:
             macs += attention + feed_forward
         else:  # a fixed block's row is one-hot
-            macs += sum(p * branch_macs[c] for p, c in zip(row, CHOICES))
+            macs += sum(float(p) * branch_macs[c] for p, c in zip(row, CHOICES))
     softmax = model.output_layer
     bounds = softmax.bounds
     macs += d * (bounds[1] + softmax.num_tails)  # head

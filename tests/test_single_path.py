@@ -9,6 +9,7 @@ from conftest import run_on_jax
 from keras import ops
 
 from par_xl.configs import ConfigError, ModelConfig
+from par_xl.flops import training_flops_per_token
 from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.layers.stochastic_block import StochasticBlock
@@ -146,6 +147,20 @@ def test_fit_trains_the_choice_logits_and_round_trips(tmp_path):
     x = tokens((2, 5), 6)
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_flops_count_the_expected_branch():
+    def flops(**overrides):
+        return training_flops_per_token(make_model(**overrides), 5, 2)
+
+    uniform = flops()  # logits start at zero: each branch with probability 1/3
+    fixed = [flops(architecture=letter * 3) for letter in "AFI"]
+    np.testing.assert_allclose(uniform, sum(fixed) / 3, rtol=1e-6)
+    assert flops(search="all_branches") > uniform
+    certain = make_model()
+    for block in certain.blocks:
+        block.gumbel.logits.assign([30.0, -30.0, -30.0])
+    np.testing.assert_allclose(training_flops_per_token(certain, 5, 2), fixed[0], rtol=1e-6)
 
 
 def test_configuration_names_the_search():

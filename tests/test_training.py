@@ -237,6 +237,10 @@ def test_cli_reports_bad_flags_without_traceback(tiny_data, tmp_path):
     assert result.returncode == 2
     assert "--num_heads=3 must divide d_model=32" in result.stderr
     assert "Traceback" not in result.stderr
+    single_path_xla = ("--search=single_path", "--jit_compile")
+    result = run_script("train.py", *train_args(tiny_data, tmp_path, "bad", *single_path_xla))
+    assert result.returncode == 2
+    assert "--jit_compile does not work with --search=single_path" in result.stderr
 
 
 # End to end: train, interrupt and resume, NaN stop, evaluate, generate.

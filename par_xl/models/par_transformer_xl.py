@@ -17,6 +17,11 @@ designs fail one of the three requirements: Python-side caches do not survive
 `forward` is the stateless core (memory in, memory out) that `call` wraps; generation and
 tests use it directly with any batch size and memory size M.
 
+Several devices: each replica of a tf.distribute strategy trains on fixed rows of every batch,
+so the memory is per-stream state kept per replica (`par_xl.replicas`: ON_READ variables with
+no aggregation, built for the replica's rows), never averaged or broadcast; `get_memory` /
+`set_memory` and checkpoints see all B streams, as one device holds them.
+
 The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
 segment attends to nothing but itself, exactly as with no memory at all; each segment makes
 `min(M, seen)` slots valid, counted per row (stream). Memory of block l is its *input* in the
@@ -33,6 +38,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from par_xl import replicas
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
@@ -50,6 +56,14 @@ def validate_shape(d_model, num_heads, num_layers, mem_len):
         raise ValueError(f"num_layers must be positive, received {num_layers}.")
     if mem_len < 0:
         raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+
+
+def _with_batch(x, batch):
+    """`x` with its static batch size: tf.distribute's multi-step loop (steps_per_execution > 1)
+    hands each replica `(None, T)` batches, but the model's shapes need B (the memory's)."""
+    if x is None or batch is None or x.shape[0] is not None:
+        return x
+    return ops.reshape(x, (batch, *x.shape[1:]))
 
 
 @keras.saving.register_keras_serializable(package="par_xl")
@@ -219,22 +233,18 @@ class PARTransformerXL(keras.Model):
         for block in self.blocks:
             block.build(hidden_shape)
         if self.mem_len and self.memory_blocks and batch is not None:
-            self.memory = [
-                self.add_weight(
-                    name=f"memory_{i}",
-                    shape=(batch, self.mem_len, self.d_model),
-                    initializer="zeros",
-                    trainable=False,
+            # Per-stream state: one component per replica under tf.distribute (see
+            # `par_xl.replicas`), an ordinary variable otherwise.
+            with keras.name_scope(self.name, caller=self):
+                self.memory = [
+                    replicas.stream_variable(
+                        f"memory_{i}", (batch, self.mem_len, self.d_model), self.variable_dtype
+                    )
+                    for i in self.memory_blocks
+                ]
+                self.valid_memory_length = replicas.stream_variable(
+                    "valid_memory_length", (batch,), "int32"
                 )
-                for i in self.memory_blocks
-            ]
-            self.valid_memory_length = self.add_weight(
-                name="valid_memory_length",
-                shape=(batch,),
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
-            )
         self.built = True
 
     def embed(self, ids):
@@ -304,6 +314,8 @@ class PARTransformerXL(keras.Model):
             if self.document_boundaries:
                 document_starts = inputs["document_starts"]
             inputs = inputs["token_ids"]
+        built_batch = getattr(self, "_batch_shape", (None,))[0]
+        inputs, document_starts = (_with_batch(x, built_batch) for x in (inputs, document_starts))
         if not self.memory:
             if self.mem_len and self.memory_blocks:
                 raise ValueError(
@@ -314,9 +326,9 @@ class PARTransformerXL(keras.Model):
         batch = self.memory[0].shape[0]
         if inputs.shape[0] is not None and inputs.shape[0] != batch:
             raise ValueError(
-                f"The memory state was built for batch size {batch}, received inputs of shape "
-                f"{tuple(inputs.shape)}. Use `forward` with `initial_memory(batch_size)` for "
-                "other batch sizes."
+                f"The memory state was built for batch size {batch} (per replica), received "
+                f"inputs of shape {tuple(inputs.shape)}. Use `forward` with "
+                "`initial_memory(batch_size)` for other batch sizes."
             )
         memory = [ops.stop_gradient(v) for v in self.memory]
         hidden, new_memory, new_length = self.forward(
@@ -329,12 +341,54 @@ class PARTransformerXL(keras.Model):
         )
         return hidden
 
+    @property
+    def memory_variables(self):
+        """The memory state: `memory_i` `(B, M, D)` per block in `memory_blocks`, then
+        `valid_memory_length` `(B,)`; empty without memory. Per replica under tf.distribute
+        (B rows per replica): read and write it whole with `get_memory` / `set_memory`."""
+        if self.valid_memory_length is None:
+            return []
+        return [*self.memory, self.valid_memory_length]
+
     def reset_memory(self):
         """Empties the memory state (start of an epoch, of an evaluation, of a new text)."""
-        for variable in self.memory:
-            variable.assign(ops.zeros(variable.shape, variable.dtype))
-        if self.valid_memory_length is not None:
-            self.valid_memory_length.assign(ops.zeros(self.valid_memory_length.shape, "int32"))
+        replicas.clear_streams(self.memory_variables)
+
+    def get_memory(self):
+        """The memory state as numpy arrays, in `memory_variables` order, with all streams:
+        under tf.distribute the replicas' rows gathered in replica order, which is the memory
+        one device would hold after the same global batches. A collective under a multi-worker
+        strategy (every worker calls it)."""
+        return replicas.read_streams(self.memory_variables)
+
+    def set_memory(self, values):
+        """Assigns arrays shaped as `get_memory` returns them; each replica takes its rows."""
+        replicas.write_streams(self.memory_variables, values)
+
+    def save_own_variables(self, store):
+        # Keras's order (its `Layer.save_own_variables`), the memory state written as global
+        # arrays (`get_memory`): a checkpoint restores under any number of replicas.
+        memory = {id(v): value for v, value in zip(self.memory_variables, self.get_memory())}
+        for i, variable in enumerate(self._own_variables()):
+            store[f"{i}"] = memory.get(id(variable), variable)
+
+    def load_own_variables(self, store):
+        variables = self._own_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"{self.name} has {len(variables)} variables of its own (the memory state), the "
+                f"saved weights {len(store.keys())}: another model configuration."
+            )
+        memory = {id(v) for v in self.memory_variables}
+        for i, variable in enumerate(variables):
+            if id(variable) not in memory:
+                variable.assign(store[f"{i}"])
+        index = {id(v): i for i, v in enumerate(variables)}
+        self.set_memory([store[f"{index[id(v)]}"] for v in self.memory_variables])
+
+    def _own_variables(self):
+        # The variables Keras saves for this layer itself (not its sublayers'), in its order.
+        return self._trainable_variables + self._non_trainable_variables
 
     def log_probs(self, hidden):
         """`(B, T, D)` hidden states -> `(B, T, V)` normalized log-probabilities."""
@@ -342,12 +396,12 @@ class PARTransformerXL(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean adaptive-softmax NLL of the labels `y` given the hidden states `y_pred`."""
-        token_nll = self.output_layer.loss(y_pred, y)  # (B, T)
+        token_nll = self.output_layer.loss(y_pred, _with_batch(y, y_pred.shape[0]))  # (B, T)
         self.lm_metrics.update_state(token_nll)
         loss = ops.mean(token_nll)
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
-        return loss
+        return replicas.scale_loss(loss)  # the mean over this replica's rows, / replicas
 
     # Architecture search.
 

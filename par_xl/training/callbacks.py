@@ -177,7 +177,9 @@ class Checkpointer(keras.callbacks.Callback):
     def save(self):
         step = global_step(self.model)
         if step != self.last_saved:
-            if not all(np.isfinite(ops.convert_to_numpy(w)).all() for w in self.model.weights):
+            memory = [id(v) for v in self.model.memory_variables]  # per replica, follows
+            weights = [w for w in self.model.weights if id(w) not in memory]
+            if not all(np.isfinite(ops.convert_to_numpy(w)).all() for w in weights):
                 raise TrainingDiverged(
                     f"The weights are no longer finite at step {step}; training stopped. "
                     f"{last_checkpoint(self.checkpoints)}"

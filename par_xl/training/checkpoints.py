@@ -7,6 +7,11 @@ a resumed run draws the same noise as an uninterrupted one. The data position fo
 the step (the data order is fixed), so resuming continues with the right next batch and the
 same memory.
 
+The XL memory is saved with all its streams, `(B, M, D)` as one device holds it, also when a
+tf.distribute strategy keeps it per replica (`PARTransformerXL.save_own_variables`): a
+checkpoint written under any strategy restores under any other, or on one device, each replica
+taking its rows back.
+
 Files are written under a temporary name and renamed when complete (`par_xl.files`).
 `latest.json` names the newest and is the manifest of the kept checkpoints: the size and
 SHA-256 of each file, as written. A checkpoint is trusted only if its files match the

@@ -1,11 +1,14 @@
-"""Evaluation of a split in order, with its own XL memory, leaving the training state alone."""
+"""Evaluation of a split in order, with its own XL memory, leaving the training state alone
+(on one device or on a tf.distribute strategy's replicas)."""
 
 import math
 
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from par_xl.data import load_dataset, read_metadata
+from par_xl.training.distribution import distribute_rows, model_strategy
 
 
 def evaluate_split(model, directory):
@@ -33,20 +36,28 @@ def evaluate_batches(model, dataset):
     The memory starts empty and is carried from batch to batch, as in training; afterwards the
     model's memory and metric states are put back as they were, so evaluating mid-epoch does
     not disturb training. Every batch holds the same number of tokens, so the mean of the batch
-    losses is the mean token loss.
+    losses is the mean token loss. A model built under a tf.distribute strategy evaluates on
+    its replicas, each on its rows of every batch (`distribute_rows`), with the same result.
 
     Returns:
         A dict: `loss` (mean NLL per token, nats), `perplexity` = exp(loss),
         `perplexity_batch_mean` = mean over batches of exp(batch loss) (the original PAR
         implementation's definition, never smaller), `bits_per_token`, `batches`.
     """
-    saved = [ops.convert_to_numpy(v) for v in model.non_trainable_variables]
+    memory = model.get_memory()  # all streams, gathered from the replicas
+    others = [v for v in model.non_trainable_variables
+              if not any(v is m for m in model.memory_variables)]  # fmt: skip
+    saved = [ops.convert_to_numpy(v) for v in others]
     saved_metrics = [ops.convert_to_numpy(v) for v in model.metrics_variables]
     model.reset_memory()
-    losses = np.array(
-        [model.test_on_batch(x, y, return_dict=True)["loss"] for x, y in dataset], "float64"
-    )
-    for variable, value in zip(model.non_trainable_variables, saved):
+    strategy = model_strategy(model)
+    if strategy is None:
+        losses = [model.test_on_batch(x, y, return_dict=True)["loss"] for x, y in dataset]
+    else:
+        losses = replicated_batch_losses(model, strategy, dataset)
+    losses = np.array(losses, "float64")
+    model.set_memory(memory)
+    for variable, value in zip(others, saved):
         variable.assign(value)
     for variable, value in zip(model.metrics_variables, saved_metrics):
         variable.assign(value)
@@ -62,6 +73,23 @@ def evaluate_batches(model, dataset):
         "bits_per_token": loss / math.log(2.0),
         "batches": int(len(losses)),
     }
+
+
+def replicated_batch_losses(model, strategy, dataset):
+    """Mean token NLL of each global batch of a `tf.data.Dataset`, the model's replicas each
+    running its rows (Keras's `test_on_batch` would give every replica the whole batch)."""
+    batch_size, seq_len = tf.nest.flatten(dataset.element_spec)[0].shape[:2]
+
+    @tf.function
+    def batch_nll(inputs, labels):
+        def replica(inputs, labels):
+            hidden = model(inputs, training=False)
+            return tf.reduce_sum(tf.cast(model.output_layer.loss(hidden, labels), "float32"))
+
+        return strategy.reduce("SUM", strategy.run(replica, args=(inputs, labels)), axis=None)
+
+    batches = distribute_rows(strategy, lambda: dataset, batch_size)
+    return [float(batch_nll(x, y)) / (batch_size * seq_len) for x, y in batches]
 
 
 def perplexity(loss):

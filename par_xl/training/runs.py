@@ -29,6 +29,7 @@ from par_xl.data import DataError, load_dataset, read_metadata, sha256_file
 from par_xl.files import atomic_write_text, reporting_full_disk
 from par_xl.models import PARTransformerXL
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
+from par_xl.training.distribution import adapt_model, replica_batch_size
 from par_xl.training.schedules import WarmupCosine
 
 LOCK_FILE = ".lock"
@@ -254,40 +255,50 @@ def check_resume(checkpoint_dir, model_config, metadata):
 # The model of a run.
 
 
-def build_model(model_config, train_config, batch_shape, total_steps, capacity=None):
-    """A compiled PARTransformerXL with its warmup-cosine optimizer, built for `batch_shape`."""
+def build_model(model_config, train_config, batch_shape, total_steps, capacity=None,
+                strategy=None):  # fmt: skip
+    """A compiled PARTransformerXL with its warmup-cosine optimizer, for `batch_shape` (B, T)
+    global batches. Under a tf.distribute `strategy` it is created in the strategy's scope and
+    built for the B / R rows each of its R replicas trains on (`par_xl.training.distribution`).
+    """
     if train_config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    model = PARTransformerXL(
-        **model_config.model_kwargs(),
-        tau=train_config.tau_start,
-        tail_capacities=capacity,
-        seed=train_config.seed,
-    )
-    schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
-    optimizer = {
-        "adam": lambda: keras.optimizers.Adam(schedule),
-        "adamw": lambda: keras.optimizers.AdamW(schedule),
-        "lamb": lambda: keras.optimizers.Lamb(schedule),
-        "sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9),
-    }[train_config.opt_name]()
-    model.compile(
-        optimizer=optimizer,
-        jit_compile=train_config.jit_compile,
-        steps_per_execution=train_config.steps_per_execution,
-    )
-    model.build(batch_shape)
-    optimizer.build(model.trainable_variables)
+    rows = replica_batch_size(strategy, batch_shape[0])
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = PARTransformerXL(
+            **model_config.model_kwargs(),
+            tau=train_config.tau_start,
+            tail_capacities=capacity,
+            seed=train_config.seed,
+        )
+        schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
+        optimizer = {
+            "adam": lambda: keras.optimizers.Adam(schedule),
+            "adamw": lambda: keras.optimizers.AdamW(schedule),
+            "lamb": lambda: keras.optimizers.Lamb(schedule),
+            "sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9),
+        }[train_config.opt_name]()
+        model.compile(
+            optimizer=optimizer,
+            jit_compile=train_config.jit_compile,
+            steps_per_execution=train_config.steps_per_execution,
+        )
+        model.build((rows, *batch_shape[1:]))
+        optimizer.build(model.trainable_variables)
+    if strategy is not None:
+        adapt_model(model, strategy)
     return model
 
 
-def load_run(checkpoint_dir, checkpoint=None, jit_compile=False):
+def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None):
     """A compiled model restored from a run: its `config.json` and its newest intact (or the
-    given) checkpoint. Returns `(model, model_config, train_config, train data)`, the last the
-    training split's metadata fields as recorded (as read, for a run that recorded none)."""
+    given) checkpoint, on one device or under `strategy`, whichever the run was trained with.
+    Returns `(model, model_config, train_config, train data)`, the last the training split's
+    metadata fields as recorded (as read, for a run that recorded none)."""
     model_config, train_config, data = read_run_config(checkpoint_dir)
     train_config = dataclasses.replace(train_config, jit_compile=jit_compile)
     train = data.get("train") or metadata_fields(read_metadata(train_config.train_directory))
-    model = build_model(model_config, train_config, (train["batch_size"], train["seq_len"]), 1)
+    batch_shape = (train["batch_size"], train["seq_len"])
+    model = build_model(model_config, train_config, batch_shape, 1, strategy=strategy)
     CheckpointManager(checkpoint_dir).restore(model, checkpoint)
     return model, model_config, train_config, train

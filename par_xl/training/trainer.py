@@ -3,6 +3,13 @@
 `train` and `evaluate` are what `train.py` calls. Everything the run writes lives in
 `<log_dir>/<model_name>/`: `training_log.log`, TensorBoard events (`train/`, `validation/`),
 `checkpoints/` (with `config.json`, see `runs`), `results.json`.
+
+Both take an optional tf.distribute strategy (`par_xl.training.distribution`): the model is
+then made in its scope, each replica trains and evaluates on its rows of every batch, and the
+checkpoints hold the same global arrays as on one device. Under a multi-worker strategy every
+worker runs all of it in step (the callbacks' reads are collectives); the chief writes the run
+directory, another worker the same files in `<run>/<task>-<index>/` (e.g. `worker-1/`), its
+checkpoints a complete copy that it resumes from.
 """
 
 import contextlib
@@ -33,6 +40,14 @@ from par_xl.log_files import format_metrics, log_to_file
 from par_xl.search_picture import NoSearchHistory, draw_search
 from par_xl.training import callbacks as cb
 from par_xl.training.checkpoints import CheckpointManager
+from par_xl.training.distribution import (
+    check_config,
+    describe,
+    distribute_rows,
+    replica_batch_size,
+    verify_rows,
+    worker_role,
+)
 from par_xl.training.evaluation import evaluate_split
 from par_xl.training.runs import (
     build_model,
@@ -68,26 +83,45 @@ class Plan(NamedTuple):
                 f"{self.steps_per_epoch})")  # fmt: skip
 
 
-def train(model_config: ModelConfig, train_config: TrainConfig):
-    """Trains (or resumes) a run; returns the results dict also written to `results.json`."""
+def train(model_config: ModelConfig, train_config: TrainConfig, strategy=None):
+    """Trains (or resumes) a run, on one device or under a tf.distribute `strategy`; returns
+    the results dict also written to `results.json`."""
     train_config.validate()
     model_config.validate()
+    check_config(strategy, train_config)
+    train_config = for_this_worker(train_config, strategy)
     metadata = check_data(model_config, train_config)
     model_config = dataclasses.replace(model_config, vocab_size=metadata["train"].vocab_size)
+    replica_batch_size(strategy, metadata["train"].batch_size)  # a clear error before any write
     run = Path(train_config.run_directory)
     with lock_run_directories(train_config), _run_log(run), _stop_on_full_disk(run):
         checkpoints = check_checkpoints(model_config, train_config, metadata)
-        model, plan = build_and_restore(model_config, train_config, metadata["train"], checkpoints)
+        model, plan = build_and_restore(
+            model_config, train_config, metadata["train"], checkpoints, strategy
+        )
         write_run_config(checkpoints.directory, model_config, train_config, metadata)
-        log_start(model, model_config, train_config, plan)
+        log_start(model, model_config, train_config, plan, strategy)
         evaluation = cb.PeriodicEvaluation(
             train_config.valid_directory, run, every=train_config.eval_every
         )
         checkpointer = cb.Checkpointer(checkpoints, train_config.checkpoint_every)
         callbacks = make_callbacks(model, model_config, train_config, plan, evaluation,
                                    checkpointer)  # fmt: skip
-        fit_epochs(model, train_config, plan, callbacks, checkpointer)
+        fit_epochs(model, train_config, plan, callbacks, checkpointer, strategy)
         return write_results(model, train_config, evaluation)
+
+
+def for_this_worker(train_config, strategy):
+    """The configuration as this process runs it: unchanged on the chief; another worker of a
+    multi-worker strategy writes `<run>/<task>-<index>/` (and `<checkpoint_dir>/<task>-<index>`)
+    instead, so that workers never write the same files (see the module docstring)."""
+    chief, name = worker_role(strategy)
+    if chief:
+        return train_config
+    checkpoint_dir = train_config.checkpoint_dir and f"{train_config.checkpoint_dir}/{name}"
+    return dataclasses.replace(
+        train_config, model_name=f"{train_config.model_name}/{name}", checkpoint_dir=checkpoint_dir
+    )
 
 
 @contextlib.contextmanager
@@ -142,9 +176,10 @@ def check_checkpoints(model_config, train_config, metadata):
     return checkpoints
 
 
-def build_and_restore(model_config, train_config, train_meta, checkpoints):
+def build_and_restore(model_config, train_config, train_meta, checkpoints, strategy=None):
     """The compiled model, initialized (a fresh run) or restored from the newest intact
-    checkpoint (--resume); returns `(model, plan)`."""
+    checkpoint (--resume), under `strategy` if given; returns `(model, plan)`. A checkpoint
+    restores whatever strategy wrote it."""
     steps_per_epoch = train_meta.steps
     total_steps = steps_per_epoch * train_config.epochs
     last_step = min(total_steps, train_config.max_steps or total_steps)
@@ -155,7 +190,9 @@ def build_and_restore(model_config, train_config, train_meta, checkpoints):
             train_config.train_directory, model_config.cutoffs, model_config.vocab_size
         )
     batch_shape = (train_meta.batch_size, train_meta.seq_len)
-    model = build_model(model_config, train_config, batch_shape, total_steps, capacity)
+    model = build_model(model_config, train_config, batch_shape, total_steps, capacity, strategy)
+    if strategy is not None:
+        verify_rows(strategy, *batch_shape)
     first_step = 0
     if train_config.resume:
         first_step = checkpoints.restore(model, set_aside_damaged=True)
@@ -167,9 +204,12 @@ def build_and_restore(model_config, train_config, train_meta, checkpoints):
     return model, Plan(batch_shape, steps_per_epoch, total_steps, last_step, first_step)
 
 
-def log_start(model, model_config, train_config, plan):
+def log_start(model, model_config, train_config, plan, strategy=None):
     model.summary(print_fn=lambda line, **_: log.info(line))
     log.info("config:\n%s", to_json(model_config, train_config))
+    batch = plan.batch_shape[0]
+    log.info("devices: %s; global batch %d rows, %d per replica", describe(strategy), batch,
+             replica_batch_size(strategy, batch))  # fmt: skip
     log.info("training from step %d to %d; the schedules end at step %d",
              plan.first_step, plan.last_step, plan.total_steps)  # fmt: skip
 
@@ -204,12 +244,13 @@ def make_callbacks(model, model_config, train_config, plan, evaluation, checkpoi
     return callbacks
 
 
-def fit_epochs(model, train_config, plan, callbacks, checkpointer):
+def fit_epochs(model, train_config, plan, callbacks, checkpointer, strategy=None):
     """Trains from `plan.first_step` to exactly `plan.last_step`.
 
     One `fit` per data epoch, on exactly the batches left to train in it: a compiled call
     (--steps_per_execution) stops where its data ends, so training never passes
     --max_steps or the end of the schedules, and every epoch starts on a fresh memory.
+    Under a strategy each replica gets its rows of every batch (`distribute_rows`).
     SIGINT / SIGTERM save a checkpoint and stop; then TrainingInterrupted says where.
     """
     step = plan.first_step
@@ -222,9 +263,14 @@ def fit_epochs(model, train_config, plan, callbacks, checkpointer):
                     train_config.train_directory,
                     skip_batches=batch,
                     document_starts=model.document_boundaries,
-                )
-                model.fit(data.take(count), initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
-                          callbacks=callbacks, verbose=2 if _quiet() else 1)  # fmt: skip
+                ).take(count)
+                steps = None  # the dataset's length
+                if strategy is not None:  # a distributed dataset does not know its length
+                    data = distribute_rows(strategy, lambda data=data: data, plan.batch_shape[0])
+                    steps = count
+                model.fit(data, initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
+                          steps_per_epoch=steps, callbacks=callbacks,
+                          verbose=2 if _quiet() else 1)  # fmt: skip
                 step, previous = cb.global_step(model), step
                 if step == previous:
                     break
@@ -289,10 +335,12 @@ def _quiet():
     return not sys.stdout.isatty()
 
 
-def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=False):
+def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=False,
+             strategy=None):  # fmt: skip
     """Perplexity of a checkpoint on a split directory (default: the run's test split), in
-    order, with memory."""
-    model, _, train_config, train_data = load_run(checkpoint_dir, checkpoint, jit_compile)
+    order, with memory; on one device or on the replicas of `strategy`."""
+    model, _, train_config, train_data = load_run(checkpoint_dir, checkpoint, jit_compile,
+                                                  strategy)  # fmt: skip
     split_directory = split_directory or train_config.test_directory
     if not split_directory:
         raise ConfigError("--eval_directory is required: the run has no test split.")
