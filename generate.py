@@ -3,8 +3,9 @@ r"""Samples text from a trained PAR Transformer-XL checkpoint.
   python generate.py --checkpoint_dir=runs/base/checkpoints --prompt="the meaning of life" \
       --num_tokens=100 --temperature=0.8 --top_p=0.9
 
-The prompt is tokenized with the run's SentencePiece model (lowercased by it if the data was);
-each new token costs one forward step over the XL memory (`par_xl.models.generation`).
+The prompt is tokenized with the run's SentencePiece model (lowercased by it if the data was),
+read in chunks into the XL memory, and the new tokens are sampled in one compiled loop, one
+forward step over the memory each (`par_xl.models.generation`).
 """
 
 import sys
@@ -23,8 +24,16 @@ flags.DEFINE_integer("num_tokens", 100, "SentencePiece tokens to sample (> 0).")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
 flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (>= 0; 0: all).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: all).")
-flags.DEFINE_integer("mem_len", None, "Memory length while sampling (default: the model's).")
+flags.DEFINE_integer(
+    "mem_len", None, "Memory length while sampling (default: the model's; 0: the whole context)."
+)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_bool(
+    "jit_compile",
+    False,
+    "Compile the sampling loop with XLA: ~5-10x faster per token on CPU, after a compilation "
+    "of 10-30 s for the base model on 2 cores; worth it from a few thousand tokens.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -67,7 +76,7 @@ def main(argv):
         prompt = tokenizer.encode(FLAGS.prompt) if FLAGS.prompt else []
         ids, _ = generate(
             model, prompt or [eol], FLAGS.num_tokens, FLAGS.temperature, FLAGS.top_k,
-            FLAGS.top_p, FLAGS.seed, FLAGS.mem_len,
+            FLAGS.top_p, FLAGS.seed, FLAGS.mem_len, jit_compile=FLAGS.jit_compile,
         )  # fmt: skip
     except (ConfigError, DataError, OSError, ValueError) as error:
         print(f"generate.py: error: {error}", file=sys.stderr)

@@ -138,6 +138,16 @@ class AdaptiveSoftmax(keras.layers.Layer):
         reduced = ops.matmul(hidden, ops.transpose(projection))  # (..., d_i)
         return reduced, ops.matmul(reduced, ops.transpose(embedding)) + bias  # (..., n_i)
 
+    def _tail_logits_one_product(self, hidden, i):
+        """Tail cluster i's logits `(..., n_i)` with the bias inside the product,
+        `[h P_i^T, 1] . [E_i, b_i]^T`: XLA on CPU turns a product with its bias add fused into
+        a slow loop, which made `log_probs` twice as slow in generation's one-position steps."""
+        embedding, projection, bias = self.tails[i - 1]
+        reduced = ops.matmul(hidden, ops.transpose(projection))  # (..., d_i)
+        ones = ops.ones((*reduced.shape[:-1], 1), reduced.dtype)
+        table = ops.concatenate([embedding, bias[:, None]], axis=1)  # (n_i, d_i + 1)
+        return ops.matmul(ops.concatenate([reduced, ones], axis=-1), ops.transpose(table))
+
     def _head_nll(self, hidden, target):
         """`-log p_head(target)` for `(P, D)` states and `(P,)` head ids."""
         logits = ops.cast(self._head_logits(hidden), "float32")  # (P, c_1 + C)
@@ -207,7 +217,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         parts = [head[..., :head_size]]
         for i in range(1, self.num_tails + 1):
             cluster_log_prob = head[..., head_size + i - 1 : head_size + i]
-            tail_logits = ops.cast(self._tail_logits(hidden, i)[1], "float32")
+            tail_logits = ops.cast(self._tail_logits_one_product(hidden, i), "float32")
             parts.append(cluster_log_prob + ops.log_softmax(tail_logits, axis=-1))
         return ops.concatenate(parts, axis=-1)
 

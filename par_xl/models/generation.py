@@ -1,70 +1,358 @@
-"""Sampling text from a PARTransformerXL, one token per step, reusing the XL memory."""
+"""Sampling text from a PARTransformerXL: the prompt read in chunks, new tokens in one loop.
 
+How a sample is made
+--------------------
+`read_prompt` reads the prompt, but for its last token, through `forward` in chunks of
+`chunk_length` positions, filling an XL memory of fixed shape `(B, M, D)` per attention-capable
+block. Then `sample` runs one compiled loop (`keras.ops.fori_loop` inside `tf.function` or
+`jax.jit`), a step per new token: one position through `forward` over the memory, the full
+distribution (`log_probs`), temperature / top-k / nucleus filtering, an inverse-CDF draw, and
+the sampled id fed back. The memory keeps its shape and is masked by its valid length, so a
+step costs the same whatever the prompt's length; Python runs once per sample, not per token.
+
+Each prompt position sees between M and M + chunk - 1 earlier positions (Transformer-XL
+evaluation with segments of `chunk_length`); each new token sees the M before it. A model
+without memory (`mem_len=0`) has only its context: it gets a memory as long as the whole
+context (prompt and sample), so that it sees everything, as if recomputing the prefix. A read
+prompt can be sampled from any number of times; `generate` does both steps.
+
+Filtering and drawing never sort the vocabulary (XLA's sort on CPU costs ~5 ms a row of
+12,000): top-k and top-p are thresholds (`filter_probabilities`), the draw inverts the
+cumulative distribution, in two levels, at one uniform per new token and row (`draw`). The
+uniforms are drawn by NumPy from the seed before the loop: the same seed gives the same tokens
+on either backend, with XLA on or off (up to float rounding at an interval's boundary). The
+compiled functions are kept per model and traced again only for new shapes (B, M, chunk,
+number of tokens) or filtering settings; a prompt of any length reuses them (it is left-padded
+to whole chunks; for a model without memory, M follows the context, so each length traces
+anew).
+"""
+
+import dataclasses
+import math
+import weakref
+
+import keras
 import numpy as np
 from keras import ops
 
+_compiled = weakref.WeakKeyDictionary()  # model -> {(name, jit_compile): compiled function}
 
-def filter_log_probs(log_probs, temperature=1.0, top_k=0, top_p=1.0):
-    """Next-token distribution after temperature, top-k and nucleus (top-p) filtering.
 
-    Args:
-        log_probs: `(V,)` normalized log-probabilities.
-        temperature: > 0; below 1 sharpens, above 1 flattens.
-        top_k: keep the k most likely tokens (0: all).
-        top_p: keep the smallest set of most likely tokens whose mass reaches top_p (1: all).
-
-    Returns:
-        `(V,)` probabilities summing to one.
-    """
-    if temperature <= 0:
+def validate_sampling(num_tokens, temperature, top_k, top_p):
+    """Raises ValueError, naming the argument first, for sampling settings that cannot work."""
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be positive, received {num_tokens}.")
+    if not temperature > 0:
         raise ValueError(f"temperature must be positive, received {temperature}.")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: all tokens), received {top_k}.")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], received {top_p}.")
-    logits = np.asarray(log_probs, "float64") / temperature
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs, kind="stable")
-    keep = np.ones(len(probs), bool)
-    if top_k:
-        keep[order[top_k:]] = False
+
+
+def filter_probabilities(log_probs, temperature=1.0, top_k=0, top_p=1.0):
+    """Next-token distribution after temperature, top-k and nucleus (top-p) filtering.
+
+    Both filters are thresholds, so no step sorts the vocabulary: top-k keeps the tokens at
+    least as likely as the k-th (`top_k`), top-p the tokens at least as likely as the least
+    likely one of the nucleus, found by bisection (`nucleus_threshold`). Tokens tied with the
+    last one kept are all kept.
+
+    Args:
+        log_probs: `(B, V)` normalized log-probabilities.
+        temperature: > 0; below 1 sharpens, above 1 flattens.
+        top_k: keep the k most likely tokens (0: all).
+        top_p: keep the smallest set of most likely tokens whose mass (at this temperature)
+            reaches top_p (1: all); with top_k too, both filters apply.
+
+    Returns:
+        `(B, V)` float32 probabilities at this temperature, the filtered tokens' set to zero;
+        not renormalized (`draw` needs no normalization, and saves the pass).
+    """
+    log_probs = ops.cast(log_probs, "float32")
+    if temperature == 1:
+        probabilities = ops.exp(log_probs)  # normalized already
+    else:
+        probabilities = ops.softmax(log_probs / temperature, axis=-1)  # (B, V)
+    keep, candidates = None, probabilities  # where the nucleus's last token is looked for
+    if top_k and top_k < log_probs.shape[-1]:
+        # Unsorted: XLA on CPU sorts the whole row for a sorted top-k, ~50x slower.
+        values, indices = ops.top_k(log_probs, k=top_k, sorted=False)  # (B, k)
+        keep = log_probs >= ops.min(values, axis=-1, keepdims=True)  # (B, V)
+        # The nucleus ends among the k most likely tokens, or holds them all (threshold 0).
+        candidates = ops.take_along_axis(probabilities, indices, axis=-1)  # (B, k)
     if top_p < 1:
-        cumulative = np.cumsum(probs[order])
-        beyond = order[np.searchsorted(cumulative, top_p) + 1 :]  # tokens after the nucleus
-        keep[beyond] = False
-    probs = np.where(keep, probs, 0.0)
-    return probs / probs.sum()
+        nucleus = probabilities >= nucleus_threshold(candidates, top_p)
+        keep = nucleus if keep is None else ops.logical_and(keep, nucleus)
+    return probabilities if keep is None else ops.where(keep, probabilities, 0.0)
+
+
+def nucleus_threshold(probabilities, top_p):
+    """The probability of the least likely token of each row's nucleus, `(B, 1)`.
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches `top_p`; its
+    least likely token has the largest probability t with `sum(p[p >= t]) >= top_p`. The mass
+    falls as t grows, so t is found by bisection, exactly: non-negative float32 numbers order
+    as their bit patterns (int32) do, and 31 halvings cover them all. Given only the most
+    likely tokens (`(B, k)`, any order), it is 0 when their mass is below `top_p`.
+    """
+    bits = ops.view(probabilities, "int32")  # (B, V), ordered as the probabilities
+    low = ops.zeros(bits.shape[:1], "int32")  # mass at or above low reaches top_p
+    high = ops.max(bits, axis=-1)  # (B,), the answer is in [low, high]
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low + 1) // 2
+        mass = ops.sum(ops.where(bits >= middle[:, None], probabilities, 0.0), axis=-1)
+        enough = mass >= top_p
+        return ops.where(enough, middle, low), ops.where(enough, high, middle - 1)
+
+    low, _ = ops.fori_loop(0, 31, halve, (low, high))
+    return ops.view(low, "float32")[:, None]
+
+
+def draw(weights, uniform):
+    """Inverse-CDF sampling: the token whose interval of the cumulative weights holds `uniform`.
+
+    In two levels, so that no step runs a cumulative sum over the whole vocabulary (XLA on CPU
+    computes one as a windowed reduction, ~8x slower): the block of ceil(sqrt(V)) tokens whose
+    interval holds the target, then the token within the block.
+
+    Args:
+        weights: `(B, V)` non-negative, proportional to the distribution (from
+            `filter_probabilities`).
+        uniform: `(B,)` in [0, 1).
+
+    Returns:
+        `(B,)` int32 ids; never one of weight zero.
+    """
+    batch, vocab_size = weights.shape
+    size = math.isqrt(vocab_size - 1) + 1  # tokens per block
+    count = -(-vocab_size // size)  # blocks
+    padded = ops.pad(weights, [(0, 0), (0, count * size - vocab_size)])
+    blocks = ops.reshape(padded, (batch, count, size))  # (B, count, size)
+    totals = ops.sum(blocks, axis=-1)  # (B, count)
+    target = ops.cast(uniform, weights.dtype)[:, None] * ops.sum(totals, axis=-1, keepdims=True)
+    block, before = _invert(totals, target)
+    row = ops.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # (B, size)
+    token, _ = _invert(row, target - before)
+    return block * size + token
+
+
+def _invert(weights, target):
+    """The index whose interval of the cumulative `(B, n)` weights holds the `(B, 1)` target,
+    never one of weight zero (rounding may put the target past the end), and the mass before
+    it, `(B, 1)`."""
+    cumulative = ops.cumsum(weights, axis=-1)  # (B, n)
+    index = ops.sum(ops.cast(cumulative <= target, "int32"), axis=-1)  # (B,)
+    possible = ops.cast(ops.flip(weights > 0, axis=-1), "int32")
+    last = weights.shape[-1] - 1 - ops.cast(ops.argmax(possible, axis=-1), "int32")
+    index = ops.minimum(index, last)[:, None]  # (B, 1)
+    before = ops.take_along_axis(cumulative - weights, index, axis=-1)  # (B, 1)
+    return index[:, 0], before
+
+
+def _read(model, ids, starts, memory, length):
+    """One prompt chunk through `forward`: the memory and valid length after it. `starts`
+    marks where the prompt begins in a left-padded chunk: nothing sees the padding."""
+    _, memory, length = model.forward(ids, memory, length, False, document_starts=starts)
+    return memory, length
+
+
+def _sample(model, token, memory, length, uniforms, temperature, top_k, top_p):
+    """The sampling loop: `(B,)` last prompt token, memory, `(B,)` valid length, `(N, B)`
+    uniforms -> `(B, N)` sampled ids and the `(B, N)` log-probability of each under the model
+    (before filtering)."""
+    num_tokens, batch = uniforms.shape
+
+    def step(i, state):
+        token, memory, length, sampled, scores = state
+        if memory:
+            hidden, memory, length = model.forward(token[:, None], memory, length, training=False)
+        else:
+            hidden = model.forward(token[:, None], training=False)[0]  # (B, 1, D)
+        log_probs = model.log_probs(hidden[:, 0])  # (B, V)
+        probabilities = filter_probabilities(log_probs, temperature, top_k, top_p)
+        token = draw(probabilities, ops.take(uniforms, i, axis=0))  # (B,)
+        score = ops.take_along_axis(log_probs, token[:, None], axis=-1)  # (B, 1)
+        sampled = ops.slice_update(sampled, (0, i), token[:, None])
+        scores = ops.slice_update(scores, (0, i), ops.cast(score, "float32"))
+        return token, memory, length, sampled, scores
+
+    sampled = ops.zeros((batch, num_tokens), "int32")
+    scores = ops.zeros((batch, num_tokens), "float32")
+    state = (token, list(memory), length, sampled, scores)
+    return ops.fori_loop(0, num_tokens, step, state)[3:]
+
+
+def _compiled_function(model, name, jit_compile):
+    """`_read` or `_sample` for `model`, compiled once and kept while the model lives.
+
+    TensorFlow: a `tf.function` (XLA if `jit_compile`), reading the variables in place. JAX:
+    `jax.jit` over the variables' current values (`StatelessScope`), so the compiled function
+    never holds stale weights. Other backends run eagerly. Python scalars (the filtering
+    settings) are static: each new value traces anew. The functions hold the model weakly, so
+    that the cache never keeps a model alive.
+    """
+    functions = _compiled.setdefault(model, {})
+    key = (name, bool(jit_compile))
+    if key in functions:
+        return functions[key]
+    function = {"read": _read, "sample": _sample}[name]
+    model_ref = weakref.ref(model)
+
+    def bound(*args):
+        return function(model_ref(), *args)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(bound, jit_compile=jit_compile)
+    elif backend == "jax":
+        import jax
+
+        def stateless(values, *args):
+            variables = model_ref().variables
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return bound(*args)
+
+        static = (5, 6, 7) if name == "sample" else ()  # temperature, top_k, top_p
+        jitted = jax.jit(stateless, static_argnums=static)
+
+        def compiled(*args):
+            return jitted([variable.value for variable in model_ref().variables], *args)
+    else:
+        compiled = bound
+
+    functions[key] = compiled
+    return compiled
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptState:
+    """A read prompt, what `sample` continues from (any number of times: it is not changed).
+
+    Attributes:
+        token: `(B,)` the prompt's last token, the loop's first input.
+        memory: one `(B, M, D)` tensor per block in `model.memory_blocks` (none for a model
+            that never attends: its context cannot matter).
+        length: `(B,)` valid memory slots.
+        whole_context: the memory holds the whole context and grows with the sample (a model
+            without memory, or `mem_len=0`).
+        single: the prompt was a list of ids (`sample` then returns lists).
+    """
+
+    token: np.ndarray
+    memory: list
+    length: object
+    whole_context: bool
+    single: bool
+
+
+def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=True):
+    """Reads all but the last prompt token into an XL memory, in chunks through `forward`.
+
+    Args:
+        model: a built `PARTransformerXL` (supernet or derived); its memory state is untouched.
+        prompt_ids: a non-empty list of ids, or a `(B, P)` array of B prompts of one length.
+        mem_len: M while sampling (default: the model's; longer works too, as in
+            Transformer-XL evaluation); 0, or a model trained without memory: the whole
+            context, so that every position sees all before it.
+        chunk_length: prompt positions per `forward` call (default M).
+        jit_compile: compile the chunk's step with XLA (TensorFlow; JAX always does).
+
+    Returns:
+        A `PromptState`.
+    """
+    prompt = np.asarray(prompt_ids, "int32")
+    single = prompt.ndim == 1
+    prompt = prompt[None] if single else prompt  # (B, P)
+    if prompt.ndim != 2 or not prompt.shape[1]:
+        raise ValueError(
+            f"prompt_ids must hold at least one token, as a list or a (B, P) array; received "
+            f"shape {np.shape(prompt_ids)}."
+        )
+    mem_len = model.mem_len if mem_len is None else mem_len
+    if mem_len < 0:
+        raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+    whole_context = not mem_len
+    context = prompt[:, :-1]  # the last prompt token is the loop's first input
+    mem_len = mem_len or max(context.shape[1], 1)  # `sample` adds room for the new tokens
+    chunk_length = mem_len if chunk_length is None else chunk_length
+    if chunk_length < 1:
+        raise ValueError(f"chunk_length must be positive, received {chunk_length}.")
+
+    batch = prompt.shape[0]
+    memory, _ = model.initial_memory(batch, mem_len)
+    memory = memory or []
+    length = ops.zeros((batch,), "int32")
+    if memory and context.shape[1]:
+        # Left-padded to whole chunks, the prompt marked as a document starting after the
+        # padding: one traced shape for every prompt length.
+        padding = -context.shape[1] % chunk_length
+        context = np.pad(context, [(0, 0), (padding, 0)])
+        starts = np.zeros_like(context)
+        starts[:, padding] = 1
+        read = _compiled_function(model, "read", jit_compile)
+        for i in range(0, context.shape[1], chunk_length):
+            chunk = slice(i, i + chunk_length)
+            memory, length = read(context[:, chunk], starts[:, chunk], memory, length)
+    return PromptState(prompt[:, -1], memory, length, whole_context, single)
+
+
+def sample(
+    model, prompt, num_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, jit_compile=True
+):
+    """Samples `num_tokens` ids after a read prompt, in one compiled loop.
+
+    Args:
+        model: the model that read the prompt.
+        prompt: a `PromptState` from `read_prompt`.
+        num_tokens: N > 0.
+        temperature, top_k, top_p: see `filter_probabilities`; `top_k=1` is greedy decoding.
+        seed: the sample's seed: same seed, same tokens.
+        jit_compile: compile the loop with XLA (TensorFlow; JAX always does). The step is small
+            matrix-vector work, so XLA's fused loop beats TensorFlow's per-op dispatch.
+
+    Returns:
+        `(ids, log_probs)`: the sampled ids and the model's log-probability of each (before
+        filtering), as lists for a list prompt, else `(B, N)` arrays.
+    """
+    validate_sampling(num_tokens, temperature, top_k, top_p)
+    memory = prompt.memory
+    if prompt.whole_context:  # room for the new tokens: memory is right-aligned
+        memory = [ops.pad(m, [(0, 0), (num_tokens, 0), (0, 0)]) for m in memory]
+    uniforms = np.random.default_rng(seed).random((num_tokens, len(prompt.token)))
+    loop = _compiled_function(model, "sample", jit_compile)
+    ids, scores = loop(
+        prompt.token, memory, prompt.length, uniforms.astype("float32"), float(temperature),
+        int(top_k), float(top_p),
+    )  # fmt: skip
+    ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
+    if prompt.single:
+        return ids[0].tolist(), scores[0].tolist()
+    return ids, scores
 
 
 def generate(
-    model, prompt_ids, num_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, mem_len=None
+    model,
+    prompt_ids,
+    num_tokens,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    mem_len=None,
+    chunk_length=None,
+    jit_compile=True,
 ):
-    """Samples `num_tokens` ids after `prompt_ids` (a non-empty list of ids).
-
-    The prompt is read in one forward pass; then each new token is one forward step of one
-    position over the memory, which keeps the last `mem_len` positions (default: the model's
-    training memory length; longer works too, as in Transformer-XL evaluation). A model with
-    no memory blocks or `mem_len = 0` recomputes its whole context each step instead.
+    """Samples `num_tokens` ids after `prompt_ids`: `read_prompt`, then `sample` (see both).
 
     Returns:
-        `(ids, log_probs)`: the sampled ids and, for each, the `(V,)` distribution it was
-        drawn from (before filtering).
+        `(ids, log_probs)`: the sampled ids and the model's log-probability of each (before
+        filtering), as lists for a list prompt, else `(B, N)` arrays.
     """
-    if not len(prompt_ids):
-        raise ValueError("generate needs a prompt of at least one token.")
-    rng = np.random.default_rng(seed)
-    memory, length = model.initial_memory(1, mem_len)
-    context = np.asarray(prompt_ids, "int32")[None]  # (1, P)
-    sampled, distributions = [], []
-    for _ in range(num_tokens):
-        if memory is None:
-            hidden = model.forward(context, training=False)[0]
-        else:
-            hidden, memory, length = model.forward(context, memory, length, training=False)
-        log_probs = ops.convert_to_numpy(model.log_probs(hidden[:, -1:]))[0, 0]  # (V,)
-        probs = filter_log_probs(log_probs, temperature, top_k, top_p)
-        token = int(rng.choice(len(probs), p=probs))
-        sampled.append(token)
-        distributions.append(log_probs)
-        step = np.array([[token]], "int32")
-        context = np.concatenate([context, step], axis=1) if memory is None else step
-    return sampled, distributions
+    validate_sampling(num_tokens, temperature, top_k, top_p)  # before reading the prompt
+    prompt = read_prompt(model, prompt_ids, mem_len, chunk_length, jit_compile)
+    return sample(model, prompt, num_tokens, temperature, top_k, top_p, seed, jit_compile)
