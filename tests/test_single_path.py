@@ -7,29 +7,16 @@ import pytest
 import tensorflow as tf
 from conftest import run_on_jax
 from keras import ops
+from test_gumbel_choice import LOGITS, make_choice, softmax  # seed 7, these logits
 
 from par_xl.configs import ConfigError, ModelConfig
 from par_xl.flops import training_flops_per_token
-from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.layers.stochastic_block import StochasticBlock
 from par_xl.models import PARTransformerXL
 
-LOGITS = np.array([1.0, -0.5, 0.3], "float32")
 TINY = dict(vocab_size=50, d_model=16, num_heads=2, d_ffn=24, num_layers=3, mem_len=4,
             cutoffs=[10, 30], proj_factor=2, dropout_rate=0.0)  # fmt: skip
-
-
-def make_choice(tau=1.0):
-    layer = GumbelChoice(3, tau=tau, seed=7)
-    layer.build()
-    layer.logits.assign(LOGITS)
-    return layer
-
-
-def softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 def test_one_choice_per_call_follows_softmax_of_logits_with_a_unit_gate():
@@ -47,7 +34,7 @@ def test_one_choice_per_call_follows_softmax_of_logits_with_a_unit_gate():
 
 @pytest.mark.parametrize("tau", [1.0, 0.3])
 def test_gate_gradient_is_the_relaxed_sample_jacobian(tau):
-    layer = make_choice(tau)
+    layer = make_choice(tau=tau)
     with tf.GradientTape() as tape:
         index, gate = layer.single_choice(training=True)
         loss = 3.0 * gate
