@@ -34,7 +34,9 @@ def relative_shift(scores):
     Input `scores[..., i, c]` is the score of query i against distance `K-1-c`; the output
     `[..., i, j]` is the score against key j, i.e. against distance `M + i - j`, for every
     `j <= M + i` (the causal part; the rest is junk that the causal mask removes). Done with
-    one pad and two reshapes instead of a gather (Dai et al. 2019, appendix B).
+    one pad and two reshapes instead of a gather (Dai et al. 2019, appendix B). The row is
+    dropped with `ops.slice`, whose gradient TensorFlow computes as a pad: a strided slice's
+    (`x[..., 1:, :]`) took ~6% of the training step's kernel time.
 
     Args:
         scores: `(..., T, K)` with `K >= T`.
@@ -44,7 +46,9 @@ def relative_shift(scores):
     *lead, t, k = scores.shape
     padded = ops.pad(scores, [[0, 0]] * len(lead) + [[0, 0], [1, 0]])  # (..., T, K+1)
     padded = ops.reshape(padded, (*lead, k + 1, t))  # (..., K+1, T)
-    return ops.reshape(padded[..., 1:, :], (*lead, t, k))  # (..., T, K)
+    lead_sizes = [-1 if size is None else size for size in lead]  # -1: a symbolic batch
+    padded = ops.slice(padded, [0] * len(lead) + [1, 0], (*lead_sizes, k, t))  # (..., K, T)
+    return ops.reshape(padded, (*lead, t, k))  # (..., T, K)
 
 
 def causal_memory_mask(segment_length, mem_len, valid_memory_length, document_index=None):

@@ -30,6 +30,7 @@ from par_xl.files import atomic_write_text, reporting_full_disk
 from par_xl.models import PARTransformerXL
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
 from par_xl.training.distribution import adapt_model, replica_batch_size
+from par_xl.training.optimizers import make_optimizer
 from par_xl.training.schedules import WarmupCosine
 
 LOCK_FILE = ".lock"
@@ -272,12 +273,7 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
             seed=train_config.seed,
         )
         schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
-        optimizer = {
-            "adam": lambda: keras.optimizers.Adam(schedule),
-            "adamw": lambda: keras.optimizers.AdamW(schedule),
-            "lamb": lambda: keras.optimizers.Lamb(schedule),
-            "sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9),
-        }[train_config.opt_name]()
+        optimizer = make_optimizer(train_config.opt_name, schedule)
         model.compile(
             optimizer=optimizer,
             jit_compile=train_config.jit_compile,
