@@ -83,15 +83,13 @@ class KNNMemory:
     def _set_memory_arguments(
         self, batch_size, num_heads, capacity, key_size, num_neighbors, normalize
     ):
-        for name, value in (
-            ("batch_size", batch_size),
-            ("num_heads", num_heads),
-            ("capacity", capacity),
-            ("key_size", key_size),
-            ("num_neighbors", num_neighbors),
-        ):
-            if not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, received {value!r}.")
+        check_sizes(
+            batch_size=batch_size,
+            num_heads=num_heads,
+            capacity=capacity,
+            key_size=key_size,
+            num_neighbors=num_neighbors,
+        )
         if num_neighbors > capacity:
             raise ValueError(
                 f"num_neighbors must be at most capacity, received num_neighbors={num_neighbors}, "
@@ -116,18 +114,36 @@ class KNNMemory:
         )
 
     def _neighbors(self, k):
-        k = self.num_neighbors if k is None else int(k)
-        if not 1 <= k <= self.capacity:
-            raise ValueError(f"k must be in [1, capacity={self.capacity}], received {k}.")
-        return k
+        return check_neighbors(self.num_neighbors if k is None else k, self.capacity)
 
     def _check_entries(self, shape, what):
-        expected = (self.batch_size, None, self.num_heads, self.key_size)
-        if len(shape) != 4 or any(None not in (s, e) and s != e for s, e in zip(shape, expected)):
-            raise ValueError(
-                f"{what} must have shape (B={self.batch_size}, T, N={self.num_heads}, "
-                f"H={self.key_size}), received {tuple(shape)}."
-            )
+        check_entries(shape, (self.batch_size, self.num_heads, self.key_size), what)
+
+
+def check_sizes(**sizes):
+    """Raises a ValueError naming the first of `sizes` that is not a positive integer."""
+    for name, value in sizes.items():
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, received {value!r}.")
+
+
+def check_neighbors(k, capacity):
+    """`k` as an int, if it is in `[1, capacity]`; a ValueError otherwise."""
+    k = int(k)
+    if not 1 <= k <= capacity:
+        raise ValueError(f"k must be in [1, capacity={capacity}], received {k}.")
+    return k
+
+
+def check_entries(shape, store, what):
+    """Raises a ValueError unless `shape` is `(B, T, N, H)` for the `store` sizes `(B, N, H)`
+    (any T; unknown sizes pass)."""
+    batch, heads, size = store
+    expected = (batch, None, heads, size)
+    if len(shape) != 4 or any(None not in (s, e) and s != e for s, e in zip(shape, expected)):
+        raise ValueError(
+            f"{what} must have shape (B={batch}, T, N={heads}, H={size}), received {tuple(shape)}."
+        )
 
 
 def create_knn_memory(backend, **kwargs):

@@ -39,7 +39,7 @@ import numpy as np
 
 from par_xl.memory.knn_memory import KNNMemory
 
-EPSILON = 1e-12  # as `par_xl.memory.exact.EPSILON`
+EPSILON = 1e-12  # as `par_xl.memory.exact_state.EPSILON`
 
 
 def l2_normalize(x):
