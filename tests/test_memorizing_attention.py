@@ -501,6 +501,7 @@ def fit_probe(jit_compile):
     return loss, [numpy(w) for w in model.weights]
 
 
+@pytest.mark.slow
 def test_fit_with_and_without_xla_agree_and_fill_the_store():
     (graph_loss, graph_weights), (xla_loss, xla_weights) = fit_probe(False), fit_probe(True)
     np.testing.assert_allclose(graph_loss, xla_loss, rtol=1e-4)

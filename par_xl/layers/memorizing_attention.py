@@ -71,12 +71,12 @@ class MemorizingAttention(RelativeAttention):
     where). The weights are `RelativeAttention`'s, plus `gate_bias` `(N,)` and
     `log_retrieval_scale` `(N,)` (both float32, never autocast).
 
-    Args:
+    Args (after N and H, by keyword only):
         num_heads: N.
         head_size: H.
+        num_neighbors: k, the entries retrieved per query and head; at most the store's C.
         attention_dropout_rate: dropout rate on both attentions' probabilities.
         kernel_initializer: initializer of the projections and position biases.
-        num_neighbors: k, the entries retrieved per query and head; at most the store's C.
 
     Call arguments:
         inputs: `(B, T, D)` segment states.
@@ -99,22 +99,8 @@ class MemorizingAttention(RelativeAttention):
         >>> output, state = layer(x, None, positions, mask, state)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        num_heads,
-        head_size,
-        attention_dropout_rate=0.0,
-        kernel_initializer=None,
-        num_neighbors=32,
-        **kwargs,
-    ):
-        super().__init__(
-            num_heads,
-            head_size,
-            attention_dropout_rate=attention_dropout_rate,
-            kernel_initializer=kernel_initializer,
-            **kwargs,
-        )
+    def __init__(self, num_heads, head_size, *, num_neighbors=32, **kwargs):
+        super().__init__(num_heads, head_size, **kwargs)
         check_sizes(num_neighbors=num_neighbors)
         self.num_neighbors = int(num_neighbors)
         self._allow_non_tensor_positional_args = True  # `knn_state` may be a KNNMemory object

@@ -45,10 +45,10 @@ class ExactKNNMemory(KNNMemory, keras.layers.Layer):
         `search`'s `(keys (B, T, N, k, H), values (B, T, N, k, H), mask (B, T, N, k))`, the
         entries of earlier calls only; keys and values in the compute dtype.
 
-    Example:
+    Example (`KNNMemory` shows `search` and `add`):
         >>> memory = ExactKNNMemory(batch_size=2, num_heads=4, capacity=1024, key_size=16)
-        >>> memory.add(keys, values)  # (2, T, 4, 16) each  # doctest: +SKIP
-        >>> keys, values, mask = memory.search(queries, k=8)  # doctest: +SKIP
+        >>> keys, values, mask = memory(queries, new_keys, new_values)  # doctest: +SKIP
+        >>> memory.assign_state(exact_state.clear(memory.state, rows))  # doctest: +SKIP
     """
 
     def __init__(

@@ -30,7 +30,8 @@ variable reads and writes in program order, JAX threads the state through.
 Backends: `ExactKNNMemory` (top-k by matrix product in `keras.ops`; the store is model state, so
 it runs under `fit`, `jit_compile=True` and JAX) and `ScannKNNMemory` (ScaNN on the host; eager,
 or inside a non-XLA `tf.function` through `tf.numpy_function`). `create_knn_memory` picks one by
-name.
+name. The exact store also exists as pure functions of a `KNNState` (`exact_state.py`), which
+`ExactKNNMemory` wraps, for stateless code: `jax.jit`, a model's `call`, generation loops.
 """
 
 import numpy as np
@@ -48,6 +49,12 @@ class KNNMemory:
         key_size: H, the size of keys, queries and values.
         num_neighbors: k used when `search` is given none.
         normalize: L2-normalize keys on `add` and queries on `search`.
+
+    Example (one step of a memorizing layer, any backend):
+        >>> memory = create_knn_memory("exact", batch_size=2, num_heads=4, capacity=1024,
+        ...                            key_size=16)  # doctest: +SKIP
+        >>> keys, values, mask = memory.search(queries, k=8)  # (2, T, 4, 16)  # doctest: +SKIP
+        >>> memory.add(new_keys, new_values)  # (2, T, 4, 16) each  # doctest: +SKIP
     """
 
     def add(self, keys, values, document_starts=None):
