@@ -19,16 +19,17 @@ def numpy_sinusoid(distance, width):
     return np.concatenate([np.sin(angles), np.cos(angles)])
 
 
-def reference_attention(layer, segment, memory, valid_memory_length):
-    """Transformer-XL attention written per query and key, distances computed directly."""
+def reference_attended(layer, segment, memory, valid_memory_length):
+    """Transformer-XL attention written per query and key, distances computed directly: the
+    attended values per head `(B, T, N, H)`, before the output projection."""
     weights = {w.name: ops.convert_to_numpy(w) for w in layer.weights}
     wq, wk, wv = weights["query_kernel"], weights["key_kernel"], weights["value_kernel"]
-    wr, wo = weights["position_kernel"], weights["output_kernel"]
+    wr = weights["position_kernel"]
     u, v = weights["content_bias"], weights["position_bias"]
     batch, t, d = segment.shape
     m = memory.shape[1]
     keys_in = np.concatenate([memory, segment], axis=1)
-    out = np.zeros_like(segment)
+    out = np.zeros((batch, t, layer.num_heads, layer.head_size), "float32")
     for b in range(batch):
         for i in range(t):
             q = np.einsum("d,dnh->nh", segment[b, i], wq)
@@ -42,9 +43,14 @@ def reference_attention(layer, segment, memory, valid_memory_length):
             probs = np.exp(scores - scores.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
             values = np.stack([np.einsum("d,dnh->nh", keys_in[b, j], wv) for j in visible])
-            attended = np.einsum("nj,jnh->nh", probs, values)
-            out[b, i] = np.einsum("nh,nhd->d", attended, wo)
+            out[b, i] = np.einsum("nj,jnh->nh", probs, values)
     return out
+
+
+def reference_attention(layer, segment, memory, valid_memory_length):
+    """`reference_attended` projected back to width D: `(B, T, D)`."""
+    attended = reference_attended(layer, segment, memory, valid_memory_length)
+    return np.einsum("btnh,nhd->btd", attended, ops.convert_to_numpy(layer.output_kernel))
 
 
 @pytest.mark.parametrize("mem_len,valid", [(0, 0), (3, 3), (5, 2), (5, 0)])
@@ -112,3 +118,21 @@ def test_rejects_bad_arguments():
         RelativeAttention(2, 4, attention_dropout_rate=1.5)
     with pytest.raises(ValueError, match="num_heads"):
         RelativeAttention(0, 4)
+
+
+def test_weights_keep_their_names_and_order():
+    """Checkpoints address the weights by these paths: refactors must keep them."""
+    layer = RelativeAttention(2, 4, name="attention")
+    layer.build((1, 3, 8))
+    assert [w.path for w in layer.weights] == [
+        f"attention/{name}"
+        for name in (
+            "query_kernel",
+            "key_kernel",
+            "value_kernel",
+            "position_kernel",
+            "content_bias",
+            "position_bias",
+            "output_kernel",
+        )
+    ]

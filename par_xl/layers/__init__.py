@@ -3,7 +3,15 @@
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
 from par_xl.layers.feed_forward import FeedForward
 from par_xl.layers.gumbel_choice import GumbelChoice
+from par_xl.layers.memorizing_attention import MemorizingAttention
 from par_xl.layers.relative_attention import RelativeAttention
 from par_xl.layers.stochastic_block import StochasticBlock
 
-__all__ = ["AdaptiveSoftmax", "FeedForward", "GumbelChoice", "RelativeAttention", "StochasticBlock"]
+__all__ = [
+    "AdaptiveSoftmax",
+    "FeedForward",
+    "GumbelChoice",
+    "MemorizingAttention",
+    "RelativeAttention",
+    "StochasticBlock",
+]

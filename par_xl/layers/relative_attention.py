@@ -158,22 +158,48 @@ class RelativeAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, memory, position_encoding, mask, training=None):
+        query, key, value = self.project(inputs, memory)
+        attended = self.attend(query, key, value, position_encoding, mask, training)
+        return self.project_output(attended)
+
+    def project(self, inputs, memory):
+        """Queries of the segment, keys and values of `[memory; segment]`.
+
+        Args:
+            inputs: `(B, T, D)`.
+            memory: `(B, M, D)` or `None`.
+
+        Returns:
+            `(query (B, T, N, H), key (B, K, N, H), value (B, K, N, H))`; the segment's own
+            keys and values are the last T of K.
+        """
         keys_in = inputs if memory is None else ops.concatenate([memory, inputs], axis=1)
         query = ops.einsum("btd,dnh->btnh", inputs, self.query_kernel)  # (B, T, N, H)
         key = ops.einsum("bkd,dnh->bknh", keys_in, self.key_kernel)  # (B, K, N, H)
         value = ops.einsum("bkd,dnh->bknh", keys_in, self.value_kernel)  # (B, K, N, H)
-        position = ops.einsum("kd,dnh->knh", position_encoding, self.position_kernel)  # (K,N,H)
+        return query, key, value
 
+    def attend(self, query, key, value, position_encoding, mask, training=None):
+        """Relative attention of `project`'s outputs: per head attended values `(B, T, N, H)`,
+        before the output projection."""
+        position = ops.einsum("kd,dnh->knh", position_encoding, self.position_kernel)  # (K,N,H)
         content = ops.einsum("btnh,bknh->bntk", query + self.content_bias, key)  # (B, N, T, K)
         positional = ops.einsum("btnh,knh->bntk", query + self.position_bias, position)
         scores = (content + relative_shift(positional)) * (1.0 / math.sqrt(self.head_size))
+        probs = self.attention_probabilities(scores, mask[:, None], training)  # (B, N, T, K)
+        return ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
 
+    def attention_probabilities(self, scores, mask, training=None):
+        """Softmax over the last axis of `scores` where `mask` (broadcast to them) is True,
+        then attention dropout; in the compute dtype."""
         # Softmax in float32 so that mixed precision keeps the masked logits exact.
-        scores = ops.where(mask[:, None], ops.cast(scores, "float32"), -1e30)  # (B, N, T, K)
+        scores = ops.where(mask, ops.cast(scores, "float32"), -1e30)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        probs = self.attention_dropout(probs, training=training)
-        attended = ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
-        return ops.einsum("btnh,nhd->btd", attended, self.output_kernel)  # (B, T, D)
+        return self.attention_dropout(probs, training=training)
+
+    def project_output(self, attended):
+        """`(B, T, N, H)` attended values -> `(B, T, D)`."""
+        return ops.einsum("btnh,nhd->btd", attended, self.output_kernel)
 
     def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return inputs_shape

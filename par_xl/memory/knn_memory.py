@@ -30,7 +30,8 @@ variable reads and writes in program order, JAX threads the state through.
 Backends: `ExactKNNMemory` (top-k by matrix product in `keras.ops`; the store is model state, so
 it runs under `fit`, `jit_compile=True` and JAX) and `ScannKNNMemory` (ScaNN on the host; eager,
 or inside a non-XLA `tf.function` through `tf.numpy_function`). `create_knn_memory` picks one by
-name.
+name. The exact store also exists as pure functions of a `KNNState` (`exact_state.py`), which
+`ExactKNNMemory` wraps, for stateless code: `jax.jit`, a model's `call`, generation loops.
 """
 
 import numpy as np
@@ -48,6 +49,12 @@ class KNNMemory:
         key_size: H, the size of keys, queries and values.
         num_neighbors: k used when `search` is given none.
         normalize: L2-normalize keys on `add` and queries on `search`.
+
+    Example (one step of a memorizing layer, any backend):
+        >>> memory = create_knn_memory("exact", batch_size=2, num_heads=4, capacity=1024,
+        ...                            key_size=16)  # doctest: +SKIP
+        >>> keys, values, mask = memory.search(queries, k=8)  # (2, T, 4, 16)  # doctest: +SKIP
+        >>> memory.add(new_keys, new_values)  # (2, T, 4, 16) each  # doctest: +SKIP
     """
 
     def add(self, keys, values, document_starts=None):
@@ -83,15 +90,13 @@ class KNNMemory:
     def _set_memory_arguments(
         self, batch_size, num_heads, capacity, key_size, num_neighbors, normalize
     ):
-        for name, value in (
-            ("batch_size", batch_size),
-            ("num_heads", num_heads),
-            ("capacity", capacity),
-            ("key_size", key_size),
-            ("num_neighbors", num_neighbors),
-        ):
-            if not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, received {value!r}.")
+        check_sizes(
+            batch_size=batch_size,
+            num_heads=num_heads,
+            capacity=capacity,
+            key_size=key_size,
+            num_neighbors=num_neighbors,
+        )
         if num_neighbors > capacity:
             raise ValueError(
                 f"num_neighbors must be at most capacity, received num_neighbors={num_neighbors}, "
@@ -116,18 +121,36 @@ class KNNMemory:
         )
 
     def _neighbors(self, k):
-        k = self.num_neighbors if k is None else int(k)
-        if not 1 <= k <= self.capacity:
-            raise ValueError(f"k must be in [1, capacity={self.capacity}], received {k}.")
-        return k
+        return check_neighbors(self.num_neighbors if k is None else k, self.capacity)
 
     def _check_entries(self, shape, what):
-        expected = (self.batch_size, None, self.num_heads, self.key_size)
-        if len(shape) != 4 or any(None not in (s, e) and s != e for s, e in zip(shape, expected)):
-            raise ValueError(
-                f"{what} must have shape (B={self.batch_size}, T, N={self.num_heads}, "
-                f"H={self.key_size}), received {tuple(shape)}."
-            )
+        check_entries(shape, (self.batch_size, self.num_heads, self.key_size), what)
+
+
+def check_sizes(**sizes):
+    """Raises a ValueError naming the first of `sizes` that is not a positive integer."""
+    for name, value in sizes.items():
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, received {value!r}.")
+
+
+def check_neighbors(k, capacity):
+    """`k` as an int, if it is in `[1, capacity]`; a ValueError otherwise."""
+    k = int(k)
+    if not 1 <= k <= capacity:
+        raise ValueError(f"k must be in [1, capacity={capacity}], received {k}.")
+    return k
+
+
+def check_entries(shape, store, what):
+    """Raises a ValueError unless `shape` is `(B, T, N, H)` for the `store` sizes `(B, N, H)`
+    (any T; unknown sizes pass)."""
+    batch, heads, size = store
+    expected = (batch, None, heads, size)
+    if len(shape) != 4 or any(None not in (s, e) and s != e for s, e in zip(shape, expected)):
+        raise ValueError(
+            f"{what} must have shape (B={batch}, T, N={heads}, H={size}), received {tuple(shape)}."
+        )
 
 
 def create_knn_memory(backend, **kwargs):

@@ -39,7 +39,7 @@ import numpy as np
 
 from par_xl.memory.knn_memory import KNNMemory
 
-EPSILON = 1e-12  # as `par_xl.memory.exact.EPSILON`
+EPSILON = 1e-12  # as `par_xl.memory.exact_state.EPSILON`
 
 
 def l2_normalize(x):
@@ -91,10 +91,10 @@ class ScannKNNMemory(KNNMemory):
         parallel: split each searcher's queries in batches of 256 over ScaNN's threads (one
             per core); segments of at most 256 tokens are searched in one thread either way.
 
-    Example:
+    Example (`KNNMemory` shows `search` and `add`):
         >>> memory = ScannKNNMemory(batch_size=2, num_heads=4, capacity=65536, key_size=64)
-        >>> memory.add(keys, values)  # (2, T, 4, 64) each  # doctest: +SKIP
-        >>> keys, values, mask = memory.search(queries, k=32)  # doctest: +SKIP
+        >>> np.savez(path, **memory.get_state())  # beside a checkpoint  # doctest: +SKIP
+        >>> memory.set_state(np.load(path))  # rebuilds the searchers  # doctest: +SKIP
     """
 
     def __init__(
