@@ -289,14 +289,16 @@ class ScannKNNMemory(KNNMemory):
             since_start = np.sum(document_index == last[:, None], axis=1)
             starts_row = last > 0
             length = np.where(starts_row, np.minimum(since_start, self.capacity), length)
+        slots = (self._position[:, None] + offsets) % self.capacity  # (B, W)
+        rows = np.arange(self.batch_size)[:, None, None]
+        heads = np.arange(self.num_heads)[None, :, None]
+        self._keys[rows, heads, slots[:, None]] = keys.transpose(0, 2, 1, 3)  # (B, N, W, H)
+        self._values[rows, heads, slots[:, None]] = values.transpose(0, 2, 1, 3)
         for row in range(self.batch_size):
-            slots = (self._position[row] + offsets) % self.capacity  # (W,)
-            self._keys[row][:, slots] = keys[row].transpose(1, 0, 2)  # (N, W, H)
-            self._values[row][:, slots] = values[row].transpose(1, 0, 2)
             if starts_row[row]:
                 self._drop(row)  # its searchers hold entries of the previous document
             elif self._searchers[row] is not None:
-                self._upsert(row, slots)
+                self._upsert(row, slots[row])
         self._position = (self._position + segment) % self.capacity
         self._length = length.astype("int64")
         for row in range(self.batch_size):
