@@ -434,3 +434,72 @@ def test_scann_runs_in_a_graph_but_not_under_xla():
     assert found[0].shape == (B, 6, N, 4, H)
     with pytest.raises(tf.errors.InvalidArgumentError, match="scann_knn_search"):
         tf.function(step, jit_compile=True)(queries, keys, values)
+
+
+def assert_exact_sorted_distinct(memory, queries, k):
+    """`memory.nearest`: valid, distinct slots per query, scored by the exact dot product of the
+    (normalized) query and the stored key, most similar first; returns the mask."""
+    slots, scores, mask = memory.nearest(queries, k)
+    store = memory.get_state()["keys"]  # (B, N, C, H)
+    q = unit(queries) if memory.normalize else queries
+    batch, segment, heads, _ = queries.shape
+    for b, t, n in np.ndindex(batch, segment, heads):
+        found = slots[b, t, n, mask[b, t, n]]  # the found first, then the masked
+        assert mask[b, t, n, : found.size].all()
+        assert np.all(slots[b, t, n, ~mask[b, t, n]] == -1)
+        assert np.all(scores[b, t, n, ~mask[b, t, n]] == -np.inf)
+        assert memory.valid_slots()[b, found].all() and len(set(found)) == found.size
+        expected = store[b, n, found] @ q[b, t, n]
+        scale = np.abs(q[b, t, n]).sum() * np.abs(store[b, n]).max()  # float32 rounding
+        np.testing.assert_allclose(
+            scores[b, t, n, : found.size], expected, rtol=0, atol=1e-6 * scale,
+            err_msg="ScaNN's distances are no longer the exact dot products of the stored keys",
+        )  # fmt: skip
+        assert np.all(np.diff(scores[b, t, n, : found.size]) <= 0), "ScaNN's are not sorted"
+    return mask
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_scann_scores_are_exact_and_sorted(normalize):
+    """The memory returns ScaNN's final distances as its scores: this holds because ScaNN's
+    float32 re-ordering scores its candidates exactly, sorts them, and upserts keep its copy of
+    the keys current. Approximate settings (4 of 16 partitions, only k candidates re-scored,
+    so the hashed ranking differs from the exact one), keys of unequal norms when not
+    normalized, and a whole turnover by upserts after the build (every slot rewritten in
+    place, none rebuilt): a ScaNN version that breaks any of this fails here."""
+    rng = np.random.default_rng(13)
+    capacity, k = 512, 8
+    memory = ScannKNNMemory(
+        B, 2, capacity, 16, num_neighbors=k, normalize=normalize, min_index_size=256,
+        rebuild_ratio=1e9, num_leaves=16, leaves_to_search=4, reorder=k,
+    )  # fmt: skip
+    for _ in range(1024 // 64):  # built at 256 entries; 256 inserts, then 512 updates
+        _, keys, values = random_entries(rng, 64, heads=2, size=16)
+        memory.add(keys * rng.uniform(0.2, 3.0, size=(B, 64, 2, 1)), values)
+    assert memory.build_count == B and memory.indexed_rows().all()
+    queries = random_entries(rng, 64, heads=2, size=16)[0]
+    assert assert_exact_sorted_distinct(memory, queries, k).all()
+
+
+def test_scann_masks_the_neighbours_it_does_not_find():
+    """ScaNN pads a query's results with NaN distances (and datapoint 0) when it finds fewer
+    than k: those are masked, never returned as a copy of datapoint 0's entry."""
+    rng = np.random.default_rng(14)
+    # k above the row's 16 indexed entries: as the brute force, 16 found, the rest masked.
+    memory = exhaustive_scann(batch_size=B, num_heads=N, capacity=64, key_size=H)
+    reference = ReferenceMemory(B, 64)
+    _, keys, values = random_entries(rng, 16)
+    memory.add(keys, values)
+    reference.add(keys, values)
+    assert memory.indexed_rows().all()
+    queries = random_entries(rng, 5)[0]
+    assert_same_results(memory.search(queries, 32), reference.search(queries, 32))
+    # One partition of 8 searched: fewer candidates than k = 32 (about 8), each a distinct valid
+    # entry, exactly scored.
+    sparse = ScannKNNMemory(
+        B, N, 64, H, num_neighbors=32, min_index_size=64, num_leaves=8, leaves_to_search=1
+    )
+    _, keys, values = random_entries(rng, 64)
+    sparse.add(keys, values)
+    mask = assert_exact_sorted_distinct(sparse, queries, 32)
+    assert 0 < mask.sum(-1).max() < 32

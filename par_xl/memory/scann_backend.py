@@ -143,12 +143,12 @@ class ScannKNNMemory(KNNMemory):
         self._values = np.zeros(store, "float32")  # (B, N, C, H)
         self._position = np.zeros(self.batch_size, "int64")  # next write slot
         self._length = np.zeros(self.batch_size, "int64")  # valid entries (the newest)
-        # Per row: its searchers (one per head) or None, and the index <-> slot maps they share
-        # (ScaNN numbers datapoints in insertion order; a slot keeps its datapoint when upserted).
+        # Per row: its searchers (ScaNN's pybind `ScannNumpy`, one per head) or None, and the
+        # datapoint index <-> slot maps they share (a build numbers the valid slots in order; an
+        # upsert returns the datapoints it wrote: a slot keeps its own, a new slot gets one).
         self._searchers = [None] * self.batch_size
         self._index_of_slot = np.full((self.batch_size, self.capacity), -1, "int64")
         self._slot_of_index = np.zeros((self.batch_size, self.capacity), "int64")
-        self._indexed = np.zeros(self.batch_size, "int64")  # datapoints per searcher
         self._built_size = np.zeros(self.batch_size, "int64")
         self._written_since_build = np.zeros(self.batch_size, "int64")
         self.build_count = 0  # searcher (re)builds, for tests and benchmarks
@@ -289,14 +289,16 @@ class ScannKNNMemory(KNNMemory):
             since_start = np.sum(document_index == last[:, None], axis=1)
             starts_row = last > 0
             length = np.where(starts_row, np.minimum(since_start, self.capacity), length)
+        slots = (self._position[:, None] + offsets) % self.capacity  # (B, W)
+        rows = np.arange(self.batch_size)[:, None, None]
+        heads = np.arange(self.num_heads)[None, :, None]
+        self._keys[rows, heads, slots[:, None]] = keys.transpose(0, 2, 1, 3)  # (B, N, W, H)
+        self._values[rows, heads, slots[:, None]] = values.transpose(0, 2, 1, 3)
         for row in range(self.batch_size):
-            slots = (self._position[row] + offsets) % self.capacity  # (W,)
-            self._keys[row][:, slots] = keys[row].transpose(1, 0, 2)  # (N, W, H)
-            self._values[row][:, slots] = values[row].transpose(1, 0, 2)
             if starts_row[row]:
                 self._drop(row)  # its searchers hold entries of the previous document
             elif self._searchers[row] is not None:
-                self._upsert(row, slots)
+                self._upsert(row, slots[row])
         self._position = (self._position + segment) % self.capacity
         self._length = length.astype("int64")
         for row in range(self.batch_size):
@@ -314,67 +316,67 @@ class ScannKNNMemory(KNNMemory):
         if self.normalize:
             queries = l2_normalize(queries)
         batch, segment, heads, _ = queries.shape
-        slots = np.full((batch, segment, heads, k), -1, "int64")
-        valid = self.valid_slots()
+        slots = np.full((batch, segment, heads, k), -1, "int32")
+        scores = np.full((batch, segment, heads, k), -np.inf, "float32")
+        exact_rows = ~self.indexed_rows()
+        valid = self.valid_slots() if exact_rows.any() else None
         for row in range(batch):
+            candidates = np.flatnonzero(valid[row]) if exact_rows[row] else None  # (n,)
             for head in range(heads):
                 query = queries[row, :, head]  # (T, H)
-                if self._searchers[row] is not None:
-                    found = self._search_index(row, head, query, k)  # (T, k')
+                if candidates is None:
+                    found, found_scores = self._search_index(row, head, query, k)
                 else:
-                    found = self._search_exact(row, head, query, k, valid[row])
-                slots[row, :, head, : found.shape[1]] = found
-        mask = slots >= 0
-        index = np.maximum(slots, 0)
-        rows = np.arange(batch)[:, None, None, None]
-        head_index = np.arange(heads)[None, None, :, None]
-        found_keys = self._keys[rows, head_index, index]  # (B, T, N, k, H)
-        scores = np.einsum("btnh,btnkh->btnk", queries, found_keys)
-        scores = np.where(mask, scores, -np.inf).astype("float32")
-        # ScaNN orders by its hashed scores; re-sort by the exact ones.
-        order = np.argsort(-scores, axis=-1, kind="stable")
-        slots = np.take_along_axis(slots, order, axis=-1)
-        return (
-            slots.astype("int32"),
-            np.take_along_axis(scores, order, axis=-1),
-            np.take_along_axis(mask, order, axis=-1),
-        )
+                    found, found_scores = self._search_exact(row, head, query, k, candidates)
+                slots[row, :, head, : found.shape[1]] = found  # (T, k'), most similar first
+                scores[row, :, head, : found.shape[1]] = found_scores
+        return slots, scores, slots >= 0
 
     def _search_numpy(self, queries, k):
         slots, _, mask = self._nearest_numpy(queries, k)
         index = np.maximum(slots, 0)
         rows = np.arange(self.batch_size)[:, None, None, None]
         heads = np.arange(self.num_heads)[None, None, :, None]
+        invalid = ~mask
 
         def gather(store):
-            return np.where(mask[..., None], store[rows, heads, index], 0.0).astype("float32")
+            found = store[rows, heads, index]  # (B, T, N, k, H), a new array
+            found[invalid] = 0.0
+            return found
 
         return gather(self._keys), gather(self._values), mask
 
-    def _search_exact(self, row, head, query, k, valid):
-        """Brute force over the valid slots of one row and head: `(T, min(k, n))` slots."""
-        candidates = np.flatnonzero(valid)
-        if candidates.size == 0:
-            return np.zeros((query.shape[0], 0), "int64")
+    def _search_exact(self, row, head, query, k, candidates):
+        """Brute force over `candidates` `(n,)`, the valid slots of one row, for one head:
+        slots and scores `(T, min(k, n))`, most similar first."""
         scores = query @ self._keys[row, head, candidates].T  # (T, n)
         if candidates.size > k:
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (T, k), unordered
+            scores = np.take_along_axis(scores, top, axis=1)
         else:
             top = np.broadcast_to(np.arange(candidates.size), scores.shape)
-        return candidates[top]
+        order = np.argsort(-scores, axis=1, kind="stable")  # the top k only
+        top = np.take_along_axis(top, order, axis=1)
+        return candidates[top], np.take_along_axis(scores, order, axis=1)
 
     def _search_index(self, row, head, query, k):
-        """ScaNN search of one row and head: `(T, min(k, n))` slots."""
-        searcher = self._searchers[row][head]
-        indices, _ = searcher.searcher.search_batched(  # raw datapoint indices, not docids
+        """ScaNN search of one row and head: slots and scores `(T, k)`, most similar first;
+        slot -1 and score -inf where ScaNN found fewer than k (it pads with NaN distances).
+
+        ScaNN's final distances are its exact re-ordering's: float32 dot products of the query
+        with the stored float keys (upserts keep them current), sorted best first, so they are
+        the memory's scores as they are (`test_scann_scores_are_exact_and_sorted` pins this).
+        """
+        indices, distances = self._searchers[row][head].search_batched(
             query, k, max(self.reorder, k), -1, self.parallel, 256
-        )
-        return self._slot_of_index[row][np.asarray(indices, "int64")]
+        )  # (T, k) datapoint indices and dot products
+        found = ~np.isnan(distances)
+        slots = np.where(found, self._slot_of_index[row][indices], -1)
+        return slots, np.where(found, distances, -np.inf)
 
     def _drop(self, row):
         self._searchers[row] = None
         self._index_of_slot[row] = -1
-        self._indexed[row] = 0
         self._built_size[row] = 0
         self._written_since_build[row] = 0
 
@@ -396,7 +398,7 @@ class ScannKNNMemory(KNNMemory):
         leaves = min(leaves, size)
         searchers = []
         for head in range(self.num_heads):
-            database = np.ascontiguousarray(self._keys[row, head, slots])  # (n, H)
+            database = self._keys[row, head, slots]  # (n, H), datapoint i is slots[i]
             builder = scann.scann_ops_pybind.builder(database, self.num_neighbors, "dot_product")
             builder = builder.tree(
                 num_leaves=leaves,
@@ -408,25 +410,27 @@ class ScannKNNMemory(KNNMemory):
                 self.dimensions_per_block,
                 anisotropic_quantization_threshold=self.anisotropic_threshold,
             )
-            builder = builder.reorder(max(self.reorder, self.num_neighbors))
-            searchers.append(builder.build(docids=[int(s) for s in slots]))
+            # Float32 re-ordering: the final distances are exact dot products (`_search_index`).
+            builder = builder.reorder(
+                max(self.reorder, self.num_neighbors), quantize=scann.ReorderType.FLOAT32
+            )
+            # The pybind searcher itself: the Python wrapper's docid list and dict (per head,
+            # kept by Python loops at each upsert) would repeat the row's slot maps.
+            searchers.append(builder.build().searcher)
         self._drop(row)
         self._searchers[row] = searchers
         self._index_of_slot[row, slots] = np.arange(size)
         self._slot_of_index[row, :size] = slots
-        self._indexed[row] = size
         self._built_size[row] = size
         self.build_count += 1
 
     def _upsert(self, row, slots):
         """Writes the store's entries at `slots` into the row's searchers."""
-        new = slots[self._index_of_slot[row, slots] < 0]
-        # The wrapper appends new docids in the order given, as does ScaNN its datapoints.
-        self._index_of_slot[row, new] = self._indexed[row] + np.arange(new.size)
-        self._slot_of_index[row, self._indexed[row] : self._indexed[row] + new.size] = new
-        self._indexed[row] += new.size
-        docids = [int(s) for s in slots]
+        # A slot's datapoint is updated in place; a slot without one gets a new datapoint.
+        indices = [None if i < 0 else i for i in self._index_of_slot[row, slots].tolist()]
         for head, searcher in enumerate(self._searchers[row]):
-            database = np.ascontiguousarray(self._keys[row, head, slots])  # (W, H)
-            searcher.upsert(docids, database, batch_size=len(docids))
+            database = self._keys[row, head, slots]  # (W, H)
+            upserted = searcher.upsert(indices, database, slots.size)  # datapoints, (W,)
+        self._index_of_slot[row, slots] = upserted  # the same for every head
+        self._slot_of_index[row, upserted] = slots
         self._written_since_build[row] += slots.size
