@@ -60,16 +60,16 @@ def reference_draw(probs, uniform):
 def reference_generate(model, prompt, num_tokens, temperature, top_k, top_p, seed, chunk):
     """A Python loop: the prompt in chunks through `forward` (the first chunk the remainder,
     no padding), then one `forward` call per token, NumPy filtering, the documented uniforms."""
-    memory, length = model.initial_memory(1)
+    state = model.initial_state(1)
     context = np.array([prompt[:-1]], "int32")
     first = context.shape[1] % chunk
     for piece in np.split(context, range(first, context.shape[1], chunk), axis=1):
         if piece.shape[1]:
-            _, memory, length = model.forward(piece, memory, length)
+            _, state = model.forward(piece, state)
     uniforms = np.random.default_rng(seed).random((num_tokens, 1)).astype("float32")
     token, ids, scores = prompt[-1], [], []
     for uniform in uniforms[:, 0]:
-        hidden, memory, length = model.forward(np.array([[token]], "int32"), memory, length)
+        hidden, state = model.forward(np.array([[token]], "int32"), state)
         log_probs = ops.convert_to_numpy(model.log_probs(hidden))[0, 0]
         token = reference_draw(reference_filter(log_probs, temperature, top_k, top_p), uniform)
         ids.append(token)
