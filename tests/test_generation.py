@@ -10,6 +10,7 @@ from conftest import run_on_jax
 from keras import ops
 
 from par_xl.models import PARTransformerXL, generation
+from par_xl.models.compiled import compiled_function
 from par_xl.models.generation import (
     draw,
     filter_probabilities,
@@ -112,9 +113,8 @@ def test_one_trace_for_every_prompt_length_and_seed():
     assert first == again and first != other
     assert generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)[0] == first
     generate(model, list(range(1, 12)), 6, seed=2, jit_compile=False)
-    compiled = generation._compiled[model]
-    assert compiled["read", False].experimental_get_tracing_count() == 1
-    assert compiled["sample", False].experimental_get_tracing_count() == 1
+    for step in (generation._read, generation._sample):  # the cached compiled functions
+        assert compiled_function(model, step, False).experimental_get_tracing_count() == 1
 
 
 def test_cached_generation_equals_recomputing_the_prefix():

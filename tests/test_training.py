@@ -19,8 +19,10 @@ from par_xl import replicas
 from par_xl.configs import PRESETS, ConfigError, ModelConfig, TrainConfig
 from par_xl.data import BuildConfig, build_data, load_dataset, read_metadata
 from par_xl.models import PARTransformerXL
+from par_xl.models.compiled import compiled_function
 from par_xl.models.generation import generate
 from par_xl.training import callbacks as cb
+from par_xl.training import evaluation
 from par_xl.training.evaluation import evaluate_batches, evaluate_split
 from par_xl.training.runs import check_data
 from par_xl.training.schedules import WarmupCosine, tau_at
@@ -177,6 +179,9 @@ def test_evaluation_carries_its_own_state_and_leaves_training_alone(jit_compile,
         monkeypatch.setattr(replicas, name, lambda *args, name=name: pytest.fail(name))
     result = evaluate_batches(model, batches)
     monkeypatch.undo()
+    # One trace: the state goes from batch to batch as tensors of one structure.
+    step = compiled_function(model, evaluation._evaluation_step, jit_compile)
+    assert step.experimental_get_tracing_count() == 1
     for v, old in zip(variables, before):
         np.testing.assert_array_equal(ops.convert_to_numpy(v), old, err_msg=v.path)  # bitwise
     # The numbers of the evaluation it replaces.
