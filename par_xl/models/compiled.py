@@ -5,6 +5,7 @@ Generation (`par_xl.models.generation`) and evaluation (`par_xl.training.evaluat
 `fit` / `evaluate`; this compiles such a function once per model.
 """
 
+import functools
 import weakref
 
 import keras
@@ -27,9 +28,9 @@ def compiled_function(model, function, jit_compile, static_argnums=()):
     if key in functions:
         return functions[key]
     model_ref = weakref.ref(model)
-
-    def bound(*args):
-        return function(model_ref(), *args)
+    # A partial, not a closure: TensorFlow counts the retracing of a closure's code across all
+    # its instances (every model's), of a partial per instance.
+    bound = functools.partial(_call, function, model_ref)
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -53,3 +54,7 @@ def compiled_function(model, function, jit_compile, static_argnums=()):
 
     functions[key] = compiled
     return compiled
+
+
+def _call(function, model_ref, *args):
+    return function(model_ref(), *args)
