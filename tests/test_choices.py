@@ -3,6 +3,7 @@ per-block letters, and the weight layout old checkpoints need."""
 
 import re
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -187,3 +188,141 @@ def test_an_architecture_uses_registry_letters():
         ModelConfig(architecture="AAMAFF").validate()
     # A fixed architecture need not keep to --choices: they say what a search chooses among.
     ModelConfig(architecture="AAIAFF", choices="AF").validate()
+
+
+# What checkpoints written before the registry hold, the weights in this order and these
+# places of the .weights.h5 file (Keras saves by attribute and class names): unchanged, so
+# that they load. Read from the code before the change.
+LAYOUT = {
+    "supernet": (  # num_layers=1: memory_0, valid_memory_length, then the layers
+        dict(num_layers=1),
+        [
+            "memory_0",
+            "valid_memory_length",
+            "adaptive_softmax/head_embedding",
+            "adaptive_softmax/cluster_kernel",
+            "adaptive_softmax/head_bias",
+            "adaptive_softmax/tail_embedding_1",
+            "adaptive_softmax/tail_projection_1",
+            "adaptive_softmax/tail_bias_1",
+            "embedding/embeddings",
+            "block_0/attention/query_kernel",
+            "block_0/attention/key_kernel",
+            "block_0/attention/value_kernel",
+            "block_0/attention/position_kernel",
+            "block_0/attention/content_bias",
+            "block_0/attention/position_bias",
+            "block_0/attention/output_kernel",
+            "block_0/attention_norm/gamma",
+            "block_0/attention_norm/beta",
+            "block_0/feed_forward/inner/kernel",
+            "block_0/feed_forward/inner/bias",
+            "block_0/feed_forward/outer/kernel",
+            "block_0/feed_forward/outer/bias",
+            "block_0/feed_forward_norm/gamma",
+            "block_0/feed_forward_norm/beta",
+            "block_0/gumbel/logits",
+            "block_0/gumbel/tau",
+        ],
+        [
+            "blocks/stochastic_block/attention/vars/0",
+            "blocks/stochastic_block/attention/vars/1",
+            "blocks/stochastic_block/attention/vars/2",
+            "blocks/stochastic_block/attention/vars/3",
+            "blocks/stochastic_block/attention/vars/4",
+            "blocks/stochastic_block/attention/vars/5",
+            "blocks/stochastic_block/attention/vars/6",
+            "blocks/stochastic_block/attention_norm/vars/0",
+            "blocks/stochastic_block/attention_norm/vars/1",
+            "blocks/stochastic_block/feed_forward/inner/vars/0",
+            "blocks/stochastic_block/feed_forward/inner/vars/1",
+            "blocks/stochastic_block/feed_forward/outer/vars/0",
+            "blocks/stochastic_block/feed_forward/outer/vars/1",
+            "blocks/stochastic_block/feed_forward_norm/vars/0",
+            "blocks/stochastic_block/feed_forward_norm/vars/1",
+            "blocks/stochastic_block/gumbel/vars/0",
+            "blocks/stochastic_block/gumbel/vars/1",
+            "embedding/vars/0",
+            "layers/adaptive_softmax/vars/0",
+            "layers/adaptive_softmax/vars/1",
+            "layers/adaptive_softmax/vars/2",
+            "layers/adaptive_softmax/vars/3",
+            "layers/adaptive_softmax/vars/4",
+            "layers/adaptive_softmax/vars/5",
+            "vars/0",
+            "vars/1",
+        ],
+    ),
+    "fixed FIA": (  # only block 2 attends: memory_2
+        dict(num_layers=3, architecture="FIA"),
+        [
+            "memory_2",
+            "valid_memory_length",
+            "adaptive_softmax/head_embedding",
+            "adaptive_softmax/cluster_kernel",
+            "adaptive_softmax/head_bias",
+            "adaptive_softmax/tail_embedding_1",
+            "adaptive_softmax/tail_projection_1",
+            "adaptive_softmax/tail_bias_1",
+            "embedding/embeddings",
+            "block_0/feed_forward/inner/kernel",
+            "block_0/feed_forward/inner/bias",
+            "block_0/feed_forward/outer/kernel",
+            "block_0/feed_forward/outer/bias",
+            "block_0/feed_forward_norm/gamma",
+            "block_0/feed_forward_norm/beta",
+            "block_2/attention/query_kernel",
+            "block_2/attention/key_kernel",
+            "block_2/attention/value_kernel",
+            "block_2/attention/position_kernel",
+            "block_2/attention/content_bias",
+            "block_2/attention/position_bias",
+            "block_2/attention/output_kernel",
+            "block_2/attention_norm/gamma",
+            "block_2/attention_norm/beta",
+        ],
+        [
+            "blocks/stochastic_block/feed_forward/inner/vars/0",
+            "blocks/stochastic_block/feed_forward/inner/vars/1",
+            "blocks/stochastic_block/feed_forward/outer/vars/0",
+            "blocks/stochastic_block/feed_forward/outer/vars/1",
+            "blocks/stochastic_block/feed_forward_norm/vars/0",
+            "blocks/stochastic_block/feed_forward_norm/vars/1",
+            "blocks/stochastic_block_2/attention/vars/0",
+            "blocks/stochastic_block_2/attention/vars/1",
+            "blocks/stochastic_block_2/attention/vars/2",
+            "blocks/stochastic_block_2/attention/vars/3",
+            "blocks/stochastic_block_2/attention/vars/4",
+            "blocks/stochastic_block_2/attention/vars/5",
+            "blocks/stochastic_block_2/attention/vars/6",
+            "blocks/stochastic_block_2/attention_norm/vars/0",
+            "blocks/stochastic_block_2/attention_norm/vars/1",
+            "embedding/vars/0",
+            "layers/adaptive_softmax/vars/0",
+            "layers/adaptive_softmax/vars/1",
+            "layers/adaptive_softmax/vars/2",
+            "layers/adaptive_softmax/vars/3",
+            "layers/adaptive_softmax/vars/4",
+            "layers/adaptive_softmax/vars/5",
+            "vars/0",
+            "vars/1",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUT))
+def test_the_weight_layout_old_checkpoints_hold_is_kept(name, tmp_path):
+    kwargs, paths, places = LAYOUT[name]
+    keras.utils.set_random_seed(0)
+    model = PARTransformerXL(vocab_size=30, d_model=8, num_heads=2, d_ffn=16, mem_len=3,
+                             cutoffs=[10], **kwargs)  # fmt: skip
+    model.build((2, 4))
+    assert [v.path.split("/", 1)[1] for v in model.weights] == paths
+    model.save_weights(tmp_path / "model.weights.h5")
+    saved = []
+    with h5py.File(tmp_path / "model.weights.h5") as file:
+        file.visititems(
+            lambda key, value: saved.append(key) if isinstance(value, h5py.Dataset) else None
+        )
+    assert saved == places
