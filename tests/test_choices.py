@@ -193,122 +193,60 @@ def test_an_architecture_uses_registry_letters():
 # What checkpoints written before the registry hold, the weights in this order and these
 # places of the .weights.h5 file (Keras saves by attribute and class names): unchanged, so
 # that they load. Read from the code before the change.
+ATTENTION = ("query_kernel", "key_kernel", "value_kernel", "position_kernel", "content_bias",
+             "position_bias", "output_kernel")  # fmt: skip
+NORM = ("gamma", "beta")
+
+
+def attention_paths(block):
+    return [f"{block}/attention/{n}" for n in ATTENTION] + [
+        f"{block}/attention_norm/{n}" for n in NORM
+    ]
+
+
+def feed_forward_paths(block):
+    dense = [
+        f"{block}/feed_forward/{d}/{n}" for d in ("inner", "outer") for n in ("kernel", "bias")
+    ]
+    return dense + [f"{block}/feed_forward_norm/{n}" for n in NORM]
+
+
+def places(block, sublayer, count):
+    return [f"blocks/{block}/{sublayer}/vars/{i}" for i in range(count)]
+
+
+OUTER_PATHS = [  # after the model's own variables: the adaptive softmax, the embedding
+    *(f"adaptive_softmax/{n}" for n in ("head_embedding", "cluster_kernel", "head_bias")),
+    *(f"adaptive_softmax/tail_{n}_1" for n in ("embedding", "projection", "bias")),
+    "embedding/embeddings",
+]
+OUTER_PLACES = [  # after the blocks: the embedding, the adaptive softmax, the model's own
+    "embedding/vars/0",
+    *(f"layers/adaptive_softmax/vars/{i}" for i in range(6)),
+    "vars/0",  # memory_<i>
+    "vars/1",  # valid_memory_length
+]
+FEED_FORWARD_PLACES = ("feed_forward/inner", 2), ("feed_forward/outer", 2), ("feed_forward_norm", 2)
 LAYOUT = {
-    "supernet": (  # num_layers=1: memory_0, valid_memory_length, then the layers
+    "supernet": (  # one block: memory_0, valid_memory_length, then the layers
         dict(num_layers=1),
-        [
-            "memory_0",
-            "valid_memory_length",
-            "adaptive_softmax/head_embedding",
-            "adaptive_softmax/cluster_kernel",
-            "adaptive_softmax/head_bias",
-            "adaptive_softmax/tail_embedding_1",
-            "adaptive_softmax/tail_projection_1",
-            "adaptive_softmax/tail_bias_1",
-            "embedding/embeddings",
-            "block_0/attention/query_kernel",
-            "block_0/attention/key_kernel",
-            "block_0/attention/value_kernel",
-            "block_0/attention/position_kernel",
-            "block_0/attention/content_bias",
-            "block_0/attention/position_bias",
-            "block_0/attention/output_kernel",
-            "block_0/attention_norm/gamma",
-            "block_0/attention_norm/beta",
-            "block_0/feed_forward/inner/kernel",
-            "block_0/feed_forward/inner/bias",
-            "block_0/feed_forward/outer/kernel",
-            "block_0/feed_forward/outer/bias",
-            "block_0/feed_forward_norm/gamma",
-            "block_0/feed_forward_norm/beta",
-            "block_0/gumbel/logits",
-            "block_0/gumbel/tau",
-        ],
-        [
-            "blocks/stochastic_block/attention/vars/0",
-            "blocks/stochastic_block/attention/vars/1",
-            "blocks/stochastic_block/attention/vars/2",
-            "blocks/stochastic_block/attention/vars/3",
-            "blocks/stochastic_block/attention/vars/4",
-            "blocks/stochastic_block/attention/vars/5",
-            "blocks/stochastic_block/attention/vars/6",
-            "blocks/stochastic_block/attention_norm/vars/0",
-            "blocks/stochastic_block/attention_norm/vars/1",
-            "blocks/stochastic_block/feed_forward/inner/vars/0",
-            "blocks/stochastic_block/feed_forward/inner/vars/1",
-            "blocks/stochastic_block/feed_forward/outer/vars/0",
-            "blocks/stochastic_block/feed_forward/outer/vars/1",
-            "blocks/stochastic_block/feed_forward_norm/vars/0",
-            "blocks/stochastic_block/feed_forward_norm/vars/1",
-            "blocks/stochastic_block/gumbel/vars/0",
-            "blocks/stochastic_block/gumbel/vars/1",
-            "embedding/vars/0",
-            "layers/adaptive_softmax/vars/0",
-            "layers/adaptive_softmax/vars/1",
-            "layers/adaptive_softmax/vars/2",
-            "layers/adaptive_softmax/vars/3",
-            "layers/adaptive_softmax/vars/4",
-            "layers/adaptive_softmax/vars/5",
-            "vars/0",
-            "vars/1",
-        ],
+        ["memory_0", "valid_memory_length", *OUTER_PATHS, *attention_paths("block_0"),
+         *feed_forward_paths("block_0"), "block_0/gumbel/logits", "block_0/gumbel/tau"],
+        [place for sublayer in (("attention", 7), ("attention_norm", 2), *FEED_FORWARD_PLACES,
+                                ("gumbel", 2))
+         for place in places("stochastic_block", *sublayer)] + OUTER_PLACES,
     ),
     "fixed FIA": (  # only block 2 attends: memory_2
         dict(num_layers=3, architecture="FIA"),
-        [
-            "memory_2",
-            "valid_memory_length",
-            "adaptive_softmax/head_embedding",
-            "adaptive_softmax/cluster_kernel",
-            "adaptive_softmax/head_bias",
-            "adaptive_softmax/tail_embedding_1",
-            "adaptive_softmax/tail_projection_1",
-            "adaptive_softmax/tail_bias_1",
-            "embedding/embeddings",
-            "block_0/feed_forward/inner/kernel",
-            "block_0/feed_forward/inner/bias",
-            "block_0/feed_forward/outer/kernel",
-            "block_0/feed_forward/outer/bias",
-            "block_0/feed_forward_norm/gamma",
-            "block_0/feed_forward_norm/beta",
-            "block_2/attention/query_kernel",
-            "block_2/attention/key_kernel",
-            "block_2/attention/value_kernel",
-            "block_2/attention/position_kernel",
-            "block_2/attention/content_bias",
-            "block_2/attention/position_bias",
-            "block_2/attention/output_kernel",
-            "block_2/attention_norm/gamma",
-            "block_2/attention_norm/beta",
-        ],
-        [
-            "blocks/stochastic_block/feed_forward/inner/vars/0",
-            "blocks/stochastic_block/feed_forward/inner/vars/1",
-            "blocks/stochastic_block/feed_forward/outer/vars/0",
-            "blocks/stochastic_block/feed_forward/outer/vars/1",
-            "blocks/stochastic_block/feed_forward_norm/vars/0",
-            "blocks/stochastic_block/feed_forward_norm/vars/1",
-            "blocks/stochastic_block_2/attention/vars/0",
-            "blocks/stochastic_block_2/attention/vars/1",
-            "blocks/stochastic_block_2/attention/vars/2",
-            "blocks/stochastic_block_2/attention/vars/3",
-            "blocks/stochastic_block_2/attention/vars/4",
-            "blocks/stochastic_block_2/attention/vars/5",
-            "blocks/stochastic_block_2/attention/vars/6",
-            "blocks/stochastic_block_2/attention_norm/vars/0",
-            "blocks/stochastic_block_2/attention_norm/vars/1",
-            "embedding/vars/0",
-            "layers/adaptive_softmax/vars/0",
-            "layers/adaptive_softmax/vars/1",
-            "layers/adaptive_softmax/vars/2",
-            "layers/adaptive_softmax/vars/3",
-            "layers/adaptive_softmax/vars/4",
-            "layers/adaptive_softmax/vars/5",
-            "vars/0",
-            "vars/1",
-        ],
+        ["memory_2", "valid_memory_length", *OUTER_PATHS, *feed_forward_paths("block_0"),
+         *attention_paths("block_2")],
+        [place for sublayer in FEED_FORWARD_PLACES
+         for place in places("stochastic_block", *sublayer)]
+        + places("stochastic_block_2", "attention", 7)
+        + places("stochastic_block_2", "attention_norm", 2)
+        + OUTER_PLACES,
     ),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(LAYOUT))
