@@ -25,6 +25,7 @@ from par_xl.configs import (
     ModelConfig,
     TrainConfig,
 )
+from par_xl.layers.choices import CHOICES, DEFAULT_CHOICES, legend
 from par_xl.layers.stochastic_block import SEARCHES
 
 MODEL_FLAGS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
@@ -51,7 +52,18 @@ flags.DEFINE_multi_integer(
 )
 flags.DEFINE_integer("proj_factor", None, "Adaptive-softmax width divisor per tail cluster.")
 flags.DEFINE_bool("tie_embeddings", None, "Tie the input embedding to the adaptive softmax.")
-flags.DEFINE_string("architecture", None, "Train a fixed architecture, e.g. AAFAFF (no search).")
+flags.DEFINE_string(
+    "choices",
+    None,
+    f"The letters each block of the search chooses among, 2 or more of {legend()} (default "
+    f"{DEFAULT_CHOICES}).",
+)
+flags.DEFINE_string(
+    "architecture",
+    None,
+    f"Train a fixed architecture, one letter of {''.join(CHOICES)} per block, e.g. AAFAFF (no "
+    "search).",
+)
 flags.DEFINE_enum(
     "search",
     None,

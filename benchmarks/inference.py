@@ -86,7 +86,6 @@ def build_models(segment, mem_len, capacity):
     import keras
     import numpy as np
 
-    from par_xl.layers.stochastic_block import CHOICES
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)
@@ -94,7 +93,7 @@ def build_models(segment, mem_len, capacity):
     supernet = PARTransformerXL(**config, tail_capacities=capacity)
     supernet.build((FLAGS.eval_batch_size, segment))
     for block, choice in zip(supernet.blocks, FLAGS.preferred):
-        block.gumbel.logits.assign(np.where(np.arange(3) == CHOICES.index(choice), 2.0, 0.0))
+        block.gumbel.logits.assign(np.where(np.array(list(block.choices)) == choice, 2.0, 0.0))
     models = {}
     for name in FLAGS.models:
         if name == "supernet":
@@ -130,13 +129,13 @@ def evaluation(models, segment, data, tokens):
     return figures, times
 
 
-def ready(state):
-    """Waits for a read prompt's memory (JAX dispatches asynchronously)."""
+def ready(prompt):
+    """Waits for a read prompt's state (JAX dispatches asynchronously: its arrays, outputs of
+    the same compiled call, are ready together)."""
     from keras import ops
 
-    for memory in state.memory[-1:]:
-        ops.convert_to_numpy(memory)
-    return state
+    ops.convert_to_numpy(prompt.state.valid_length)
+    return prompt
 
 
 def generation(models, segment):

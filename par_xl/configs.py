@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass
 
 from par_xl.cutoffs import validate_cutoffs
+from par_xl.layers.choices import DEFAULT_CHOICES, validate_architecture, validate_choices
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
-from par_xl.layers.stochastic_block import validate_architecture, validate_search
+from par_xl.layers.stochastic_block import validate_search
 from par_xl.models.par_transformer_xl import validate_shape
 
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
@@ -45,6 +46,7 @@ class ModelConfig:
     cutoffs: tuple[int, ...] = (250, 2500)
     proj_factor: int = 4
     tie_embeddings: bool = False
+    choices: str = DEFAULT_CHOICES  # the letters each supernet block chooses among
     architecture: str | None = None
     search: str = "all_branches"
     straight_through: bool = False
@@ -71,6 +73,7 @@ class ModelConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), received {getattr(self, name)}.")
         _as_flag_error(validate_cutoffs, self.cutoffs, self.vocab_size)
+        _as_flag_error(validate_choices, self.choices)
         if self.architecture is not None:
             _as_flag_error(validate_architecture, self.architecture, self.num_layers)
         if self.choice_at_inference is not None:

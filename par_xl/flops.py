@@ -14,7 +14,7 @@ the forward pass and its loss.
 import numpy as np
 
 from par_xl.cutoffs import tail_width
-from par_xl.layers.stochastic_block import CHOICES
+from par_xl.layers.choices import CHOICES
 
 
 def forward_flops_per_token(
@@ -40,31 +40,22 @@ def forward_flops_per_token(
         position_projection: count the projection of the K relative positions (shared by the
             batch); a loop whose K never changes computes it once (XLA hoists it).
     """
-    d, t = model.d_model, segment_length
+    d = model.d_model
     m = model.mem_len if mem_len is None else mem_len
-    k = m + t  # keys per query
-    attention = (
-        d * d  # query projection
-        + 2 * d * d * k / t  # key and value projections over [memory; segment]
-        + 3 * k * d  # content scores, position scores, probabilities x values
-        + d * d  # output projection
-    )
-    if position_projection:
-        attention += k * d * d / (batch_size * t)  # shared by the batch
-    feed_forward = 2 * d * model.d_ffn
-    branch_macs = {"A": attention, "F": feed_forward, "I": 0.0}
-    probabilities = model.choice_probabilities()[0]
+    probabilities = model.choice_probabilities()[0]  # (L, C) over model.choice_letters
     macs = 0.0
     if training:
         one_branch = model.search == "single_path"
     else:
         one_branch = model.choice_at_inference == "argmax"
-        probabilities = np.eye(len(CHOICES))[probabilities.argmax(axis=1)]  # the preferred
+        probabilities = np.eye(probabilities.shape[1])[probabilities.argmax(axis=1)]  # preferred
+    shape = (segment_length, m, batch_size, position_projection)
     for block, row in zip(model.blocks, probabilities):
-        if block.choice is None and not one_branch:
-            macs += attention + feed_forward
-        else:  # a fixed block's row is one-hot
-            macs += sum(float(p) * branch_macs[c] for p, c in zip(row, CHOICES))
+        branch = {c: CHOICES[c].macs_per_token(block, *shape) for c in block.offered}
+        if block.choice is None and not one_branch:  # every branch computed
+            macs += sum(branch.values())
+        else:  # the expected branch (0 for letters not offered); a fixed block's row is one-hot
+            macs += sum(float(p) * branch[c] for p, c in zip(row, model.choice_letters) if p)
     softmax = model.output_layer
     bounds = softmax.bounds
     macs += d * (bounds[1] + softmax.num_tails)  # head

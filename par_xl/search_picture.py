@@ -1,10 +1,12 @@
 """Pictures of the architecture search: each block's choice probabilities over training.
 
 The history is read back from the TensorBoard scalars `TrainingLogger` writes to `<run>/train/`
-(`choice/block_<i>/<A|F|I>`, `tau`, `loss`), so any run directory can be drawn, finished or still
-training. Three pictures: `draw_probabilities_over_steps` (PNG: a panel of A/F/I lines per block,
-tau and loss below), `draw_search_animation` (GIF: the blocks x choices heat map, step by step)
-and `choice_figure` (that heat map as an image array for `tf.summary.image`).
+(`choice/block_<i>/<letter>` for the model's choice letters, `tau`, `loss`), so any run
+directory can be drawn, finished or still training. Three pictures:
+`draw_probabilities_over_steps` (PNG: a panel of one line per choice for each block, tau and
+loss below), `draw_search_animation` (GIF: the blocks x choices heat map, step by step) and
+`choice_figure` (that heat map as an image array for `tf.summary.image`). Names and colours
+come from the choice registry (`par_xl.layers.choices`).
 
 Figures are `matplotlib.figure.Figure`s on an Agg canvas, never pyplot's: nothing needs a
 display, and nothing stays in pyplot's figure registry over a long run.
@@ -12,6 +14,7 @@ display, and nothing stays in pyplot's figure registry over a long run.
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +26,9 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from tensorboard.util import tensor_util
 
 from par_xl.files import atomic_path
-from par_xl.layers.stochastic_block import CHOICES
+from par_xl.layers.choices import CHOICES, in_registry_order
 
-CHOICE_NAMES = {"A": "attention", "F": "feed-forward", "I": "identity"}
-CHOICE_COLORS = {"A": "tab:blue", "F": "tab:orange", "I": "tab:green"}
+CHOICE_TAG = re.compile(r"choice/block_(\d+)/(\w)$")  # block index, letter
 
 
 class NoSearchHistory(ValueError):
@@ -39,12 +41,15 @@ class SearchHistory:
 
     Attributes:
         steps: `(S,)` int64 global steps, increasing.
-        probabilities: `(S, L, 3)` float32, over the choices "AFI" (softmax of the logits).
+        letters: the C choice letters, in registry order, e.g. "AFI".
+        probabilities: `(S, L, C)` float32 over `letters` (softmax of the logits; 0 for a
+            letter a block does not offer).
         tau: `(S,)` float32 Gumbel temperature (NaN for a fixed architecture).
         loss: `(S,)` float32 training loss (NaN where not logged), or None if never logged.
     """
 
     steps: np.ndarray
+    letters: str
     probabilities: np.ndarray
     tau: np.ndarray
     loss: np.ndarray | None
@@ -52,7 +57,7 @@ class SearchHistory:
     @property
     def architecture(self) -> str:
         """The most probable choice of each block at the last step, e.g. "AFAFFI"."""
-        return "".join(CHOICES[i] for i in self.probabilities[-1].argmax(axis=1))
+        return "".join(self.letters[i] for i in self.probabilities[-1].argmax(axis=1))
 
 
 def _read_scalars(directory: Path, wanted) -> dict[str, dict[int, float]]:
@@ -90,24 +95,28 @@ def read_search_history(run_dir: str | os.PathLike) -> SearchHistory:
     """
     train = Path(run_dir) / "train"
     scalars = _read_scalars(train, lambda tag: tag.startswith("choice/") or tag in ("tau", "loss"))
+    logged = [CHOICE_TAG.match(tag) for tag in scalars]
+    letters = in_registry_order({m[2] for m in logged if m})
     layers = 0
-    while f"choice/block_{layers}/{CHOICES[0]}" in scalars:
+    while letters and f"choice/block_{layers}/{letters[0]}" in scalars:
         layers += 1
-    tags = [f"choice/block_{i}/{c}" for i in range(layers) for c in CHOICES] + ["tau"]
+    tags = [f"choice/block_{i}/{c}" for i in range(layers) for c in letters] + ["tau"]
     steps = sorted(set.intersection(*(set(scalars.get(tag, ())) for tag in tags)))
     if not layers or not steps:
         raise NoSearchHistory(
             f"{train} holds no architecture search history: expected the TensorBoard scalars "
-            "choice/block_<i>/<A|F|I> and tau that train.py logs every --log_every steps in "
-            "<run_dir>/train/ (run_dir: <log_dir>/<model_name>)."
+            f"choice/block_<i>/<letter> (letters of {''.join(CHOICES)}) and tau that train.py "
+            "logs every --log_every steps in <run_dir>/train/ (run_dir: "
+            "<log_dir>/<model_name>)."
         )
     probabilities = [
-        [[scalars[f"choice/block_{i}/{c}"][s] for c in CHOICES] for i in range(layers)]
+        [[scalars[f"choice/block_{i}/{c}"][s] for c in letters] for i in range(layers)]
         for s in steps
     ]
     loss = scalars.get("loss")
     return SearchHistory(
         steps=np.array(steps, "int64"),
+        letters=letters,
         probabilities=np.array(probabilities, "float32"),
         tau=np.array([scalars["tau"][s] for s in steps], "float32"),
         loss=None if loss is None else np.array([loss.get(s, np.nan) for s in steps], "float32"),
@@ -122,19 +131,21 @@ def _figure(width, height):
 
 
 class _HeatMap:
-    """The heat map figure of L blocks' `(L, 3)` probabilities: blocks x choices, the value in
-    each cell, each block's most probable choice boxed; step, tau and the architecture in the
-    title. One figure redrawn per step: the frames of an animation line up, and draw faster."""
+    """The heat map figure of L blocks' `(L, C)` probabilities over C choice letters: blocks x
+    choices, the value in each cell, each block's most probable choice boxed; step, tau and the
+    architecture in the title. One figure redrawn per step: the frames of an animation line
+    up, and draw faster."""
 
-    def __init__(self, layers):
-        self.figure = _figure(4.4, 1.2 + 0.4 * layers)
+    def __init__(self, layers, letters):
+        self.letters = letters
+        self.figure = _figure((110 + 110 * len(letters)) / 100, 1.2 + 0.4 * layers)  # 4.4 for 3
         ax = self.figure.add_subplot()
-        self.image = ax.imshow(np.zeros((layers, len(CHOICES))), vmin=0.0, vmax=1.0, aspect="auto")
-        ax.set_xticks(range(len(CHOICES)), [CHOICE_NAMES[c] for c in CHOICES])
+        self.image = ax.imshow(np.zeros((layers, len(letters))), vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(letters)), [CHOICES[c].name for c in letters])
         ax.set_yticks(range(layers), [f"block_{i}" for i in range(layers)])
         ax.tick_params(length=0)
         self.texts = [
-            [ax.text(j, i, "", ha="center", va="center") for j in range(len(CHOICES))]
+            [ax.text(j, i, "", ha="center", va="center") for j in range(len(letters))]
             for i in range(layers)
         ]
         self.boxes = [
@@ -146,7 +157,7 @@ class _HeatMap:
         self.figure.set_layout_engine("none")  # keep the first layout for every frame
 
     def __call__(self, probabilities, step, tau):
-        """Draws `(L, 3)` probabilities; returns the `(H, W, 3)` uint8 RGB pixels."""
+        """Draws `(L, C)` probabilities; returns the `(H, W, 3)` uint8 RGB pixels."""
         self.image.set_data(probabilities)
         best = probabilities.argmax(axis=1)
         for i, row in enumerate(probabilities):
@@ -155,7 +166,7 @@ class _HeatMap:
                 self.texts[i][j].set_color("black" if p > 0.6 else "white")  # on viridis
                 self.texts[i][j].set_fontweight("bold" if j == best[i] else "normal")
             self.boxes[i].set_x(best[i] - 0.5)
-        architecture = "".join(CHOICES[i] for i in best)
+        architecture = "".join(self.letters[i] for i in best)
         self.title.set_text(
             f"step {step}, tau {tau:.3f}\nchoice probabilities, argmax {architecture}"
         )
@@ -163,16 +174,22 @@ class _HeatMap:
         return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()
 
 
-def choice_figure(probabilities, step, tau):
-    """`(L, 3)` choice probabilities -> `(1, H, W, 3)` uint8 image of their labelled heat map,
-    for `tf.summary.image` (H and W in the hundreds of pixels)."""
+def choice_figure(probabilities, letters, step, tau):
+    """`(L, C)` choice probabilities over the C choice `letters` (e.g. "AFI") -> `(1, H, W, 3)`
+    uint8 image of their labelled heat map, for `tf.summary.image` (H and W in the hundreds
+    of pixels)."""
     probabilities = np.asarray(probabilities)
-    return _HeatMap(len(probabilities))(probabilities, step, tau)[None]
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(letters):
+        raise ValueError(
+            f"probabilities must be (blocks, {len(letters)}) for the letters {letters!r}, "
+            f"received shape {probabilities.shape}."
+        )
+    return _HeatMap(len(probabilities), letters)(probabilities, step, tau)[None]
 
 
 def draw_probabilities_over_steps(history: SearchHistory, path: str | os.PathLike) -> None:
-    """Writes a PNG to `path` (atomically): per block, the A/F/I probabilities over the steps;
-    below, tau and the training loss; the final architecture in the title."""
+    """Writes a PNG to `path` (atomically): per block, each choice's probability over the
+    steps; below, tau and the training loss; the final architecture in the title."""
     layers = history.probabilities.shape[1]
     columns = min(layers, 3)
     rows = -(-layers // columns)
@@ -182,10 +199,10 @@ def draw_probabilities_over_steps(history: SearchHistory, path: str | os.PathLik
     for layer in range(layers):
         ax = figure.add_subplot(grid[divmod(layer, columns)], sharex=first, sharey=first)
         first = first or ax
-        for j, letter in enumerate(CHOICES):
-            ax.plot(history.steps, history.probabilities[:, layer, j], color=CHOICE_COLORS[letter],
-                    label=CHOICE_NAMES[letter])  # fmt: skip
-        ax.set_title(f"block_{layer}: {CHOICE_NAMES[history.architecture[layer]]}")
+        for j, letter in enumerate(history.letters):
+            ax.plot(history.steps, history.probabilities[:, layer, j], color=CHOICES[letter].color,
+                    label=CHOICES[letter].name)  # fmt: skip
+        ax.set_title(f"block_{layer}: {CHOICES[history.architecture[layer]].name}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("probability")
         ax.grid(alpha=0.3)
@@ -199,7 +216,8 @@ def draw_probabilities_over_steps(history: SearchHistory, path: str | os.PathLik
         lines += twin.plot(history.steps, history.loss, color="tab:red", label="training loss")
         twin.set_ylabel("training loss")
     below.legend(handles=lines, loc="upper right")
-    figure.legend(*first.get_legend_handles_labels(), loc="outside lower center", ncols=3)
+    figure.legend(*first.get_legend_handles_labels(), loc="outside lower center",
+                  ncols=len(history.letters))  # fmt: skip
     figure.suptitle(
         f"Architecture search: {history.architecture} at step {history.steps[-1]}",
         fontsize="x-large",
@@ -215,7 +233,7 @@ def draw_search_animation(history: SearchHistory, path: str | os.PathLike, frame
     count = min(frames, len(history.steps))
     # From the last step back, so that a single frame shows the end; distinct as count <= S.
     picked = np.linspace(len(history.steps) - 1, 0, count).round().astype(int)[::-1]
-    heat_map = _HeatMap(history.probabilities.shape[1])
+    heat_map = _HeatMap(history.probabilities.shape[1], history.letters)
     pixels = [heat_map(history.probabilities[i], history.steps[i], history.tau[i]) for i in picked]
     # One palette for all frames (quantized as one tall strip): the pixels a frame shares with
     # the one before keep their palette index, and the GIF stores only what changed.

@@ -30,7 +30,7 @@ from keras import ops
 from par_xl import replicas
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig
 from par_xl.data import BuildConfig, build_data
-from par_xl.models import PARTransformerXL
+from par_xl.models import ModelState, PARTransformerXL
 from par_xl.training import distribution, trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,8 +130,8 @@ def fit(model, strategy, first, last):
 
 def state(model):
     variables = [v for v in model.variables + model.optimizer.variables
-                 if not any(v is m for m in model.memory_variables)]
-    return [ops.convert_to_numpy(v) for v in variables] + model.get_memory()
+                 if not any(v is m for m in model.state_variables)]
+    return [ops.convert_to_numpy(v) for v in variables] + keras.tree.flatten(model.get_state())
 
 
 def diff(a, b):
@@ -145,11 +145,11 @@ report["losses_two"] = fit(two, strategy, 0, 4)
 report["state_diff"] = diff(state(one), state(two))
 
 # The memory: one component per replica, each the rows it owns; never a reduction.
-memory_one = one.get_memory()
-variable = two.memory[0].value
+memory_one = keras.tree.flatten(one.get_state())  # memory_0, valid_memory_length
+variable = two.xl_memory["block_0"].value
 report["memory_kind"] = [type(variable).__name__, variable.synchronization.name,
                          variable.aggregation.name]
-components = [[c.numpy() for c in v.value.values] for v in two.memory_variables]
+components = [[c.numpy() for c in v.value.values] for v in two.state_variables]
 report["component_shapes"] = [list(c[0].shape) for c in components]
 report["components_vs_rows"] = max(
     float(np.abs(c - m[r * 2:(r + 1) * 2]).max())
@@ -158,16 +158,16 @@ report["components_vs_rows"] = max(
 report["replicas_differ"] = float(np.abs(components[0][0] - components[0][1]).max())
 report["valid_lengths"] = [c.tolist() for c in components[-1]]
 try:
-    ops.convert_to_numpy(two.memory[0])
+    ops.convert_to_numpy(two.xl_memory["block_0"])
     report["cross_replica_read"] = "no error"
 except ValueError as error:
     report["cross_replica_read"] = str(error)
 
 # Evaluation on the replicas equals one device, and leaves the training memory alone.
-before = two.get_memory()
+before = keras.tree.flatten(two.get_state())
 report["eval_one"] = evaluate_batches(one, batches(valid))
 report["eval_two"] = evaluate_batches(two, batches(valid))
-report["memory_after_eval"] = diff(before, two.get_memory())
+report["memory_after_eval"] = diff(before, keras.tree.flatten(two.get_state()))
 
 # Checkpoints: 2 replicas -> one device, one device -> 2 replicas, and resume from there.
 CheckpointManager(f"{out}/two").save(two, 4)
@@ -251,20 +251,27 @@ def tiny_model(batch=2, segment=4):
     return model
 
 
-def test_one_device_memory_is_an_ordinary_variable_read_and_written_whole():
+def test_one_device_state_is_an_ordinary_variable_read_and_written_whole():
     model = tiny_model()
-    assert model.memory_variables[-1] is model.valid_memory_length
-    assert not any(replicas.is_per_replica(v) for v in model.memory_variables)
+    variables = model.state_variables
+    assert [v.name for v in variables] == ["memory_0", "memory_1", "valid_memory_length"]
+    assert variables[-1] is model.valid_length
+    assert all(a is b for a, b in zip(variables, model.xl_memory.values()))
+    assert not any(replicas.is_per_replica(v) for v in variables)
     model(np.ones((2, 4), "int32"))
-    memory = model.get_memory()
-    for variable, value in zip(model.memory_variables, memory):
+    state = model.get_state()
+    assert list(state.xl_memory) == ["block_0", "block_1"]
+    for variable, value in zip(variables, [*state.xl_memory.values(), state.valid_length]):
         np.testing.assert_array_equal(ops.convert_to_numpy(variable), value)
-    model.set_memory([value + 1 for value in memory])
-    np.testing.assert_array_equal(ops.convert_to_numpy(model.memory[0]), memory[0] + 1)
+    model.set_state(keras.tree.map_structure(lambda value: value + 1, state))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(model.xl_memory["block_1"]), state.xl_memory["block_1"] + 1
+    )
+    np.testing.assert_array_equal(ops.convert_to_numpy(model.valid_length), [4, 4])  # 3 + 1
     with pytest.raises(ValueError, match=r"holds 2 streams .* shape \(4, 3, 8\)"):
-        model.set_memory([np.zeros((4, 3, 8))] * 2 + [np.zeros(4)])
-    model.reset_memory()
-    assert not any(np.any(value) for value in model.get_memory())
+        model.set_state(ModelState({k: np.zeros((4, 3, 8)) for k in state.xl_memory}, np.zeros(4)))
+    model.reset_state()
+    assert not any(np.any(value) for value in keras.tree.flatten(model.get_state()))
 
 
 def test_memory_state_takes_batches_of_unknown_static_size():
@@ -462,12 +469,13 @@ losses_one = one.fit(x, y, batch_size=4, shuffle=False, verbose=0).history["loss
 keras.distribution.set_distribution(jax_data_parallel())
 two = make()
 losses_two = two.fit(x, y, batch_size=4, shuffle=False, verbose=0).history["loss"]
-memory = two.memory[0].value
+memory = two.xl_memory["block_0"].value
 print(json.dumps({
     "devices": len(keras.distribution.list_devices()),
     "losses": [losses_one, losses_two],
     "memory_diff": max(float(np.abs(a - b).max())
-                       for a, b in zip(one.get_memory(), two.get_memory())),
+                       for a, b in zip(keras.tree.flatten(one.get_state()),
+                                       keras.tree.flatten(two.get_state()))),
     "memory_spec": [str(a) for a in memory.sharding.spec],
     "shards": sorted(int(s.index[0].start or 0) for s in memory.addressable_shards),
     "shard_shape": list(memory.addressable_shards[0].data.shape),

@@ -40,7 +40,7 @@ STARTS[0, 1, 4] = 1
 
 def log_probs_of(model, tokens):
     """Log-probabilities `(segments, B, T, V)` of consecutive segments through the memory."""
-    model.reset_memory()
+    model.reset_state()
     out = []
     for ids, starts in zip(tokens, STARTS):
         hidden = model({"token_ids": ids, "document_starts": starts})
@@ -73,7 +73,7 @@ def test_a_document_equals_itself_alone():
     tokens = segments(1)
     together = log_probs_of(model, tokens)
     document = np.concatenate([tokens[1, 0, 2:], tokens[2, 0]])  # row 0 from its start
-    hidden, _, _ = model.forward(document[None], *model.initial_memory(1, 16))
+    hidden, _ = model.forward(document[None], model.initial_state(1, 16))
     alone = ops.convert_to_numpy(model.log_probs(hidden))[0]
     np.testing.assert_allclose(alone[: T - 2], together[1, 0, 2:], rtol=1e-4, atol=1e-4)
     # Through the memory: segment 2 sees only the 4 positions since the start (mem_len 8).
@@ -84,7 +84,7 @@ def test_memory_is_cut_at_the_last_start():
     model = make_model()
     tokens = segments(2)
     log_probs_of(model, tokens[:2])  # after segment 1: row 0 started at position 2
-    assert ops.convert_to_numpy(model.valid_memory_length).tolist() == [T - 2, 8]
+    assert ops.convert_to_numpy(model.valid_length).tolist() == [T - 2, 8]
 
 
 def test_without_the_option_the_starts_are_ignored():
@@ -106,7 +106,7 @@ def test_fit_on_document_start_batches(jit_compile):
     history = model.fit(dataset, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     # The last batch has no start: its memory count grew from the cut in batch 1 (4 + 6 -> 8).
-    assert ops.convert_to_numpy(model.valid_memory_length).tolist() == [8, 8]
+    assert ops.convert_to_numpy(model.valid_length).tolist() == [8, 8]
 
 
 def test_config_round_trip_keeps_the_option():

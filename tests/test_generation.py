@@ -10,6 +10,7 @@ from conftest import run_on_jax
 from keras import ops
 
 from par_xl.models import PARTransformerXL, generation
+from par_xl.models.compiled import compiled_function
 from par_xl.models.generation import (
     draw,
     filter_probabilities,
@@ -60,16 +61,16 @@ def reference_draw(probs, uniform):
 def reference_generate(model, prompt, num_tokens, temperature, top_k, top_p, seed, chunk):
     """A Python loop: the prompt in chunks through `forward` (the first chunk the remainder,
     no padding), then one `forward` call per token, NumPy filtering, the documented uniforms."""
-    memory, length = model.initial_memory(1)
+    state = model.initial_state(1)
     context = np.array([prompt[:-1]], "int32")
     first = context.shape[1] % chunk
     for piece in np.split(context, range(first, context.shape[1], chunk), axis=1):
         if piece.shape[1]:
-            _, memory, length = model.forward(piece, memory, length)
+            _, state = model.forward(piece, state)
     uniforms = np.random.default_rng(seed).random((num_tokens, 1)).astype("float32")
     token, ids, scores = prompt[-1], [], []
     for uniform in uniforms[:, 0]:
-        hidden, memory, length = model.forward(np.array([[token]], "int32"), memory, length)
+        hidden, state = model.forward(np.array([[token]], "int32"), state)
         log_probs = ops.convert_to_numpy(model.log_probs(hidden))[0, 0]
         token = reference_draw(reference_filter(log_probs, temperature, top_k, top_p), uniform)
         ids.append(token)
@@ -112,9 +113,8 @@ def test_one_trace_for_every_prompt_length_and_seed():
     assert first == again and first != other
     assert generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)[0] == first
     generate(model, list(range(1, 12)), 6, seed=2, jit_compile=False)
-    compiled = generation._compiled[model]
-    assert compiled["read", False].experimental_get_tracing_count() == 1
-    assert compiled["sample", False].experimental_get_tracing_count() == 1
+    for step in (generation._read, generation._sample):  # the cached compiled functions
+        assert compiled_function(model, step, False).experimental_get_tracing_count() == 1
 
 
 def test_cached_generation_equals_recomputing_the_prefix():

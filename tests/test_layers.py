@@ -67,17 +67,18 @@ def test_gumbel_choice(straight_through):
 
 
 @pytest.mark.parametrize(
-    "choice,trainable,non_trainable",
+    "choices,choice,trainable,non_trainable",
     [
-        ("A", 9, 0),  # attention 7, its norm 2
-        ("F", 6, 0),  # feed-forward 4, its norm 2
-        ("I", 0, 0),
-        (None, 16, 1),  # both branches and the choice logits; tau
+        ("AFI", "A", 9, 0),  # attention 7, its norm 2
+        ("AFI", "F", 6, 0),  # feed-forward 4, its norm 2
+        ("AFI", "I", 0, 0),
+        ("AFI", None, 16, 1),  # both branches and the choice logits; tau
+        ("FI", None, 7, 1),  # feed-forward and the choice logits; tau
     ],
-    ids=["attention", "feed-forward", "identity", "supernet"],
+    ids=["attention", "feed-forward", "identity", "supernet", "supernet-FI"],
 )
 @pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")  # identity
-def test_stochastic_block(choice, trainable, non_trainable):
+def test_stochastic_block(choices, choice, trainable, non_trainable):
     run_layer_test(
         StochasticBlock,
         dict(
@@ -86,6 +87,7 @@ def test_stochastic_block(choice, trainable, non_trainable):
             inner_size=12,
             dropout_rate=0.1,
             attention_dropout_rate=0.1,
+            choices=choices,
             choice=choice,
             seed=5,
         ),

@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import run_on_jax
 from keras import ops
 
-from par_xl.models import PARTransformerXL
+from par_xl.models import ModelState, PARTransformerXL
 
 VOCAB = 50
 TINY = dict(
@@ -41,16 +41,22 @@ def numpy(x):
     return ops.convert_to_numpy(x)
 
 
+def random_state(model, batch, valid_length, seed=None):
+    """A `ModelState` with random memory of the model's M, `valid_length` slots valid."""
+    memory = model.initial_state(batch).xl_memory
+    return ModelState({k: tf.random.normal(m.shape, seed=seed) for k, m in memory.items()},
+                      valid_length)  # fmt: skip
+
+
 @pytest.mark.parametrize("architecture", [None, "AFIA"])
 def test_future_tokens_never_change_past_outputs(architecture):
     model = make_model(architecture=architecture)
-    memory, _ = model.initial_memory(2)
-    memory = [tf.random.normal(m.shape) for m in memory]
+    state = random_state(model, 2, 8)
     x = tokens((2, 7))
     changed = x.copy()
     changed[:, 4:] = (changed[:, 4:] + 1) % VOCAB
-    before = numpy(model.forward(x, memory, 8)[0])
-    after = numpy(model.forward(changed, memory, 8)[0])
+    before = numpy(model.forward(x, state)[0])
+    after = numpy(model.forward(changed, state)[0])
     np.testing.assert_allclose(before[:, :4], after[:, :4], rtol=1e-5, atol=1e-6)
     assert np.abs(before[:, 4:] - after[:, 4:]).max() > 1e-3
 
@@ -61,45 +67,69 @@ def test_segment_with_memory_equals_full_context(architecture, mem_len):
     model = make_model(architecture=architecture, mem_len=mem_len, segment=3)
     a, b = tokens((2, 3), seed=2), tokens((2, 3), seed=3)
     full = numpy(model.forward(np.concatenate([a, b], axis=1))[0])
-    model.reset_memory()
+    model.reset_state()
     np.testing.assert_allclose(numpy(model(a)), full[:, :3], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(numpy(model(b)), full[:, 3:], rtol=1e-5, atol=1e-5)
     if model.memory_blocks:
-        assert numpy(model.valid_memory_length).tolist() == [min(mem_len, 6)] * 2
+        assert numpy(model.valid_length).tolist() == [min(mem_len, 6)] * 2
+    # The same through `forward`, the state carried by hand.
+    hidden_a, state = model.forward(a, model.initial_state(2))
+    hidden_b, state = model.forward(b, state)
+    np.testing.assert_allclose(numpy(hidden_a), full[:, :3], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(numpy(hidden_b), full[:, 3:], rtol=1e-5, atol=1e-5)
+    assert sorted(state.xl_memory) == [f"block_{i}" for i in model.memory_blocks]
+    assert numpy(state.valid_length).tolist() == [min(mem_len, 6) if state.xl_memory else 0] * 2
 
 
 def test_memory_keeps_the_last_mem_len_block_inputs():
     """With M < len(A), block l remembers exactly its last M inputs from segment A."""
     model = make_model(mem_len=2, segment=4)
     a, b = tokens((2, 4), seed=4), tokens((2, 4), seed=5)
-    memory, length = model.initial_memory(2)
-    _, memory, length = model.forward(a, memory, length)
-    assert int(numpy(length)) == 2
+    _, state = model.forward(a, model.initial_state(2))
+    assert numpy(state.valid_length).tolist() == [2, 2]
     # Block 0's input is the scaled embedding (dropout is off).
-    np.testing.assert_allclose(numpy(memory[0]), numpy(model.embed(a))[:, -2:], rtol=1e-6)
+    memory = numpy(state.xl_memory["block_0"])
+    np.testing.assert_allclose(memory, numpy(model.embed(a))[:, -2:], rtol=1e-6)
     model(a)
-    for variable, expected in zip(model.memory, memory):
-        np.testing.assert_allclose(numpy(variable), numpy(expected), rtol=1e-6)
+    assert list(model.xl_memory) == list(state.xl_memory)  # the state variables, by block
+    for name, variable in model.xl_memory.items():
+        np.testing.assert_allclose(numpy(variable), numpy(state.xl_memory[name]), rtol=1e-6)
     np.testing.assert_allclose(
-        numpy(model(b)), numpy(model.forward(b, memory, 2)[0]), rtol=1e-5, atol=1e-6
+        numpy(model(b)), numpy(model.forward(b, state)[0]), rtol=1e-5, atol=1e-6
     )
 
 
-def test_reset_memory_restarts_the_stream_and_memory_has_no_gradient():
+def test_model_state_is_a_tf_nest_structure_and_a_jax_pytree():
+    model = make_model(architecture="AFIA")
+    state = model.initial_state(2)
+    assert list(state.xl_memory) == ["block_0", "block_3"]  # the blocks that may attend
+    assert numpy(state.valid_length).tolist() == [0, 0]
+    assert model.initial_state(2, mem_len=0).xl_memory == {}
+    leaves = tf.nest.flatten(state)
+    assert len(leaves) == 3
+    rebuilt = tf.nest.pack_sequence_as(state, leaves)
+    assert isinstance(rebuilt, ModelState) and list(rebuilt.xl_memory) == list(state.xl_memory)
+    jax = pytest.importorskip("jax")
+    jax_leaves, tree = jax.tree_util.tree_flatten(state)
+    assert len(jax_leaves) == 3
+    assert isinstance(jax.tree_util.tree_unflatten(tree, jax_leaves), ModelState)
+
+
+def test_reset_state_restarts_the_stream_and_memory_has_no_gradient():
     model = make_model()
     a, b = tokens((2, 5), seed=6), tokens((2, 5), seed=7)
     first = numpy(model(a))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(model(b))
-    assert all(g is None for g in tape.gradient(loss, model.memory))
-    model.reset_memory()
-    assert numpy(model.valid_memory_length).tolist() == [0, 0]
+    assert all(g is None for g in tape.gradient(loss, list(model.xl_memory.values())))
+    model.reset_state()
+    assert numpy(model.valid_length).tolist() == [0, 0]
     np.testing.assert_allclose(numpy(model(a)), first, rtol=1e-6)
 
 
 def test_wrong_batch_size_names_the_fix():
     model = make_model(batch=2)
-    with pytest.raises(ValueError, match="initial_memory"):
+    with pytest.raises(ValueError, match="initial_state"):
         model(tokens((3, 5)))
 
 
@@ -138,13 +168,13 @@ def test_fit_carries_memory_and_reports_corpus_perplexity():
     x, y = tokens((6, 2, 5), seed=10), tokens((6, 2, 5), seed=11)
     history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
     logs = history.history
-    assert numpy(model.valid_memory_length).tolist() == [8, 8]
+    assert numpy(model.valid_length).tolist() == [8, 8]
     np.testing.assert_allclose(logs["perplexity"][-1], np.exp(logs["loss"][-1]), rtol=1e-4)
     np.testing.assert_allclose(logs["bits_per_token"][-1], logs["loss"][-1] / np.log(2), rtol=1e-4)
-    model.reset_memory()
+    model.reset_state()
     result = model.evaluate(tf.data.Dataset.from_tensor_slices((x, y)), verbose=0, return_dict=True)
     # Evaluation in order with memory equals the same computation done by hand.
-    model.reset_memory()
+    model.reset_state()
     nll = [numpy(model.output_layer.loss(model(xi), yi)) for xi, yi in zip(x, y)]
     np.testing.assert_allclose(result["loss"], np.mean(nll), rtol=1e-5)
 
@@ -182,23 +212,23 @@ def test_config_round_trip_and_keras_file(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, PARTransformerXL)
-    assert numpy(loaded.valid_memory_length).tolist() == [5, 5]
-    assert numpy(model.valid_memory_length).tolist() == [5, 5]
+    assert numpy(loaded.valid_length).tolist() == [5, 5]
+    assert numpy(model.valid_length).tolist() == [5, 5]
     np.testing.assert_allclose(numpy(loaded(x)), numpy(model(x)), rtol=1e-6, atol=1e-6)
 
 
 def test_xla_and_eager_agree():
     model = make_model()
     x = tokens((2, 5))
-    memory, _ = model.initial_memory(2)
-    memory = [tf.random.normal(m.shape, seed=1) for m in memory]
+    state = random_state(model, 2, tf.constant([6, 3]), seed=1)
 
-    def run(ids, mem):
-        hidden, new_memory, _ = model.forward(ids, mem, 6)
-        return model.log_probs(hidden), new_memory
+    def run(ids, state):
+        hidden, new_state = model.forward(ids, state)
+        return model.log_probs(hidden), new_state
 
-    eager = run(x, memory)
-    compiled = tf.function(run, jit_compile=True)(x, memory)
+    eager = run(x, state)
+    compiled = tf.function(run, jit_compile=True)(x, state)
+    assert isinstance(compiled[1], ModelState)  # a tf.nest structure in and out
     for a, b in zip(tf.nest.flatten(eager), tf.nest.flatten(compiled)):
         np.testing.assert_allclose(numpy(a), numpy(b), rtol=1e-4, atol=1e-5)
 
@@ -224,12 +254,12 @@ x = np.load(sys.argv[2])
 first = keras.ops.convert_to_numpy(model(x[0]))
 second = keras.ops.convert_to_numpy(model.log_probs(model(x[1])))
 model.compile(optimizer="adam", jit_compile=True)
-model.reset_memory()  # one fitted batch of 5 tokens must leave 5 valid memory slots
+model.reset_state()  # one fitted batch of 5 tokens must leave 5 valid memory slots
 history = model.fit(x[0], x[1], batch_size=x.shape[1], shuffle=False, epochs=1, verbose=0)
 np.savez(sys.argv[3], first=first, second=second)
 print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"][-1],
                   "valid_memory_length":
-                      keras.ops.convert_to_numpy(model.valid_memory_length).tolist()}))
+                      keras.ops.convert_to_numpy(model.valid_length).tolist()}))
 """
 
 

@@ -1,6 +1,5 @@
 """Pictures of the search: the history read back from TrainingLogger's events, PNG, GIF, CLI."""
 
-import dataclasses
 import os
 import struct
 import subprocess
@@ -14,7 +13,6 @@ from matplotlib import pyplot as plt
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-from par_xl.layers.stochastic_block import CHOICES
 from par_xl.search_picture import (
     NoSearchHistory,
     SearchHistory,
@@ -26,19 +24,22 @@ from par_xl.search_picture import (
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = 3
+LETTERS = "AFI"  # what runs logged before --choices existed: their logs must still draw
 
 
-def random_probabilities(rng, steps):
-    """`(steps, LAYERS, 3)` float32 rows that sum to 1."""
-    return rng.dirichlet(np.ones(len(CHOICES)), size=(steps, LAYERS)).astype("float32")
+def random_probabilities(rng, steps, letters=LETTERS):
+    """`(steps, LAYERS, len(letters))` float32 rows that sum to 1."""
+    return rng.dirichlet(np.ones(len(letters)), size=(steps, LAYERS)).astype("float32")
 
 
-def write_logs(train, steps, probabilities, tau, loss, last_step_cut):
-    """One event file in `train`, written as `TrainingLogger` writes it: the scalars every
-    interval, the image and text at the epoch end; plus keras's TensorBoard `epoch_loss`.
-    `last_step_cut`: the last step has only loss and tau, as when a crash cuts a flush short."""
+def write_logs(train, history, last_step_cut=False):
+    """One event file in `train` of a `SearchHistory`, written as `TrainingLogger` writes it:
+    the scalars every interval, the image and text at the epoch end; plus keras's TensorBoard
+    `epoch_loss`. `last_step_cut`: the last step has only loss and tau, as when a crash cuts a
+    flush short."""
     writer = tf.summary.create_file_writer(str(train))
-    for step, rows, t, loss_value in zip(steps, probabilities, tau, loss):
+    steps = history.steps
+    for step, rows, t, loss_value in zip(steps, history.probabilities, history.tau, history.loss):
         with writer.as_default(step=step):
             tf.summary.scalar("loss", loss_value)
             tf.summary.scalar("perplexity", np.exp(loss_value))
@@ -48,7 +49,7 @@ def write_logs(train, steps, probabilities, tau, loss, last_step_cut):
             if last_step_cut and step == steps[-1]:
                 break
             for layer, row in enumerate(rows):
-                for letter, value in zip(CHOICES, row):
+                for letter, value in zip(history.letters, row):
                     tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
     with writer.as_default(step=steps[-1]):
         tf.summary.image("choice_probabilities", np.zeros((1, 72, 144, 3), "uint8"))
@@ -69,18 +70,21 @@ def run(tmp_path_factory):
         n = len(steps)
         logs.append(
             SearchHistory(
-                steps, random_probabilities(rng, n), rng.uniform(0.1, 1, n).astype("float32"),
-                rng.uniform(3, 6, n).astype("float32"),
+                steps, LETTERS, random_probabilities(rng, n),
+                rng.uniform(0.1, 1, n).astype("float32"), rng.uniform(3, 6, n).astype("float32"),
             )
         )  # fmt: skip
-        write_logs(run / "train", *dataclasses.astuple(logs[-1]), last_step_cut=len(logs) == 2)
+        write_logs(run / "train", logs[-1], last_step_cut=len(logs) == 2)
     events = sorted((run / "train").glob("events.out.tfevents.*"))
     assert len(events) == 2, events
     with open(events[-1], "ab") as f:
         f.write(struct.pack("<Q", 100) + bytes(14))  # a record header and part of its data
-    parts = [dataclasses.astuple(logs[0]), dataclasses.astuple(logs[1])]
-    expected = [np.concatenate([first[:2], second[:2]]) for first, second in zip(*parts)]
-    return run, SearchHistory(*expected)
+    first, second = logs
+    expected = {
+        name: np.concatenate([getattr(first, name)[:2], getattr(second, name)[:2]])
+        for name in ("steps", "probabilities", "tau", "loss")
+    }
+    return run, SearchHistory(**expected, letters=LETTERS)
 
 
 def test_reads_the_history_training_logger_writes(run):
@@ -96,13 +100,28 @@ def test_reads_the_history_training_logger_writes(run):
         for name in ("steps", "probabilities", "tau", "loss"):
             np.testing.assert_array_equal(getattr(history, name), getattr(expected, name), name)
     assert history.probabilities.dtype == np.float32 and history.probabilities.shape == (4, 3, 3)
-    assert history.architecture == "".join(CHOICES[i] for i in expected.probabilities[-1].argmax(1))
+    assert history.letters == LETTERS
+    assert history.architecture == "".join(LETTERS[i] for i in expected.probabilities[-1].argmax(1))
+
+
+def test_reads_and_draws_the_letters_the_run_logged(tmp_path):
+    """A search over --choices=IA logs columns A and I (registry order), and draws them."""
+    rng = np.random.default_rng(3)
+    logged = SearchHistory(np.array([10, 20]), "AI", random_probabilities(rng, 2, "AI"),
+                           np.float32([0.9, 0.8]), np.float32([5.0, 4.0]))  # fmt: skip
+    write_logs(tmp_path / "train", logged)
+    history = read_search_history(tmp_path)
+    assert history.letters == "AI" and history.probabilities.shape == (2, LAYERS, 2)
+    np.testing.assert_array_equal(history.probabilities, logged.probabilities)
+    assert set(history.architecture) <= set("AI")
+    draw_probabilities_over_steps(history, tmp_path / "search.png")
+    draw_search_animation(history, tmp_path / "search.gif", frames=2)
 
 
 def test_reads_tf1_simple_values(tmp_path):
     train = tmp_path / "train"
     train.mkdir()
-    tags = ["tau"] + [f"choice/block_0/{c}" for c in CHOICES]
+    tags = ["tau"] + [f"choice/block_0/{c}" for c in LETTERS]
     values = {10: [0.9, 0.2, 0.3, 0.5], 20: [0.8, 0.1, 0.6, 0.3]}
     with tf.io.TFRecordWriter(str(train / "events.out.tfevents.1.host")) as writer:
         for step, row in values.items():
@@ -135,13 +154,20 @@ def test_no_history_is_a_clear_error(tmp_path):
 def test_choice_figure_is_a_readable_image_and_leaks_no_figure():
     probabilities = random_probabilities(np.random.default_rng(1), 1)[0]
     figures = plt.get_fignums()
-    image = choice_figure(probabilities, step=1200, tau=0.5)
+    image = choice_figure(probabilities, LETTERS, step=1200, tau=0.5)
     assert image.dtype == np.uint8 and image.ndim == 4 and image.shape[0] == 1
     assert image.shape[1] > 200 and image.shape[2] > 400 and image.shape[3] in (3, 4)
     assert len(np.unique(image.reshape(-1, image.shape[3]), axis=0)) > 50  # colours, text
     # The step is printed, and the cells follow the probabilities.
-    assert not np.array_equal(image, choice_figure(probabilities, step=1300, tau=0.5))
-    assert not np.array_equal(image, choice_figure(probabilities[::-1], step=1200, tau=0.5))
+    assert not np.array_equal(image, choice_figure(probabilities, LETTERS, step=1300, tau=0.5))
+    assert not np.array_equal(
+        image, choice_figure(probabilities[::-1], LETTERS, step=1200, tau=0.5)
+    )
+    # As many columns as letters: two letters make a narrower picture.
+    two = choice_figure(probabilities[:, :2], "AF", step=1200, tau=0.5)
+    assert two.shape[1] == image.shape[1] and two.shape[2] < image.shape[2]
+    with pytest.raises(ValueError, match=r"probabilities must be \(blocks, 2\) for the letters"):
+        choice_figure(probabilities, "AF", step=1200, tau=0.5)
     assert plt.get_fignums() == figures
 
 
@@ -149,6 +175,7 @@ def history_of(steps):
     rng = np.random.default_rng(2)
     return SearchHistory(
         steps=np.arange(1, steps + 1) * 100,
+        letters=LETTERS,
         probabilities=random_probabilities(rng, steps),
         tau=np.geomspace(1.0, 0.1, steps).astype("float32"),
         loss=rng.uniform(3, 6, steps).astype("float32"),

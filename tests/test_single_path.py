@@ -11,6 +11,7 @@ from test_gumbel_choice import LOGITS, make_choice, softmax  # seed 7, these log
 
 from par_xl.configs import ConfigError, ModelConfig
 from par_xl.flops import training_flops_per_token
+from par_xl.layers.choices import CHOICES
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.layers.stochastic_block import StochasticBlock
 from par_xl.models import PARTransformerXL
@@ -64,11 +65,11 @@ def test_block_computes_exactly_the_sampled_branch_and_trains_only_it():
     block = StochasticBlock(2, 8, 24, search="single_path", seed=3)
     x, memory, positions, mask = block_inputs()
     block(x, memory, positions, mask)
-    branches = [
-        ops.convert_to_numpy(block._attention_branch(x, memory, positions, mask, False)),
-        ops.convert_to_numpy(block._feed_forward_branch(x, False)),
-        x,
+    branches = [  # the registry's branches, in the block's order: A, F, I
+        ops.convert_to_numpy(CHOICES[letter].apply(block, x, memory, positions, mask, False))
+        for letter in block.choices
     ]
+    np.testing.assert_array_equal(branches[2], x)  # I
     attention_weights = block.attention.trainable_weights
     feed_forward_weights = block.feed_forward.trainable_weights
     seen = set()
@@ -129,8 +130,8 @@ def test_fit_trains_the_choice_logits_and_round_trips(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert loaded.search == "single_path" and loaded.choice_at_inference == "argmax"
-    model.reset_memory()
-    loaded.reset_memory()
+    model.reset_state()
+    loaded.reset_state()
     x = tokens((2, 5), 6)
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)),
                                rtol=1e-5, atol=1e-6)  # fmt: skip

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from keras import ops
 
+from par_xl import replicas
 from par_xl.configs import PRESETS, ConfigError, ModelConfig, TrainConfig
 from par_xl.data import BuildConfig, build_data, load_dataset, read_metadata
 from par_xl.models import PARTransformerXL
+from par_xl.models.compiled import compiled_function
 from par_xl.models.generation import generate
 from par_xl.training import callbacks as cb
+from par_xl.training import evaluation
 from par_xl.training.evaluation import evaluate_batches, evaluate_split
 from par_xl.training.runs import check_data
 from par_xl.training.schedules import WarmupCosine, tau_at
@@ -94,11 +97,11 @@ def test_tau_schedules():
 # Memory semantics.
 
 
-def tiny_model(batch=2, segment=4):
+def tiny_model(batch=2, segment=4, jit_compile="auto"):
     keras.utils.set_random_seed(0)
     model = PARTransformerXL(vocab_size=30, d_model=8, num_heads=2, d_ffn=16, num_layers=2,
                              mem_len=4, cutoffs=[10])  # fmt: skip
-    model.compile(optimizer="adam")
+    model.compile(optimizer="adam", jit_compile=jit_compile)
     model.build((batch, segment))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -109,12 +112,13 @@ def test_memory_resets_only_at_the_start_of_a_data_epoch():
     reset = cb.MemoryReset(steps_per_epoch=5)
     reset.set_model(model)
     for step, emptied in ((7, False), (10, True)):
-        model.memory[0].assign(np.ones(model.memory[0].shape))
-        model.valid_memory_length.assign([4, 4])
+        memory = model.xl_memory["block_0"]
+        memory.assign(np.ones(memory.shape))
+        model.valid_length.assign([4, 4])
         model.optimizer.iterations.assign(step)
         reset.on_epoch_begin(0)
-        assert bool(ops.convert_to_numpy(model.valid_memory_length).max() == 0) is emptied
-        assert bool(np.abs(ops.convert_to_numpy(model.memory[0])).sum() == 0) is emptied
+        assert bool(ops.convert_to_numpy(model.valid_length).max() == 0) is emptied
+        assert bool(np.abs(ops.convert_to_numpy(memory)).sum() == 0) is emptied
 
 
 @pytest.mark.parametrize("document_boundaries", [False, True])
@@ -131,7 +135,7 @@ def test_evaluate_split_reports_word_perplexity_and_bits_per_character(
     model.build((metadata.batch_size, metadata.seq_len))
     result = evaluate_split(model, directory)
     # By hand: the batches in order, memory carried, document starts when the model uses them.
-    model.reset_memory()
+    model.reset_state()
     total = 0.0
     for x, y in load_dataset(directory, document_starts=document_boundaries):
         total += float(np.sum(ops.convert_to_numpy(model.output_layer.loss(model(x), y))))
@@ -150,17 +154,42 @@ def test_interval_fires_when_a_multiple_is_passed():
     assert not any(cb.Interval(0).due(s) for s in range(1, 50))
 
 
-def test_evaluation_uses_its_own_memory_and_restores_training_state():
-    model = tiny_model()
+def evaluation_before_model_state(model, batches):
+    """A copy of the evaluation before it carried its own `ModelState`: `test_on_batch` over
+    the model's state variables, emptied first (it changes the training state)."""
+    model.reset_state()
+    return [model.test_on_batch(x, y, return_dict=True)["loss"] for x, y in batches]
+
+
+@pytest.mark.parametrize(
+    "jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["graph", "xla"]
+)
+def test_evaluation_carries_its_own_state_and_leaves_training_alone(jit_compile, monkeypatch):
+    model = tiny_model(jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, 30, (2, 4)), rng.integers(0, 30, (2, 4))) for _ in range(3)]
-    model(batches[0][0])  # some training memory
-    before = [ops.convert_to_numpy(v).copy() for v in model.non_trainable_variables]
+    x = rng.integers(0, 30, (4, 4)).astype("int32")
+    # Mid-epoch: memory, metrics, noise seeds and optimizer state of a training run.
+    model.fit(x, x, batch_size=2, shuffle=False, verbose=0)
+    variables = model.variables + model.optimizer.variables + model.metrics_variables
+    before = [ops.convert_to_numpy(v).copy() for v in variables]
+    assert np.abs(ops.convert_to_numpy(model.xl_memory["block_0"])).max() > 0
+    # No round trip of the state through the host: the model's state is never read whole.
+    for name in ("read_streams", "write_streams", "clear_streams"):
+        monkeypatch.setattr(replicas, name, lambda *args, name=name: pytest.fail(name))
     result = evaluate_batches(model, batches)
-    for v, old in zip(model.non_trainable_variables, before):
-        np.testing.assert_array_equal(ops.convert_to_numpy(v), old)
+    monkeypatch.undo()
+    # One trace: the state goes from batch to batch as tensors of one structure.
+    step = compiled_function(model, evaluation._evaluation_step, jit_compile)
+    assert step.experimental_get_tracing_count() == 1
+    for v, old in zip(variables, before):
+        np.testing.assert_array_equal(ops.convert_to_numpy(v), old, err_msg=v.path)  # bitwise
+    # The numbers of the evaluation it replaces.
+    losses = evaluation_before_model_state(model, batches)
+    np.testing.assert_allclose(result["loss"], np.mean(losses), rtol=1e-6)
+    np.testing.assert_allclose(result["perplexity_batch_mean"], np.mean(np.exp(losses)), rtol=1e-6)
     # The same evaluation by hand: memory from empty, carried across the batches.
-    model.reset_memory()
+    model.reset_state()
     losses = [float(np.mean(ops.convert_to_numpy(model.output_layer.loss(model(x), y))))
               for x, y in batches]  # fmt: skip
     np.testing.assert_allclose(result["loss"], np.mean(losses), rtol=1e-5)
@@ -199,6 +228,8 @@ def test_checkpoint_restores_every_variable_including_noise_states(tmp_path):
         (dict(cutoffs=(250, 12000)), "--cutoffs must be strictly increasing"),
         (dict(dropout_rate=1.0), "--dropout_rate must be in [0, 1)"),
         (dict(architecture="AAF"), "--architecture must be 6 letters"),
+        (dict(choices="AFA"), "--choices must be 2 or more distinct letters of A (attention)"),
+        (dict(choices="AM"), "--choices must be 2 or more distinct letters"),
         (dict(initializer_range=0.0), "--initializer_range must be positive"),
     ],
 )
@@ -427,9 +458,10 @@ def test_model_flags_override_the_preset_and_cutoffs_zero_is_a_plain_softmax():
     spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    cli.FLAGS(["train.py", "--preset=tiny", "--cutoffs=0", "--d_ffn=48"])
+    cli.FLAGS(["train.py", "--preset=tiny", "--cutoffs=0", "--d_ffn=48", "--choices=AF"])
     try:
         config = cli.model_config_from_flags()
     finally:
         cli.FLAGS.unparse_flags()
-    assert config == dataclasses.replace(PRESETS["tiny"], cutoffs=(), d_ffn=48)
+    assert config == dataclasses.replace(PRESETS["tiny"], cutoffs=(), d_ffn=48, choices="AF")
+    assert PRESETS["tiny"].choices == "AFI"

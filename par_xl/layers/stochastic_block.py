@@ -1,14 +1,18 @@
-"""A PAR block: attention, feed-forward or identity, chosen by Gumbel-softmax."""
+"""A PAR block: one of several choices (attention, feed-forward, identity...), chosen by
+Gumbel-softmax."""
 
 import keras
 from keras import ops
 
-from par_xl.layers.feed_forward import FeedForward
+from par_xl.layers.choices import (
+    CHOICES,
+    DEFAULT_CHOICES,
+    validate_architecture,
+    validate_choices,
+)
 from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.layers.initializers import default_initializer
-from par_xl.layers.relative_attention import RelativeAttention
 
-CHOICES = "AFI"  # attention, feed-forward, identity: the order of the choice weights
 # How a supernet block trains: every branch, mixed by per-example Gumbel-softmax weights (PAR),
 # or one sampled branch per batch, the only one computed (GDAS).
 SEARCHES = ("all_branches", "single_path")
@@ -21,47 +25,25 @@ def validate_search(search):
     return search
 
 
-def validate_architecture(architecture, num_layers, name="architecture"):
-    """Checks that `architecture` is `num_layers` letters from CHOICES, one per block.
-
-    Args:
-        architecture: e.g. `"AAFAFI"`.
-        num_layers: how many blocks it describes.
-        name: the argument (or flag) named in the error message.
-
-    Returns:
-        `architecture`, unchanged.
-
-    Raises:
-        ValueError: "<name> must be ...", saying what was expected and what was received.
-    """
-    if len(architecture) != num_layers or set(architecture) - set(CHOICES):
-        letters = "letter" if num_layers == 1 else "letters"
-        raise ValueError(
-            f"{name} must be {num_layers} {letters} from {', '.join(CHOICES)} (one per layer), "
-            f"received {architecture!r}."
-        )
-    return architecture
-
-
 @keras.saving.register_keras_serializable(package="par_xl")
 class StochasticBlock(keras.layers.Layer):
     """One layer of the PAR supernet (Mandava et al. 2020, arXiv 2009.04534).
 
-    Branches, each post-norm as in Transformer-XL:
+    Branches, one per letter of `choices` (`par_xl.layers.choices`), each post-norm as in
+    Transformer-XL:
         A: LayerNorm(x + Dropout(RelativeAttention(x, memory)))
         F: LayerNorm(x + Dropout(FeedForward(x)))
         I: x
     The supernet block (`choice=None`) trains in one of two ways (`search`):
         "all_branches": `sum_k w_k * branch_k` with per-example weights `w` from a
-            `GumbelChoice` (PAR); every branch is computed.
+            `GumbelChoice` over `choices` (PAR); every branch is computed.
         "single_path": one branch per batch, sampled from the choice probabilities, is the
             only one computed; its output is scaled by a gate that is 1 in the forward pass and
             carries the gradient to the choice logits (`GumbelChoice.single_choice`, GDAS).
     At inference, `choice_at_inference="expected"` mixes every branch by the choice
     probabilities; `"argmax"` computes only the preferred branch.
-    A block built with a fixed `choice` ('A', 'F' or 'I') holds only that sublayer, so a
-    derived architecture is a genuinely smaller model.
+    A block built with a fixed `choice` (a registry letter) holds only that choice's
+    sublayers, so a derived architecture is a genuinely smaller model.
 
     Args:
         num_heads: N.
@@ -69,14 +51,16 @@ class StochasticBlock(keras.layers.Layer):
         inner_size: d_ffn of the feed-forward branch.
         dropout_rate: residual dropout rate (also inside the feed-forward branch).
         attention_dropout_rate: dropout rate on attention probabilities.
-        choice: `None` for the supernet, or one of 'A', 'F', 'I'.
+        choices: the supernet block's candidate letters, in the order of its choice logits,
+            e.g. "AFI"; for a fixed block, the letters its model searched.
+        choice: `None` for the supernet, or the block's fixed letter, e.g. 'A'.
         search: "all_branches" or "single_path" (supernet only).
         tau, straight_through, tau_is_trainable, choice_at_inference, seed: see `GumbelChoice`.
         kernel_initializer: initializer of every projection.
 
     Call arguments:
         inputs: `(B, T, D)`.
-        memory: `(B, M, D)` or `None`; only the attention branch reads it.
+        memory: `(B, M, D)` or `None`; only the branches that attend read it.
         position_encoding: `(K, D)`.
         mask: `(T, K)` boolean.
         training: enables dropout and Gumbel noise.
@@ -92,6 +76,7 @@ class StochasticBlock(keras.layers.Layer):
         inner_size,
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
+        choices=DEFAULT_CHOICES,
         choice=None,
         search="all_branches",
         tau=1.0,
@@ -110,6 +95,7 @@ class StochasticBlock(keras.layers.Layer):
         self.inner_size = inner_size
         self.dropout_rate = dropout_rate
         self.attention_dropout_rate = attention_dropout_rate
+        self.choices = validate_choices(choices)
         self.choice = choice
         self.search = validate_search(search)
         self.tau = tau
@@ -123,36 +109,26 @@ class StochasticBlock(keras.layers.Layer):
         self.residual_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     @property
+    def offered(self):
+        """The letters the block may compute: its `choices` (supernet) or its fixed `choice`."""
+        return self.choices if self.choice is None else self.choice
+
+    @property
     def uses_attention(self):
-        """Whether the block may attend, hence needs memory."""
-        return self.choice in (None, "A")
+        """Whether the block may attend, hence needs XL memory."""
+        return any(CHOICES[letter].attends for letter in self.offered)
 
     def build(self, inputs_shape, *args, **kwargs):
-        common = dict(dtype=self.dtype_policy, kernel_initializer=self.kernel_initializer)
-        norm = dict(epsilon=1e-5, dtype=self.dtype_policy)
-        if self.choice in (None, "A"):
-            self.attention = RelativeAttention(
-                self.num_heads,
-                self.head_size,
-                attention_dropout_rate=self.attention_dropout_rate,
-                name="attention",
-                **common,
-            )
-            self.attention.build(inputs_shape)
-            self.attention_norm = keras.layers.LayerNormalization(name="attention_norm", **norm)
-            self.attention_norm.build(inputs_shape)
-        if self.choice in (None, "F"):
-            self.feed_forward = FeedForward(
-                self.inner_size, dropout_rate=self.dropout_rate, name="feed_forward", **common
-            )
-            self.feed_forward.build(inputs_shape)
-            self.feed_forward_norm = keras.layers.LayerNormalization(
-                name="feed_forward_norm", **norm
-            )
-            self.feed_forward_norm.build(inputs_shape)
+        # In registry order, whatever the order of `choices`: the weights' order is fixed.
+        for letter, choice in CHOICES.items():
+            if letter in self.offered:
+                for name, make in choice.sublayers.items():
+                    sublayer = make(self, name)
+                    setattr(self, name, sublayer)
+                    sublayer.build(inputs_shape)
         if self.choice is None:
             self.gumbel = GumbelChoice(
-                len(CHOICES),
+                len(self.choices),
                 tau=self.tau,
                 straight_through=self.straight_through,
                 tau_is_trainable=self.tau_is_trainable,
@@ -164,31 +140,21 @@ class StochasticBlock(keras.layers.Layer):
             self.gumbel.build()
         self.built = True
 
-    def _attention_branch(self, inputs, memory, position_encoding, mask, training):
-        attended = self.attention(inputs, memory, position_encoding, mask, training=training)
-        return self.attention_norm(inputs + self.residual_dropout(attended, training=training))
-
-    def _feed_forward_branch(self, inputs, training):
-        transformed = self.feed_forward(inputs, training=training)
-        return self.feed_forward_norm(
-            inputs + self.residual_dropout(transformed, training=training)
-        )
-
     def call(self, inputs, memory, position_encoding, mask, training=None):
-        branches = [  # in CHOICES order
-            lambda: self._attention_branch(inputs, memory, position_encoding, mask, training),
-            lambda: self._feed_forward_branch(inputs, training),
-            lambda: inputs,
-        ]
+        def branch(letter):
+            apply = CHOICES[letter].apply
+            return lambda: apply(self, inputs, memory, position_encoding, mask, training)
+
         if self.choice is not None:
-            return branches[CHOICES.index(self.choice)]()
+            return branch(self.choice)()
+        branches = [branch(letter) for letter in self.choices]  # the choice logits' order
         one_branch = (
             self.search == "single_path" if training else self.choice_at_inference == "argmax"
         )
         if one_branch:
             index, gate = self.gumbel.single_choice(training)
             return self._switch(index, branches) * gate
-        weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, 3)
+        weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, C)
         return sum(weights[..., k] * branch() for k, branch in enumerate(branches))
 
     def _switch(self, index, branches):
@@ -230,6 +196,7 @@ class StochasticBlock(keras.layers.Layer):
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             choice=self.choice,
+            choices=self.choices,
             search=self.search,
             tau=self.tau,
             straight_through=self.straight_through,

@@ -3,12 +3,13 @@
 How a sample is made
 --------------------
 `read_prompt` reads the prompt, but for its last token, through `forward` in chunks of
-`chunk_length` positions, filling an XL memory of fixed shape `(B, M, D)` per attention-capable
-block. Then `sample` runs one compiled loop (`keras.ops.fori_loop` inside `tf.function` or
-`jax.jit`), a step per new token: one position through `forward` over the memory, the full
-distribution (`log_probs`), temperature / top-k / nucleus filtering, an inverse-CDF draw, and
-the sampled id fed back. The memory keeps its shape and is masked by its valid length, so a
-step costs the same whatever the prompt's length; Python runs once per sample, not per token.
+`chunk_length` positions, filling a `ModelState` whose XL memory has a fixed shape `(B, M, D)`
+per attention-capable block. Then `sample` runs one compiled loop (`keras.ops.fori_loop` inside
+`tf.function` or `jax.jit`), a step per new token: one position through `forward` over the
+state, the full distribution (`log_probs`), temperature / top-k / nucleus filtering, an
+inverse-CDF draw, and the sampled id fed back. The memory keeps its shape and is masked by its
+valid length, so a step costs the same whatever the prompt's length; Python runs once per
+sample, not per token. The model's own state variables are never touched.
 
 Each prompt position sees between M and M + chunk - 1 earlier positions (Transformer-XL
 evaluation with segments of `chunk_length`); each new token sees the M before it. A model
@@ -29,13 +30,11 @@ anew).
 
 import dataclasses
 import math
-import weakref
 
-import keras
 import numpy as np
 from keras import ops
 
-_compiled = weakref.WeakKeyDictionary()  # model -> {(name, jit_compile): compiled function}
+from par_xl.models.compiled import compiled_function
 
 
 def validate_sampling(num_tokens, temperature, top_k, top_p):
@@ -152,81 +151,32 @@ def _invert(weights, target):
     return index[:, 0], before
 
 
-def _read(model, ids, starts, memory, length):
-    """One prompt chunk through `forward`: the memory and valid length after it. `starts`
-    marks where the prompt begins in a left-padded chunk: nothing sees the padding."""
-    _, memory, length = model.forward(ids, memory, length, False, document_starts=starts)
-    return memory, length
+def _read(model, ids, starts, state):
+    """One prompt chunk through `forward`: the state after it. `starts` marks where the
+    prompt begins in a left-padded chunk: nothing sees the padding."""
+    return model.forward(ids, state, False, document_starts=starts)[1]
 
 
-def _sample(model, token, memory, length, uniforms, temperature, top_k, top_p):
-    """The sampling loop: `(B,)` last prompt token, memory, `(B,)` valid length, `(N, B)`
-    uniforms -> `(B, N)` sampled ids and the `(B, N)` log-probability of each under the model
-    (before filtering)."""
+def _sample(model, token, state, uniforms, temperature, top_k, top_p):
+    """The sampling loop: `(B,)` last prompt token, `ModelState`, `(N, B)` uniforms ->
+    `(B, N)` sampled ids and the `(B, N)` log-probability of each under the model (before
+    filtering)."""
     num_tokens, batch = uniforms.shape
 
-    def step(i, state):
-        token, memory, length, sampled, scores = state
-        if memory:
-            hidden, memory, length = model.forward(token[:, None], memory, length, training=False)
-        else:
-            hidden = model.forward(token[:, None], training=False)[0]  # (B, 1, D)
+    def step(i, loop_state):
+        token, state, sampled, scores = loop_state
+        hidden, state = model.forward(token[:, None], state, training=False)  # (B, 1, D)
         log_probs = model.log_probs(hidden[:, 0])  # (B, V)
         probabilities = filter_probabilities(log_probs, temperature, top_k, top_p)
         token = draw(probabilities, ops.take(uniforms, i, axis=0))  # (B,)
         score = ops.take_along_axis(log_probs, token[:, None], axis=-1)  # (B, 1)
         sampled = ops.slice_update(sampled, (0, i), token[:, None])
         scores = ops.slice_update(scores, (0, i), ops.cast(score, "float32"))
-        return token, memory, length, sampled, scores
+        return token, state, sampled, scores
 
     sampled = ops.zeros((batch, num_tokens), "int32")
     scores = ops.zeros((batch, num_tokens), "float32")
-    state = (token, list(memory), length, sampled, scores)
-    return ops.fori_loop(0, num_tokens, step, state)[3:]
-
-
-def _compiled_function(model, name, jit_compile):
-    """`_read` or `_sample` for `model`, compiled once and kept while the model lives.
-
-    TensorFlow: a `tf.function` (XLA if `jit_compile`), reading the variables in place. JAX:
-    `jax.jit` over the variables' current values (`StatelessScope`), so the compiled function
-    never holds stale weights. Other backends run eagerly. Python scalars (the filtering
-    settings) are static: each new value traces anew. The functions hold the model weakly, so
-    that the cache never keeps a model alive.
-    """
-    functions = _compiled.setdefault(model, {})
-    key = (name, bool(jit_compile))
-    if key in functions:
-        return functions[key]
-    function = {"read": _read, "sample": _sample}[name]
-    model_ref = weakref.ref(model)
-
-    def bound(*args):
-        return function(model_ref(), *args)
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        compiled = tf.function(bound, jit_compile=jit_compile)
-    elif backend == "jax":
-        import jax
-
-        def stateless(values, *args):
-            variables = model_ref().variables
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return bound(*args)
-
-        static = (5, 6, 7) if name == "sample" else ()  # temperature, top_k, top_p
-        jitted = jax.jit(stateless, static_argnums=static)
-
-        def compiled(*args):
-            return jitted([variable.value for variable in model_ref().variables], *args)
-    else:
-        compiled = bound
-
-    functions[key] = compiled
-    return compiled
+    return ops.fori_loop(0, num_tokens, step, (token, state, sampled, scores))[2:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,17 +185,15 @@ class PromptState:
 
     Attributes:
         token: `(B,)` the prompt's last token, the loop's first input.
-        memory: one `(B, M, D)` tensor per block in `model.memory_blocks` (none for a model
+        state: the `ModelState` after the rest of the prompt (its XL memory empty for a model
             that never attends: its context cannot matter).
-        length: `(B,)` valid memory slots.
         whole_context: the memory holds the whole context and grows with the sample (a model
             without memory, or `mem_len=0`).
         single: the prompt was a list of ids (`sample` then returns lists).
     """
 
     token: np.ndarray
-    memory: list
-    length: object
+    state: object
     whole_context: bool
     single: bool
 
@@ -254,7 +202,8 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
     """Reads all but the last prompt token into an XL memory, in chunks through `forward`.
 
     Args:
-        model: a built `PARTransformerXL` (supernet or derived); its memory state is untouched.
+        model: a built `PARTransformerXL` (supernet or derived); its state variables are
+            untouched.
         prompt_ids: a non-empty list of ids, or a `(B, P)` array of B prompts of one length.
         mem_len: M while sampling (default: the model's; longer works too, as in
             Transformer-XL evaluation); 0, or a model trained without memory: the whole
@@ -283,22 +232,19 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
     if chunk_length < 1:
         raise ValueError(f"chunk_length must be positive, received {chunk_length}.")
 
-    batch = prompt.shape[0]
-    memory, _ = model.initial_memory(batch, mem_len)
-    memory = memory or []
-    length = ops.zeros((batch,), "int32")
-    if memory and context.shape[1]:
+    state = model.initial_state(prompt.shape[0], mem_len)
+    if state.xl_memory and context.shape[1]:
         # Left-padded to whole chunks, the prompt marked as a document starting after the
         # padding: one traced shape for every prompt length.
         padding = -context.shape[1] % chunk_length
         context = np.pad(context, [(0, 0), (padding, 0)])
         starts = np.zeros_like(context)
         starts[:, padding] = 1
-        read = _compiled_function(model, "read", jit_compile)
+        read = compiled_function(model, _read, jit_compile)
         for i in range(0, context.shape[1], chunk_length):
             chunk = slice(i, i + chunk_length)
-            memory, length = read(context[:, chunk], starts[:, chunk], memory, length)
-    return PromptState(prompt[:, -1], memory, length, whole_context, single)
+            state = read(context[:, chunk], starts[:, chunk], state)
+    return PromptState(prompt[:, -1], state, whole_context, single)
 
 
 def sample(
@@ -320,14 +266,18 @@ def sample(
         filtering), as lists for a list prompt, else `(B, N)` arrays.
     """
     validate_sampling(num_tokens, temperature, top_k, top_p)
-    memory = prompt.memory
+    state = prompt.state
     if prompt.whole_context:  # room for the new tokens: memory is right-aligned
-        memory = [ops.pad(m, [(0, 0), (num_tokens, 0), (0, 0)]) for m in memory]
+        room = [(0, 0), (num_tokens, 0), (0, 0)]
+        state = state._replace(
+            xl_memory={name: ops.pad(m, room) for name, m in state.xl_memory.items()}
+        )
     uniforms = np.random.default_rng(seed).random((num_tokens, len(prompt.token)))
-    loop = _compiled_function(model, "sample", jit_compile)
+    # The filtering settings (arguments 3, 4, 5) are static: each new value traces anew.
+    loop = compiled_function(model, _sample, jit_compile, static_argnums=(3, 4, 5))
     ids, scores = loop(
-        prompt.token, memory, prompt.length, uniforms.astype("float32"), float(temperature),
-        int(top_k), float(top_p),
+        prompt.token, state, uniforms.astype("float32"), float(temperature), int(top_k),
+        float(top_p),
     )  # fmt: skip
     ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
     if prompt.single:

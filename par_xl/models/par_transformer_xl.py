@@ -1,31 +1,35 @@
 """The PAR Transformer-XL language model: supernet and derived architectures.
 
-How the XL memory is carried
-----------------------------
-`model.fit` over context-batched data must give every batch the memory of the previous one,
-under `jit_compile=True` and on the JAX backend. The memory is therefore model state: one
-non-trainable variable `(B, M, D)` per attention-capable block plus a per-row count of valid
-slots, `valid_memory_length` `(B,)`, created in `build` from the (static) batch size of the data.
-`call` reads them, runs the segment, and assigns the new memory, exactly like a
+The model state
+---------------
+The recurrent state is a `ModelState` (`par_xl.models.state`): the XL memory, `(B, M, D)` per
+block that may attend, keyed by block name, and its valid length per row, `(B,)`. `forward`
+is the stateless core: one segment and a state in, hidden states and the new state out, any
+batch size and memory size M. Generation and evaluation carry the state themselves, as
+tensors through their compiled loops.
+
+`model.fit` over context-batched data must also give every batch the memory of the previous
+one, under `jit_compile=True` and on the JAX backend. For it the state is also kept in
+non-trainable variables, `memory_<i>` per block in `memory_blocks` and
+`valid_memory_length`, created in `build` from the (static) batch size of the data. `call`
+reads them into a `ModelState`, calls `forward`, and assigns the new state, exactly like a
 BatchNormalization layer updates its moving statistics: TensorFlow assigns the variables
 inside the compiled step, JAX's stateless training loop returns them as updated non-trainable
 state. The memory is written through `stop_gradient`, so it never receives gradients. Other
 designs fail one of the three requirements: Python-side caches do not survive
-`tf.function`/`jax.jit`, and passing memory as model inputs/outputs does not fit `fit`'s
+`tf.function`/`jax.jit`, and passing the state as model inputs/outputs does not fit `fit`'s
 `(inputs, labels)` data contract.
 
-`forward` is the stateless core (memory in, memory out) that `call` wraps; generation and
-tests use it directly with any batch size and memory size M.
-
 Several devices: each replica of a tf.distribute strategy trains on fixed rows of every batch,
-so the memory is per-stream state kept per replica (`par_xl.replicas`: ON_READ variables with
-no aggregation, built for the replica's rows), never averaged or broadcast; `get_memory` /
-`set_memory` and checkpoints see all B streams, as one device holds them.
+so the state variables are per-stream state kept per replica (`par_xl.replicas`: ON_READ
+variables with no aggregation, built for the replica's rows), never averaged or broadcast;
+`get_state` / `set_state` and checkpoints see all B streams, as one device holds them.
 
-The memory is right-aligned and masked: after `reset_memory()` no slot is valid, so the first
-segment attends to nothing but itself, exactly as with no memory at all; each segment makes
-`min(M, seen)` slots valid, counted per row (stream). Memory of block l is its *input* in the
-previous segment (Transformer-XL), so only blocks that can attend keep one.
+The memory is right-aligned and masked: in an `initial_state` (or after `reset_state()`) no
+slot is valid, so the first segment attends to nothing but itself, exactly as with no memory
+at all; each segment makes `min(M, seen)` slots valid, counted per row (stream). Memory of
+block l is its *input* in the previous segment (Transformer-XL), so only blocks that can
+attend keep one.
 
 Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document_starts"}`): no
 position attends across a document start, and a row's memory holds only the positions since its
@@ -40,10 +44,18 @@ from keras import ops
 
 from par_xl import replicas
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
+from par_xl.layers.choices import (
+    CHOICES,
+    DEFAULT_CHOICES,
+    in_registry_order,
+    validate_architecture,
+    validate_choices,
+)
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
-from par_xl.layers.stochastic_block import CHOICES, StochasticBlock, validate_architecture
+from par_xl.layers.stochastic_block import StochasticBlock
 from par_xl.metrics import LanguageModelMetrics
+from par_xl.models.state import ModelState
 
 
 def validate_shape(d_model, num_heads, num_layers, mem_len):
@@ -72,8 +84,9 @@ class PARTransformerXL(keras.Model):
 
     Embedding scaled by `sqrt(D)` -> dropout -> N `StochasticBlock`s with XL memory ->
     dropout -> `AdaptiveSoftmax`. The supernet (`architecture=None`) learns, per block, a
-    Gumbel-softmax choice among attention, feed-forward and identity; `derive()` turns it
-    into the fixed architecture it prefers (`choice_probabilities()`), e.g. `"AAFAFI"`.
+    Gumbel-softmax choice among `choices` (by default attention, feed-forward and identity,
+    "AFI"; `par_xl.layers.choices`); `derive()` turns it into the fixed architecture it
+    prefers (`choice_probabilities()`), e.g. `"AAFAFI"`.
 
     Args:
         vocab_size: V.
@@ -89,7 +102,9 @@ class PARTransformerXL(keras.Model):
         tail_capacities: per tail cluster, positions per batch scored sparsely by the loss
             (see `AdaptiveSoftmax`); `None` scores all. Speed only: the loss is exact anyway.
         tie_embeddings: use the adaptive softmax's tables as the input embedding.
-        architecture: `None` for the supernet, else a string over "AFI" of length num_layers.
+        architecture: `None` for the supernet, else num_layers registry letters, e.g. "AAFAFI".
+        choices: the letters every supernet block chooses among, in the order of its choice
+            logits (2 or more distinct registry letters).
         search: how the supernet trains: "all_branches" (PAR: every branch, mixed per example)
             or "single_path" (one sampled branch per block and batch; see `StochasticBlock`).
         tau, straight_through, tau_is_trainable: Gumbel-softmax settings (see `GumbelChoice`).
@@ -105,7 +120,7 @@ class PARTransformerXL(keras.Model):
         inputs: `(B, T)` int token ids, or a dict `{"token_ids": (B, T), "document_starts":
             (B, T) 0/1}` (what `load_dataset(..., document_starts=True)` yields; the starts are
             ignored unless `document_boundaries`); B must equal the batch size the model was
-            built with when `mem_len > 0` (the memory state has that batch size).
+            built with when `mem_len > 0` (the state variables have that batch size).
         training: enables dropout and Gumbel noise.
 
     Returns:
@@ -134,6 +149,7 @@ class PARTransformerXL(keras.Model):
         tail_capacities=None,
         tie_embeddings=False,
         architecture=None,
+        choices=DEFAULT_CHOICES,
         search="all_branches",
         tau=1.0,
         straight_through=False,
@@ -146,6 +162,7 @@ class PARTransformerXL(keras.Model):
     ):
         super().__init__(**kwargs)
         validate_shape(d_model, num_heads, num_layers, mem_len)
+        validate_choices(choices)
         if architecture is not None:
             validate_architecture(architecture, num_layers)
         self.vocab_size = vocab_size
@@ -159,6 +176,7 @@ class PARTransformerXL(keras.Model):
         self.proj_factor = proj_factor
         self.tie_embeddings = tie_embeddings
         self.architecture = architecture
+        self.choices = choices
         self.search = search
         self.tau = tau
         self.straight_through = straight_through
@@ -199,6 +217,7 @@ class PARTransformerXL(keras.Model):
                 d_ffn,
                 dropout_rate=dropout_rate,
                 attention_dropout_rate=attention_dropout_rate,
+                choices=choices,
                 choice=None if architecture is None else architecture[i],
                 search=search,
                 tau=tau,
@@ -213,12 +232,13 @@ class PARTransformerXL(keras.Model):
             for i in range(num_layers)
         ]
         self.lm_metrics = LanguageModelMetrics()
-        self.memory = []  # per attention-capable block, (B, M, D), set in build
-        self.valid_memory_length = None  # (B,) valid slots per row, set in build
+        # The state variables `call` carries (see the module docstring), set in build.
+        self.xl_memory = {}  # {block name: (B, M, D)} per block in `memory_blocks`
+        self.valid_length = None  # (B,) valid memory slots per row
 
     @property
     def memory_blocks(self):
-        """Indices of the blocks that keep memory (those that may attend)."""
+        """Indices of the blocks that keep XL memory (those that may attend)."""
         return [i for i, block in enumerate(self.blocks) if block.uses_attention]
 
     def build(self, inputs_shape):
@@ -234,15 +254,16 @@ class PARTransformerXL(keras.Model):
             block.build(hidden_shape)
         if self.mem_len and self.memory_blocks and batch is not None:
             # Per-stream state: one component per replica under tf.distribute (see
-            # `par_xl.replicas`), an ordinary variable otherwise.
+            # `par_xl.replicas`), an ordinary variable otherwise. Created in this order, the
+            # checkpoints' (the model's own variables).
             with keras.name_scope(self.name, caller=self):
-                self.memory = [
-                    replicas.stream_variable(
+                self.xl_memory = {
+                    self.blocks[i].name: replicas.stream_variable(
                         f"memory_{i}", (batch, self.mem_len, self.d_model), self.variable_dtype
                     )
                     for i in self.memory_blocks
-                ]
-                self.valid_memory_length = replicas.stream_variable(
+                }
+                self.valid_length = replicas.stream_variable(
                     "valid_memory_length", (batch,), "int32"
                 )
         self.built = True
@@ -252,139 +273,159 @@ class PARTransformerXL(keras.Model):
         vectors = self.output_layer.embed(ids) if self.embedding is None else self.embedding(ids)
         return vectors * ops.cast(math.sqrt(self.d_model), vectors.dtype)
 
-    def initial_memory(self, batch_size, mem_len=None):
-        """Empty memory for `forward`: a list of `(B, M, D)` zeros and a valid length of 0."""
-        mem_len = self.mem_len if mem_len is None else mem_len
-        if not (mem_len and self.memory_blocks):
-            return None, 0
-        shape = (batch_size, mem_len, self.d_model)
-        return [ops.zeros(shape, self.compute_dtype) for _ in self.memory_blocks], 0
+    def initial_state(self, batch_size, mem_len=None):
+        """The empty state for `forward`: `(B, M, D)` zeros per block in `memory_blocks`
+        (none if M is 0), no valid slot.
 
-    def forward(
-        self, inputs, memory=None, valid_memory_length=0, training=None, document_starts=None
-    ):
-        """Stateless core: one segment given the previous segments' memory.
+        Args:
+            batch_size: B.
+            mem_len: M (default: the model's); any M works, as in Transformer-XL evaluation.
+        """
+        mem_len = self.mem_len if mem_len is None else mem_len
+        shape = (batch_size, mem_len, self.d_model)
+        xl_memory = {}
+        if mem_len:
+            xl_memory = {
+                self.blocks[i].name: ops.zeros(shape, self.compute_dtype)
+                for i in self.memory_blocks
+            }
+        return ModelState(xl_memory, ops.zeros((batch_size,), "int32"))
+
+    def forward(self, inputs, state=None, training=None, document_starts=None):
+        """Stateless core: one segment given the previous segments' state.
 
         Args:
             inputs: `(B, T)` ids.
-            memory: `None`, or one `(B, M, D)` tensor per block in `memory_blocks`; any M.
-            valid_memory_length: how many trailing memory slots hold real states, <= M: a scalar,
-                or `(B,)` per row.
+            state: a `ModelState` (from `initial_state`, a previous `forward`, or `get_state`),
+                any M; its `valid_length` may also be a scalar. `None`: no memory at all, the
+                segment sees only itself.
             training: enables dropout and Gumbel noise.
             document_starts: `None`, or `(B, T)` 0/1: position t starts a new document, which
                 sees nothing before t (see the module docstring).
 
         Returns:
-            `(hidden (B, T, D), new_memory, new_valid_memory_length)`; the new memory keeps
-            the last M block inputs of `[memory; segment]`, without gradients.
+            `(hidden (B, T, D), new_state)`: the new state keeps the last M block inputs of
+            `[memory; segment]`, without gradients, and a `(B,)` int32 valid length; it is
+            `None` when `state` is.
         """
         segment = inputs.shape[1]
-        mem_len = memory[0].shape[1] if memory else 0
+        xl_memory = {} if state is None else state.xl_memory
+        valid_length = 0 if state is None else state.valid_length
+        mem_len = next(iter(xl_memory.values())).shape[1] if xl_memory else 0
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
         positions = self.embedding_dropout(positions, training=training)  # (K, D)
         document_index = None
         if document_starts is not None:
             document_index = ops.cumsum(ops.cast(document_starts, "int32"), axis=1)  # (B, T)
-        mask = causal_memory_mask(
-            segment, mem_len, valid_memory_length, document_index
-        )  # (B, T, K)
-        memory_iter = iter(memory or [])
-        new_memory = []
+        mask = causal_memory_mask(segment, mem_len, valid_length, document_index)  # (B, T, K)
+        new_memory = {}
         for block in self.blocks:
-            block_memory = next(memory_iter) if block.uses_attention and mem_len else None
-            if block_memory is not None:
-                block_memory = ops.cast(block_memory, hidden.dtype)
+            block_memory = None
+            if mem_len and block.uses_attention:
+                block_memory = ops.cast(xl_memory[block.name], hidden.dtype)
                 extended = ops.concatenate([block_memory, hidden], axis=1)  # (B, M + T, D)
-                new_memory.append(ops.stop_gradient(extended[:, -mem_len:]))  # (B, M, D)
+                new_memory[block.name] = ops.stop_gradient(extended[:, -mem_len:])  # (B, M, D)
             hidden = block(hidden, block_memory, positions, mask, training=training)
         hidden = self.output_dropout(hidden, training=training)
-        if not mem_len:
-            return hidden, None, 0
-        new_length = valid_memory_length + segment
+        if state is None:
+            return hidden, None
+        new_length = valid_length + segment
         if document_index is not None:  # positions since the row's last start, if it has one
             last = document_index[:, -1:]  # (B, 1)
             since_start = ops.sum(ops.cast(document_index == last, "int32"), axis=1)  # (B,)
             new_length = ops.where(last[:, 0] > 0, since_start, new_length)
-        return hidden, new_memory, ops.minimum(new_length, mem_len)
+        new_length = ops.cast(ops.minimum(new_length, mem_len), "int32")
+        new_length = ops.broadcast_to(new_length, ops.shape(inputs)[:1])  # (B,)
+        return hidden, ModelState(new_memory, new_length)
+
+    def split_inputs(self, inputs):
+        """`(token_ids (B, T), document_starts (B, T) or None)` from `call`'s inputs: ids, or
+        a dict whose starts count only with `document_boundaries`."""
+        if not isinstance(inputs, dict):
+            return inputs, None
+        starts = inputs["document_starts"] if self.document_boundaries else None
+        return inputs["token_ids"], starts
 
     def call(self, inputs, training=None):
-        document_starts = None
-        if isinstance(inputs, dict):
-            if self.document_boundaries:
-                document_starts = inputs["document_starts"]
-            inputs = inputs["token_ids"]
+        inputs, document_starts = self.split_inputs(inputs)
         built_batch = getattr(self, "_batch_shape", (None,))[0]
         inputs, document_starts = (_with_batch(x, built_batch) for x in (inputs, document_starts))
-        if not self.memory:
+        if self.valid_length is None:
             if self.mem_len and self.memory_blocks:
                 raise ValueError(
-                    "This model has mem_len > 0 but no memory state: build it with a static "
-                    "batch size (e.g. call it on a batch), or use `forward` with explicit memory."
+                    "This model has mem_len > 0 but no state variables: build it with a static "
+                    "batch size (e.g. call it on a batch), or use `forward` with explicit state."
                 )
             return self.forward(inputs, training=training, document_starts=document_starts)[0]
-        batch = self.memory[0].shape[0]
+        batch = self.valid_length.shape[0]
         if inputs.shape[0] is not None and inputs.shape[0] != batch:
             raise ValueError(
-                f"The memory state was built for batch size {batch} (per replica), received "
+                f"The state variables were built for batch size {batch} (per replica), received "
                 f"inputs of shape {tuple(inputs.shape)}. Use `forward` with "
-                "`initial_memory(batch_size)` for other batch sizes."
+                "`initial_state(batch_size)` for other batch sizes."
             )
-        memory = [ops.stop_gradient(v) for v in self.memory]
-        hidden, new_memory, new_length = self.forward(
-            inputs, memory, self.valid_memory_length, training, document_starts
+        state = ModelState(
+            {name: ops.stop_gradient(v) for name, v in self.xl_memory.items()}, self.valid_length
         )
-        for variable, value in zip(self.memory, new_memory):
-            variable.assign(ops.cast(value, variable.dtype))
-        self.valid_memory_length.assign(
-            ops.cast(ops.broadcast_to(new_length, self.valid_memory_length.shape), "int32")
-        )
+        hidden, new_state = self.forward(inputs, state, training, document_starts)
+        for name, variable in self.xl_memory.items():
+            variable.assign(ops.cast(new_state.xl_memory[name], variable.dtype))
+        self.valid_length.assign(new_state.valid_length)
         return hidden
 
     @property
-    def memory_variables(self):
-        """The memory state: `memory_i` `(B, M, D)` per block in `memory_blocks`, then
-        `valid_memory_length` `(B,)`; empty without memory. Per replica under tf.distribute
-        (B rows per replica): read and write it whole with `get_memory` / `set_memory`."""
-        if self.valid_memory_length is None:
+    def state_variables(self):
+        """The state variables `call` carries: `memory_i` `(B, M, D)` per block in
+        `memory_blocks`, then `valid_memory_length` `(B,)`; empty without them. Per replica
+        under tf.distribute (B rows per replica): read and write them whole with `get_state` /
+        `set_state`."""
+        if self.valid_length is None:
             return []
-        return [*self.memory, self.valid_memory_length]
+        return [*self.xl_memory.values(), self.valid_length]
 
-    def reset_memory(self):
-        """Empties the memory state (start of an epoch, of an evaluation, of a new text)."""
-        replicas.clear_streams(self.memory_variables)
+    def reset_state(self):
+        """Empties the state variables (start of an epoch, of a new text)."""
+        replicas.clear_streams(self.state_variables)
 
-    def get_memory(self):
-        """The memory state as numpy arrays, in `memory_variables` order, with all streams:
-        under tf.distribute the replicas' rows gathered in replica order, which is the memory
-        one device would hold after the same global batches. A collective under a multi-worker
-        strategy (every worker calls it)."""
-        return replicas.read_streams(self.memory_variables)
+    def get_state(self):
+        """The state variables as a `ModelState` of numpy arrays with all streams (`None`
+        without them): under tf.distribute the replicas' rows gathered in replica order,
+        which is the state one device would hold after the same global batches. A collective
+        under a multi-worker strategy (every worker calls it)."""
+        if self.valid_length is None:
+            return None
+        *memory, valid_length = replicas.read_streams(self.state_variables)
+        return ModelState(dict(zip(self.xl_memory, memory)), valid_length)
 
-    def set_memory(self, values):
-        """Assigns arrays shaped as `get_memory` returns them; each replica takes its rows."""
-        replicas.write_streams(self.memory_variables, values)
+    def set_state(self, state):
+        """Assigns a `ModelState` of arrays shaped as `get_state` returns them, all streams;
+        each replica takes its rows."""
+        memory = [state.xl_memory[name] for name in self.xl_memory]
+        replicas.write_streams(self.state_variables, [*memory, state.valid_length])
 
     def save_own_variables(self, store):
-        # Keras's order (its `Layer.save_own_variables`), the memory state written as global
-        # arrays (`get_memory`): a checkpoint restores under any number of replicas.
-        memory = {id(v): value for v, value in zip(self.memory_variables, self.get_memory())}
+        # Keras's order (its `Layer.save_own_variables`), the state variables written as
+        # global arrays (`get_state`): a checkpoint restores under any number of replicas.
+        values = replicas.read_streams(self.state_variables)
+        state = {id(v): value for v, value in zip(self.state_variables, values)}
         for i, variable in enumerate(self._own_variables()):
-            store[f"{i}"] = memory.get(id(variable), variable)
+            store[f"{i}"] = state.get(id(variable), variable)
 
     def load_own_variables(self, store):
         variables = self._own_variables()
         if len(store.keys()) != len(variables):
             raise ValueError(
-                f"{self.name} has {len(variables)} variables of its own (the memory state), the "
-                f"saved weights {len(store.keys())}: another model configuration."
+                f"{self.name} has {len(variables)} variables of its own (the state variables), "
+                f"the saved weights {len(store.keys())}: another model configuration."
             )
-        memory = {id(v) for v in self.memory_variables}
+        state = {id(v) for v in self.state_variables}
         for i, variable in enumerate(variables):
-            if id(variable) not in memory:
+            if id(variable) not in state:
                 variable.assign(store[f"{i}"])
         index = {id(v): i for i, v in enumerate(variables)}
-        self.set_memory([store[f"{index[id(v)]}"] for v in self.memory_variables])
+        values = [store[f"{index[id(v)]}"] for v in self.state_variables]
+        replicas.write_streams(self.state_variables, values)
 
     def _own_variables(self):
         # The variables Keras saves for this layer itself (not its sublayers'), in its order.
@@ -414,39 +455,54 @@ class PARTransformerXL(keras.Model):
         for choice in self.choice_layers:
             choice.tau.assign(value)
 
+    @property
+    def choice_letters(self):
+        """The letters the blocks offer or hold, in registry order: the columns of
+        `choice_probabilities` (by default "AFI", also for a derived model)."""
+        return in_registry_order("".join(b.choices + (b.choice or "") for b in self.blocks))
+
     def choice_probabilities(self):
-        """The search state: choice probabilities `(num_layers, 3)` over "AFI" (one-hot rows
-        for fixed blocks) and the architecture they prefer, their argmax string."""
-        rows = []
-        for block in self.blocks:
+        """The search state: choice probabilities `(num_layers, C)` over `choice_letters`
+        (0 for a letter a block does not offer, one-hot rows for fixed blocks) and the
+        architecture they prefer, their argmax string."""
+        letters = self.choice_letters
+        probabilities = np.zeros((len(self.blocks), len(letters)), "float32")
+        for row, block in zip(probabilities, self.blocks):
             if block.choice is None:
-                rows.append(ops.convert_to_numpy(block.gumbel.probabilities()))
+                columns = [letters.index(letter) for letter in block.choices]
+                row[columns] = ops.convert_to_numpy(block.gumbel.probabilities())
             else:
-                rows.append(np.eye(len(CHOICES))[CHOICES.index(block.choice)])
-        probabilities = np.stack(rows).astype("float32")
-        return probabilities, "".join(CHOICES[i] for i in probabilities.argmax(axis=1))
+                row[letters.index(block.choice)] = 1.0
+        return probabilities, "".join(letters[i] for i in probabilities.argmax(axis=1))
 
     def derive(self, architecture=None):
         """The fixed-architecture model this supernet prefers, with its trained weights.
 
-        Each block keeps only its chosen sublayer, with the supernet's weights for it; the
-        embedding and adaptive softmax are copied too. The result trains and serializes like
-        any `PARTransformerXL`; its memory starts empty.
+        Each block keeps only its chosen sublayers (`par_xl.layers.choices`), with the
+        supernet's weights for them; the embedding and adaptive softmax are copied too. The
+        result trains and serializes like any `PARTransformerXL`; its state starts empty.
+
+        Args:
+            architecture: one letter per block, each one the block offers (default: the
+                argmax of `choice_probabilities()`).
         """
         if not self.built:
             raise ValueError("derive() needs a built model: call it on a batch first.")
         architecture = architecture or self.choice_probabilities()[1]
+        validate_architecture(architecture, self.num_layers)
+        for block, letter in zip(self.blocks, architecture):
+            if letter not in block.offered:
+                raise ValueError(
+                    f"architecture={architecture!r}: {block.name} offers {block.offered!r}, "
+                    f"not {letter!r}."
+                )
         derived = self.__class__.from_config({**self.get_config(), "architecture": architecture})
         derived.build(self._batch_shape)
         if self.embedding is not None:
             derived.embedding.set_weights(self.embedding.get_weights())
         derived.output_layer.set_weights(self.output_layer.get_weights())
-        sublayers = {
-            "A": ("attention", "attention_norm"),
-            "F": ("feed_forward", "feed_forward_norm"),
-        }
         for source, target in zip(self.blocks, derived.blocks):
-            for name in sublayers.get(target.choice, ()):
+            for name in CHOICES[target.choice].sublayers:
                 getattr(target, name).set_weights(getattr(source, name).get_weights())
         return derived
 
@@ -466,6 +522,7 @@ class PARTransformerXL(keras.Model):
             tail_capacities=self.output_layer.tail_capacities,
             tie_embeddings=self.tie_embeddings,
             architecture=self.architecture,
+            choices=self.choices,
             search=self.search,
             tau=self.tau,
             straight_through=self.straight_through,

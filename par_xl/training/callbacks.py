@@ -14,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from par_xl.layers.stochastic_block import CHOICES
 from par_xl.log_files import format_metrics
 from par_xl.search_picture import choice_figure
 from par_xl.training.evaluation import evaluate_split
@@ -93,7 +92,8 @@ class TauAnnealing(keras.callbacks.Callback):
 
 
 class MemoryReset(keras.callbacks.Callback):
-    """Empties the XL memory at the start of each pass over the training data.
+    """Empties the model's state (the XL memory) at the start of each pass over the training
+    data.
 
     Keyed on the step, not on `fit`'s epoch counter: a run resumed mid-epoch keeps the memory
     it restored from the checkpoint.
@@ -105,7 +105,7 @@ class MemoryReset(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if global_step(self.model) % self.steps_per_epoch == 0:
-            self.model.reset_memory()
+            self.model.reset_state()
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -177,8 +177,8 @@ class Checkpointer(keras.callbacks.Callback):
     def save(self):
         step = global_step(self.model)
         if step != self.last_saved:
-            memory = [id(v) for v in self.model.memory_variables]  # per replica, follows
-            weights = [w for w in self.model.weights if id(w) not in memory]
+            state = [id(v) for v in self.model.state_variables]  # per replica, follows
+            weights = [w for w in self.model.weights if id(w) not in state]
             if not all(np.isfinite(ops.convert_to_numpy(w)).all() for w in weights):
                 raise TrainingDiverged(
                     f"The weights are no longer finite at step {step}; training stopped. "
@@ -239,6 +239,7 @@ class TrainingLogger(keras.callbacks.Callback):
         tokens_per_second = steps * self.tokens_per_step / elapsed
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         probabilities, architecture = self.model.choice_probabilities()
+        letters = self.model.choice_letters
         tau = self._tau()
         log.info(
             "step %d | loss %.4f | ppl %.2f | lr %.3e | tau %.4f | %.1f ms/step | %.0f tok/s | "
@@ -253,7 +254,7 @@ class TrainingLogger(keras.callbacks.Callback):
             tf.summary.scalar("tau", tau)
             tf.summary.scalar("tokens_per_second", tokens_per_second)
             for layer, row in enumerate(probabilities):
-                for letter, value in zip(CHOICES, row):
+                for letter, value in zip(letters, row):
                     tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -261,7 +262,8 @@ class TrainingLogger(keras.callbacks.Callback):
         probabilities, architecture = self.model.choice_probabilities()
         with self.writer.as_default(step=step):
             tf.summary.image(
-                "choice_probabilities", choice_figure(probabilities, step, self._tau())
+                "choice_probabilities",
+                choice_figure(probabilities, self.model.choice_letters, step, self._tau()),
             )
             tf.summary.text("architecture", architecture)
         self.writer.flush()

@@ -3,11 +3,13 @@
 
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from par_xl.data import load_dataset, read_metadata
+from par_xl.models.compiled import compiled_function
 from par_xl.training.distribution import distribute_rows, model_strategy
 
 
@@ -33,34 +35,24 @@ def evaluate_split(model, directory):
 def evaluate_batches(model, dataset):
     """Loss and perplexity of a compiled `PARTransformerXL` over `(inputs, labels)` batches.
 
-    The memory starts empty and is carried from batch to batch, as in training; afterwards the
-    model's memory and metric states are put back as they were, so evaluating mid-epoch does
-    not disturb training. Every batch holds the same number of tokens, so the mean of the batch
-    losses is the mean token loss. A model built under a tf.distribute strategy evaluates on
-    its replicas, each on its rows of every batch (`distribute_rows`), with the same result.
+    The memory starts empty and is carried from batch to batch, as in training; the model's
+    training state (its state variables, metrics, noise seeds) is left as it was, so
+    evaluating mid-epoch does not disturb training. Every batch holds the same number of
+    tokens, so the mean of the batch losses is the mean token loss. A model built under a
+    tf.distribute strategy evaluates on its replicas, each on its rows of every batch
+    (`distribute_rows`), with the same result.
 
     Returns:
         A dict: `loss` (mean NLL per token, nats), `perplexity` = exp(loss),
         `perplexity_batch_mean` = mean over batches of exp(batch loss) (the original PAR
         implementation's definition, never smaller), `bits_per_token`, `batches`.
     """
-    memory = model.get_memory()  # all streams, gathered from the replicas
-    others = [v for v in model.non_trainable_variables
-              if not any(v is m for m in model.memory_variables)]  # fmt: skip
-    saved = [ops.convert_to_numpy(v) for v in others]
-    saved_metrics = [ops.convert_to_numpy(v) for v in model.metrics_variables]
-    model.reset_memory()
     strategy = model_strategy(model)
     if strategy is None:
-        losses = [model.test_on_batch(x, y, return_dict=True)["loss"] for x, y in dataset]
+        losses = batch_losses(model, dataset)
     else:
         losses = replicated_batch_losses(model, strategy, dataset)
     losses = np.array(losses, "float64")
-    model.set_memory(memory)
-    for variable, value in zip(others, saved):
-        variable.assign(value)
-    for variable, value in zip(model.metrics_variables, saved_metrics):
-        variable.assign(value)
     if not len(losses):
         raise ValueError("evaluate_split received an empty dataset.")
     loss = float(losses.mean())
@@ -75,9 +67,36 @@ def evaluate_batches(model, dataset):
     }
 
 
+def _evaluation_step(model, inputs, labels, state):
+    """One batch through `forward` from `state`: its mean token NLL and the next state."""
+    ids, document_starts = model.split_inputs(inputs)
+    hidden, state = model.forward(ids, state, training=False, document_starts=document_starts)
+    return ops.mean(model.output_layer.loss(hidden, labels)), state
+
+
+def batch_losses(model, dataset):
+    """Mean token NLL of each batch, on one device: a step compiled as the model was
+    (`jit_compile`) carries its own `ModelState` from `initial_state(B)`, as tensors, from
+    batch to batch; the model's variables are only read, and nothing goes to the host but
+    the losses, at the end."""
+    step = compiled_function(model, _evaluation_step, model.jit_compile)
+    state, losses = None, []
+    for batch in dataset:
+        inputs, labels = keras.tree.map_structure(ops.convert_to_tensor, tuple(batch))
+        if state is None:
+            state = model.initial_state(model.split_inputs(inputs)[0].shape[0])
+        loss, state = step(inputs, labels, state)
+        losses.append(loss)
+    return [float(ops.convert_to_numpy(loss)) for loss in losses]
+
+
 def replicated_batch_losses(model, strategy, dataset):
     """Mean token NLL of each global batch of a `tf.data.Dataset`, the model's replicas each
-    running its rows (Keras's `test_on_batch` would give every replica the whole batch)."""
+    running its rows (Keras's `test_on_batch` would give every replica the whole batch).
+
+    The replicas carry the memory in the model's state variables, per replica: the training
+    state is gathered before (all streams), emptied, and put back after.
+    """
     batch_size, seq_len = tf.nest.flatten(dataset.element_spec)[0].shape[:2]
 
     @tf.function
@@ -89,7 +108,12 @@ def replicated_batch_losses(model, strategy, dataset):
         return strategy.reduce("SUM", strategy.run(replica, args=(inputs, labels)), axis=None)
 
     batches = distribute_rows(strategy, lambda: dataset, batch_size)
-    return [float(batch_nll(x, y)) / (batch_size * seq_len) for x, y in batches]
+    training_state = model.get_state()  # all streams, gathered from the replicas
+    model.reset_state()
+    losses = [float(batch_nll(x, y)) / (batch_size * seq_len) for x, y in batches]
+    if training_state is not None:
+        model.set_state(training_state)
+    return losses
 
 
 def perplexity(loss):

@@ -1,0 +1,198 @@
+"""The block choices of the PAR search: one registry entry per letter.
+
+A `StochasticBlock` offers some of these letters: a supernet block mixes or samples them, a
+derived block holds one. Everything that depends on a letter reads its entry here: which
+sublayers a block builds for it (and `derive()` copies), how its residual branch is applied,
+whether it attends (so the block keeps XL memory), its cost per token (`par_xl.flops`), and
+its name and colour in logs and pictures. Adding a choice is adding one entry.
+
+Shape letters as in `par_xl.layers.relative_attention` (B, T, M, K, D, N, H).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import keras
+
+from par_xl.layers.feed_forward import FeedForward
+from par_xl.layers.relative_attention import RelativeAttention
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Choice:
+    """One block choice.
+
+    Attributes:
+        letter: its one-letter code in architectures and `--choices`, e.g. "A".
+        name: what it is, for logs, pictures and legends.
+        color: its matplotlib colour in pictures.
+        sublayers: `{attribute name: make(block, name) -> layer}`: the sublayers a block
+            builds for it, in this order, each named after its attribute. `derive()` copies
+            exactly these from the supernet; their names are the checkpoints' weight paths.
+        attends: whether the branch reads the block's XL memory (the block then keeps one).
+        apply: `apply(block, inputs, memory, position_encoding, mask, training)` -> the
+            branch's `(B, T, D)` output, from `(B, T, D)` inputs (see `StochasticBlock.call`).
+        macs_per_token: `macs_per_token(block, segment_length, mem_len, batch_size,
+            position_projection)` -> matrix multiply-adds per input token of the branch over
+            `(B, T)` batches and M memory positions; `position_projection` counts the
+            projection of the K relative positions, shared by the batch (see `par_xl.flops`).
+    """
+
+    letter: str
+    name: str
+    color: str
+    sublayers: Mapping[str, Callable]
+    attends: bool
+    apply: Callable
+    macs_per_token: Callable
+
+
+def _layer_norm(block, name):
+    return keras.layers.LayerNormalization(epsilon=1e-5, name=name, dtype=block.dtype_policy)
+
+
+def _relative_attention(block, name):
+    return RelativeAttention(
+        block.num_heads,
+        block.head_size,
+        attention_dropout_rate=block.attention_dropout_rate,
+        kernel_initializer=block.kernel_initializer,
+        name=name,
+        dtype=block.dtype_policy,
+    )
+
+
+def _feed_forward(block, name):
+    return FeedForward(
+        block.inner_size,
+        dropout_rate=block.dropout_rate,
+        kernel_initializer=block.kernel_initializer,
+        name=name,
+        dtype=block.dtype_policy,
+    )
+
+
+def _post_norm(block, norm, inputs, transformed, training):
+    """Transformer-XL's post-norm residual: `norm(inputs + Dropout(transformed))`."""
+    return norm(inputs + block.residual_dropout(transformed, training=training))
+
+
+def _apply_attention(block, inputs, memory, position_encoding, mask, training):
+    attended = block.attention(inputs, memory, position_encoding, mask, training=training)
+    return _post_norm(block, block.attention_norm, inputs, attended, training)
+
+
+def _apply_feed_forward(block, inputs, memory, position_encoding, mask, training):
+    transformed = block.feed_forward(inputs, training=training)
+    return _post_norm(block, block.feed_forward_norm, inputs, transformed, training)
+
+
+def _apply_identity(block, inputs, memory, position_encoding, mask, training):
+    return inputs
+
+
+def _attention_macs(block, segment_length, mem_len, batch_size, position_projection):
+    d, t = block.num_heads * block.head_size, segment_length
+    k = mem_len + t  # keys per query
+    macs = (
+        d * d  # query projection
+        + 2 * d * d * k / t  # key and value projections over [memory; segment]
+        + 3 * k * d  # content scores, position scores, probabilities x values
+        + d * d  # output projection
+    )
+    if position_projection:
+        macs += k * d * d / (batch_size * t)  # shared by the batch
+    return macs
+
+
+def _feed_forward_macs(block, segment_length, mem_len, batch_size, position_projection):
+    return 2 * block.num_heads * block.head_size * block.inner_size  # two projections
+
+
+def _no_macs(block, segment_length, mem_len, batch_size, position_projection):
+    return 0.0
+
+
+# In registry order: the order of a block's sublayers (its weights) and of the choice columns
+# in `PARTransformerXL.choice_probabilities`, logs and pictures.
+CHOICES = {
+    choice.letter: choice
+    for choice in (
+        Choice(
+            letter="A",
+            name="attention",
+            color="tab:blue",
+            sublayers={"attention": _relative_attention, "attention_norm": _layer_norm},
+            attends=True,
+            apply=_apply_attention,
+            macs_per_token=_attention_macs,
+        ),
+        Choice(
+            letter="F",
+            name="feed-forward",
+            color="tab:orange",
+            sublayers={"feed_forward": _feed_forward, "feed_forward_norm": _layer_norm},
+            attends=False,
+            apply=_apply_feed_forward,
+            macs_per_token=_feed_forward_macs,
+        ),
+        Choice(
+            letter="I",
+            name="identity",
+            color="tab:green",
+            sublayers={},
+            attends=False,
+            apply=_apply_identity,
+            macs_per_token=_no_macs,
+        ),
+    )
+}
+DEFAULT_CHOICES = "AFI"  # what PAR searches: attention, feed-forward, identity
+
+
+def in_registry_order(letters):
+    """The distinct registry letters among `letters`, in registry order: e.g. "IA" -> "AI"."""
+    return "".join(letter for letter in CHOICES if letter in letters)
+
+
+def legend():
+    """The registry's letters and names, for messages: "A (attention), F (feed-forward), ..."."""
+    return ", ".join(f"{c.letter} ({c.name})" for c in CHOICES.values())
+
+
+def validate_choices(choices, name="choices"):
+    """Checks that `choices` is 2 or more distinct letters of the registry; returns it.
+
+    Raises:
+        ValueError: "<name> must be ...", saying what was expected and what was received.
+    """
+    letters = isinstance(choices, str) and set(choices) <= set(CHOICES)
+    if not letters or len(set(choices)) != len(choices) or len(choices) < 2:
+        raise ValueError(
+            f"{name} must be 2 or more distinct letters of {legend()}, received {choices!r}."
+        )
+    return choices
+
+
+def validate_architecture(architecture, num_layers, name="architecture"):
+    """Checks that `architecture` is `num_layers` letters of the registry, one per block.
+
+    Args:
+        architecture: e.g. `"AAFAFI"`.
+        num_layers: how many blocks it describes.
+        name: the argument (or flag) named in the error message.
+
+    Returns:
+        `architecture`, unchanged.
+
+    Raises:
+        ValueError: "<name> must be ...", saying what was expected and what was received.
+    """
+    letters = isinstance(architecture, str) and set(architecture) <= set(CHOICES)
+    if not letters or len(architecture) != num_layers:
+        plural = "letter" if num_layers == 1 else "letters"
+        raise ValueError(
+            f"{name} must be {num_layers} {plural} (one per layer) of {legend()}, received "
+            f"{architecture!r}."
+        )
+    return architecture
