@@ -409,6 +409,29 @@ def test_evaluate_mode_reproduces_the_final_test_perplexity(trained_run):
 
 
 @pytest.mark.slow
+def test_evaluate_mode_sizes_tail_slices_by_the_split(trained_run, tiny_data, monkeypatch):
+    """`evaluate` sizes the tail slices by the split's own labels (no batch falls back to the
+    dense loss) and gives the dense loss's numbers."""
+    from par_xl.data.label_statistics import max_tail_labels_per_batch
+    from par_xl.training import runs, trainer
+
+    loaded = []
+    load_run = runs.load_run
+    monkeypatch.setattr(
+        trainer, "load_run", lambda *args: loaded.append(load_run(*args)) or loaded[-1]
+    )
+    split = f"{tiny_data}/tf/valid"
+    sparse = trainer.evaluate(trained_run / "checkpoints", split)
+    model = loaded[0][0]
+    expected = max_tail_labels_per_batch(split, model.cutoffs, model.vocab_size)
+    assert model.output_layer.tail_capacities == expected
+    dense_model = load_run(trained_run / "checkpoints")[0]
+    assert dense_model.output_layer.tail_capacities is None
+    dense = evaluate_split(dense_model, split)
+    np.testing.assert_allclose(sparse["loss"], dense["loss"], rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_generate_prints_what_the_library_samples(trained_run):
     """generate.py's text is the library's sample for the same run, prompt and seed, decoded."""
     from par_xl.data import decode_lines, load_tokenizer

@@ -57,6 +57,7 @@ from par_xl.training.runs import (
     load_run,
     lock_run_directories,
     make_directory,
+    read_run_config,
     write_run_config,
 )
 
@@ -338,13 +339,26 @@ def _quiet():
 def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=False,
              strategy=None):  # fmt: skip
     """Perplexity of a checkpoint on a split directory (default: the run's test split), in
-    order, with memory; on one device or on the replicas of `strategy`."""
-    model, _, train_config, train_data = load_run(checkpoint_dir, checkpoint, jit_compile,
-                                                  strategy)  # fmt: skip
+    order, with memory; on one device or on the replicas of `strategy`.
+
+    As in training (`TrainConfig.tail_capacity`), the loss scores each tail cluster sparsely,
+    sized by the split's own labels (the most any of its batches puts in each cluster): every
+    batch stays on the sparse path, which matters for a derived model, whose blocks cost
+    less than the full softmax (benchmarks/RESULTS.md, "Inference").
+    """
+    model_config, train_config, _ = read_run_config(checkpoint_dir)
     split_directory = split_directory or train_config.test_directory
     if not split_directory:
         raise ConfigError("--eval_directory is required: the run has no test split.")
     split = read_metadata(split_directory)
+    capacity = None
+    if train_config.tail_capacity and model_config.cutoffs:
+        if split.vocab_size == model_config.vocab_size:  # else refused below
+            capacity = max_tail_labels_per_batch(
+                split_directory, model_config.cutoffs, model_config.vocab_size
+            )
+    model, _, _, train_data = load_run(checkpoint_dir, checkpoint, jit_compile, strategy,
+                                       capacity)  # fmt: skip
     for name, expected, value in differences(
         train_data, split, ("vocab_size", "batch_size", "sp_model_sha256")
     ):
