@@ -61,27 +61,20 @@ def _layer_norm(block, name):
     return keras.layers.LayerNormalization(epsilon=1e-5, name=name, dtype=block.dtype_policy)
 
 
-def _relative_attention(block, name):
-    return RelativeAttention(
+def _relative_attention(block, name, layer_class=RelativeAttention, **extra):
+    return layer_class(
         block.num_heads,
         block.head_size,
         attention_dropout_rate=block.attention_dropout_rate,
         kernel_initializer=block.kernel_initializer,
         name=name,
         dtype=block.dtype_policy,
+        **extra,
     )
 
 
 def _memorizing_attention(block, name):
-    return MemorizingAttention(
-        block.num_heads,
-        block.head_size,
-        num_neighbors=block.knn_neighbors,
-        attention_dropout_rate=block.attention_dropout_rate,
-        kernel_initializer=block.kernel_initializer,
-        name=name,
-        dtype=block.dtype_policy,
-    )
+    return _relative_attention(block, name, MemorizingAttention, num_neighbors=block.knn_neighbors)
 
 
 def _feed_forward(block, name):
