@@ -101,8 +101,8 @@ flags.DEFINE_enum(
     None,
     ["exact", "scann"],
     "The kNN search of evaluation and generation: exact (default; any backend, XLA included) "
-    "or scann (ScaNN on the host, for large stores; without --jit_compile). Training always "
-    "searches exactly.",
+    "or scann (ScaNN on the host, for large stores; TensorFlow without XLA). Training always "
+    "searches exactly. With --mode=evaluate it replaces the run's.",
 )
 flags.DEFINE_float("max_lr", DEFAULT["max_lr"], "Peak learning rate.")
 flags.DEFINE_integer(
@@ -218,8 +218,9 @@ def main(argv):
             if not FLAGS.checkpoint_dir:
                 raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
             result = trainer.evaluate(
-                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile, strategy
-            )
+                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile,
+                strategy, FLAGS.knn_backend,
+            )  # fmt: skip
             print(json.dumps(result, indent=2))
             return 0
         for name in ("train_directory", "valid_directory"):

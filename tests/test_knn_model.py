@@ -14,9 +14,12 @@ from keras import ops
 from test_generation import reference_generate
 
 from par_xl.configs import ConfigError, ModelConfig
+from par_xl.memory import ScannKNNMemory
 from par_xl.memory.exact_state import KNNState
 from par_xl.models import PARTransformerXL
-from par_xl.models.generation import generate
+from par_xl.models.compiled import compiled_function
+from par_xl.models.generation import generate, read_prompt, sample
+from par_xl.training import evaluation
 from par_xl.training.checkpoints import CheckpointManager
 from par_xl.training.evaluation import evaluate_batches
 
@@ -349,3 +352,32 @@ def test_jax_backend_carries_the_exact_store_like_tensorflow(tmp_path):
     np.testing.assert_allclose(saved["outputs"], outputs, rtol=1e-4, atol=1e-5)
     keys = numpy(model.knn_store["block_1"].keys)
     np.testing.assert_allclose(saved["keys"], keys, rtol=1e-4, atol=1e-5)
+
+
+def test_scann_evaluation_and_generation_search_like_the_exact_store():
+    """Below ScaNN's index size (4,096 entries a row) its memory searches exactly: the same
+    losses and samples as the exact store, from memories kept beside the state, filled in
+    place on the host (no XLA: refused when asked for), traced once."""
+    exact = make_model(knn_layers=[1])
+    scann = PARTransformerXL.from_config({**exact.get_config(), "knn_backend": "scann"})
+    scann.build((B, T))
+    scann.set_weights(exact.get_weights())
+    exact.compile(jit_compile=False)
+    scann.compile(jit_compile=True)  # training's setting: evaluation leaves XLA out
+    data = list(batches(3))
+    expected = evaluate_batches(exact, data)["loss"]
+    for _ in range(2):  # the memories start empty each time, and are traced once
+        np.testing.assert_allclose(evaluate_batches(scann, data)["loss"], expected, rtol=1e-5)
+    step = compiled_function(scann, evaluation._evaluation_step, False)
+    assert step.experimental_get_tracing_count() == 1
+    state, memories = scann.inference_state(B)
+    assert state.knn == {} and list(memories) == ["block_1"]
+    assert isinstance(memories["block_1"], ScannKNNMemory)
+    prompt = read_prompt(scann, list(range(1, 12)), chunk_length=4)
+    assert prompt.knn_memories["block_1"]["length"].tolist() == [C]  # of 10 read
+    ids = [sample(scann, prompt, 8, seed=seed)[0] for seed in (1, 1, 2)]
+    assert ids[0] == ids[1] != ids[2]  # a read prompt is not changed by sampling from it
+    assert ids[0] == generate(exact, list(range(1, 12)), 8, seed=1, chunk_length=4,
+                              jit_compile=False)[0]  # fmt: skip
+    with pytest.raises(ValueError, match="jit_compile must be False with knn_backend='scann'"):
+        generate(scann, [1, 2, 3], 2, jit_compile=True)

@@ -62,7 +62,7 @@ from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positi
 from par_xl.layers.stochastic_block import StochasticBlock
 from par_xl.memory import exact_state
 from par_xl.memory.exact_state import KNNState
-from par_xl.memory.knn_memory import BACKENDS
+from par_xl.memory.knn_memory import BACKENDS, create_knn_memory
 from par_xl.metrics import LanguageModelMetrics
 from par_xl.models.state import ModelState
 
@@ -317,6 +317,7 @@ class PARTransformerXL(keras.Model):
         self.xl_memory = {}  # {block name: (B, M, D)} per block in `memory_blocks`
         self.valid_length = None  # (B,) valid memory slots per row
         self.knn_store = {}  # {block name: KNNState of variables} per block in `knn_blocks`
+        self._knn_memories = {}  # batch size -> `inference_state`'s ScaNN stores
 
     def _block_choices(self, i):
         """The letters supernet block i chooses among: `choices`, with M in place of A in
@@ -398,6 +399,45 @@ class PARTransformerXL(keras.Model):
             batch_size: B.
             mem_len: M (default: the model's); any M works, as in Transformer-XL evaluation.
         """
+        return self._empty_state(batch_size, mem_len, self._knn_sizes(batch_size))
+
+    def inference_state(self, batch_size, mem_len=None):
+        """What evaluation and generation start from: `(state, knn_memories)`.
+
+        With `knn_backend="exact"`, `(initial_state(...), {})`. With "scann", the state has no
+        kNN stores and `knn_memories` holds a `ScannKNNMemory` per block in `knn_blocks`,
+        emptied, for `forward(..., knn_memories=...)`. The model keeps one set per batch size,
+        so that a compiled function traces once for them (they are not tensors: they go beside
+        the state, searched and filled in place, eager or in a `tf.function` without XLA).
+        """
+        if self.knn_backend == "exact":
+            return self.initial_state(batch_size, mem_len), {}
+        if batch_size not in self._knn_memories:
+            self._knn_memories[batch_size] = {
+                self.blocks[i].name: create_knn_memory(
+                    self.knn_backend,
+                    **self._knn_sizes(batch_size),
+                    num_neighbors=self.knn_neighbors,
+                )  # fmt: skip
+                for i in self.knn_blocks
+            }
+        memories = self._knn_memories[batch_size]
+        for memory in memories.values():
+            memory.clear()
+        return self._empty_state(batch_size, mem_len), memories
+
+    def _knn_sizes(self, batch_size):
+        """The kNN store's sizes, as `exact_state.empty_state` and `create_knn_memory` take
+        them."""
+        return dict(
+            batch_size=batch_size,
+            num_heads=self.num_heads,
+            capacity=self.knn_memory_size,
+            key_size=self.d_model // self.num_heads,
+        )
+
+    def _empty_state(self, batch_size, mem_len=None, knn_sizes=None):
+        """An empty `ModelState`, with empty exact kNN stores of `knn_sizes` if given."""
         mem_len = self.mem_len if mem_len is None else mem_len
         shape = (batch_size, mem_len, self.d_model)
         xl_memory = {}
@@ -406,14 +446,15 @@ class PARTransformerXL(keras.Model):
                 self.blocks[i].name: ops.zeros(shape, self.compute_dtype)
                 for i in self.memory_blocks
             }
-        store = (self.num_heads, self.knn_memory_size, self.d_model // self.num_heads)
-        knn = {
-            self.blocks[i].name: exact_state.empty_state(batch_size, *store, self.compute_dtype)
-            for i in self.knn_blocks
-        }
+        knn = {}
+        if knn_sizes is not None:
+            knn = {
+                self.blocks[i].name: exact_state.empty_state(**knn_sizes, dtype=self.compute_dtype)
+                for i in self.knn_blocks
+            }
         return ModelState(xl_memory, ops.zeros((batch_size,), "int32"), knn)
 
-    def forward(self, inputs, state=None, training=None, document_starts=None):
+    def forward(self, inputs, state=None, training=None, document_starts=None, knn_memories=None):
         """Stateless core: one segment given the previous segments' state.
 
         Args:
@@ -424,16 +465,20 @@ class PARTransformerXL(keras.Model):
             training: enables dropout and Gumbel noise.
             document_starts: `None`, or `(B, T)` 0/1: position t starts a new document, which
                 sees nothing before t (see the module docstring).
+            knn_memories: `None`, or `{block name: KNNMemory}` (`inference_state`'s ScaNN
+                stores): searched and filled in place instead of the state's stores.
 
         Returns:
             `(hidden (B, T, D), new_state)`: the new state keeps the last M block inputs of
             `[memory; segment]`, without gradients, a `(B,)` int32 valid length, and the kNN
-            stores with the segment added; it is `None` when `state` is.
+            stores with the segment added (but those of `knn_memories`, updated in place); it
+            is `None` when `state` is.
         """
         segment = inputs.shape[1]
         xl_memory = {} if state is None else state.xl_memory
         valid_length = 0 if state is None else state.valid_length
         knn = self.initial_state(inputs.shape[0], 0).knn if state is None else state.knn
+        knn_memories = knn_memories or {}
         mem_len = next(iter(xl_memory.values())).shape[1] if xl_memory else 0
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
@@ -449,10 +494,15 @@ class PARTransformerXL(keras.Model):
                 block_memory = ops.cast(xl_memory[block.name], hidden.dtype)
                 extended = ops.concatenate([block_memory, hidden], axis=1)  # (B, M + T, D)
                 new_memory[block.name] = ops.stop_gradient(extended[:, -mem_len:])  # (B, M, D)
-            if block.remembers:
+            if block.name in knn_memories:  # a KNNMemory object: updated in place
+                hidden, _ = block(
+                    hidden, block_memory, positions, mask, knn_state=knn_memories[block.name],
+                    training=training, document_starts=document_starts,
+                )  # fmt: skip
+            elif block.remembers:
                 hidden, new_knn[block.name] = block(
-                    hidden, block_memory, positions, mask, knn[block.name], training=training,
-                    document_starts=document_starts,
+                    hidden, block_memory, positions, mask, knn_state=knn[block.name],
+                    training=training, document_starts=document_starts,
                 )  # fmt: skip
             else:
                 hidden = block(hidden, block_memory, positions, mask, training=training)

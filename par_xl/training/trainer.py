@@ -336,11 +336,12 @@ def _quiet():
 
 
 def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=False,
-             strategy=None):  # fmt: skip
+             strategy=None, knn_backend=None):  # fmt: skip
     """Perplexity of a checkpoint on a split directory (default: the run's test split), in
-    order, with memory; on one device or on the replicas of `strategy`."""
+    order, with memory; on one device or on the replicas of `strategy`; the kNN memory
+    searched by `knn_backend` (default: the run's)."""
     model, _, train_config, train_data = load_run(checkpoint_dir, checkpoint, jit_compile,
-                                                  strategy)  # fmt: skip
+                                                  strategy, knn_backend)  # fmt: skip
     split_directory = split_directory or train_config.test_directory
     if not split_directory:
         raise ConfigError("--eval_directory is required: the run has no test split.")
