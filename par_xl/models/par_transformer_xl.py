@@ -36,6 +36,12 @@ at all; each segment makes `min(M, seen)` slots valid, counted per row (stream).
 block l is its *input* in the previous segment (Transformer-XL), so only blocks that can
 attend keep one.
 
+kNN stores with `knn_backend="scann"`: training searches the exact store above (in the state
+variables); evaluation and generation search a `ScannKNNMemory` per block instead
+(`inference_state`), an object on the host that is not a tensor: it goes beside the state
+(`forward(..., knn_memories=...)`), filled in place, in eager code or a `tf.function` without
+XLA.
+
 Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document_starts"}`): no
 position attends across a document start, and a row's memory holds only the positions since its
 last start, so its valid count is cut there: a stream's memory is cleared at each document start,
