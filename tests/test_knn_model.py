@@ -273,6 +273,15 @@ def test_knn_flags_are_validated(changes, message):
         PARTransformerXL(**dataclasses.replace(ModelConfig(), **changes).model_kwargs())
 
 
+def test_train_py_names_the_knn_flag_that_cannot_work(tmp_path):
+    from test_training import run_script
+
+    flags = ["--train_directory=-", "--valid_directory=-", f"--log_dir={tmp_path}"]
+    result = run_script("train.py", *flags, "--knn_layers=1", "--choices=AMFI")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--knn_layers=[1] cannot be given with choices='AMFI'" in result.stderr
+
+
 def test_knn_flags_that_work():
     ModelConfig(knn_layers=(1, 4)).validate()  # M in place of A in blocks 1 and 4
     ModelConfig(architecture="AMFAFM", knn_layers=(5, 1)).validate()  # the same blocks
