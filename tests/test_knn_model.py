@@ -196,9 +196,8 @@ def test_resume_from_a_checkpoint_continues_with_the_same_store(tmp_path):
     interrupted.fit(batches(6).take(3), shuffle=False, verbose=0)
     manager = CheckpointManager(tmp_path)
     manager.save(interrupted, 3)
-    resumed = compiled_model(
-        False, run_eagerly=True, seed=5
-    )  # other weights, noise and stores until restored
+    # Other weights, noise and stores until restored.
+    resumed = compiled_model(False, run_eagerly=True, seed=5)
     assert manager.restore(resumed) == 3
     for name, store in store_arrays(interrupted).items():
         for a, b in zip(store, store_arrays(resumed)[name]):
@@ -224,7 +223,21 @@ def test_saved_and_loaded_with_its_stores(tmp_path):
     weights_only.load_weights(tmp_path / "model.weights.h5")
     np.testing.assert_allclose(numpy(weights_only(second)), expected, rtol=1e-6, atol=1e-6)
     model.reset_state()  # an empty store: another output
+    assert store_arrays(model)["block_1"].length.tolist() == [0, 0]
     assert np.abs(numpy(model(second)) - expected).max() > 1e-4
+
+
+def test_mixed_precision_keeps_the_stores_in_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = compiled_model(False)
+        history = model.fit(batches(3), shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(history.history["loss"][-1])
+    store = model.knn_store["block_1"]
+    assert [v.dtype for v in store] == ["float16", "float16", "int32", "int32"]
+    assert numpy(store.length).tolist() == [C, C] and np.isfinite(numpy(store.keys)).all()
 
 
 @pytest.mark.parametrize("search", ["all_branches", "single_path"])
@@ -336,8 +349,13 @@ history = model.fit(x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]),
                     batch_size=x.shape[1], shuffle=False, verbose=0)
 store = model.get_state().knn["block_1"]
 np.savez(sys.argv[3], outputs=np.stack(outputs), keys=store.keys)
+try:
+    type(model).from_config({**model.get_config(), "knn_backend": "scann"})  # refused
+    refused = "no error"
+except ValueError as error:
+    refused = str(error)
 print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"][-1],
-                  "length": store.length.tolist()}))
+                  "length": store.length.tolist(), "scann": refused}))
 """
 
 
@@ -356,6 +374,7 @@ def test_jax_backend_carries_the_exact_store_like_tensorflow(tmp_path):
     report = run_on_jax(JAX_SCRIPT, tmp_path, str(path), str(tmp_path / "xy.npy"),
                         str(tmp_path / "o.npz"))  # fmt: skip
     assert report["backend"] == "jax" and report["length"] == [C, C]
+    assert report["scann"].startswith("knn_backend='scann' needs the TensorFlow backend")
     np.testing.assert_allclose(report["loss"], history.history["loss"][-1], rtol=1e-4)
     saved = np.load(tmp_path / "o.npz")
     np.testing.assert_allclose(saved["outputs"], outputs, rtol=1e-4, atol=1e-5)

@@ -16,14 +16,13 @@ one, under `jit_compile=True` and on the JAX backend. For it the state is also k
 non-trainable variables, `memory_<i>` per block in `memory_blocks`, `valid_memory_length`,
 and the kNN stores' `knn_{keys,values,position,length}_<i>` per block in `knn_blocks`, created
 in `build` from the (static) batch size of the data; checkpoints hold them, so a resumed run
-continues with the same stores. `call`
-reads them into a `ModelState`, calls `forward`, and assigns the new state, exactly like a
-BatchNormalization layer updates its moving statistics: TensorFlow assigns the variables
-inside the compiled step, JAX's stateless training loop returns them as updated non-trainable
-state. The memory is written through `stop_gradient`, so it never receives gradients. Other
-designs fail one of the three requirements: Python-side caches do not survive
-`tf.function`/`jax.jit`, and passing the state as model inputs/outputs does not fit `fit`'s
-`(inputs, labels)` data contract.
+continues with the same stores. `call` reads them into a `ModelState`, calls `forward`, and
+assigns the new state, exactly like a BatchNormalization layer updates its moving statistics:
+TensorFlow assigns the variables inside the compiled step, JAX's stateless training loop
+returns them as updated non-trainable state. The memory is written through `stop_gradient`, so
+it never receives gradients. Other designs fail one of the three requirements: Python-side
+caches do not survive `tf.function`/`jax.jit`, and passing the state as model inputs/outputs
+does not fit `fit`'s `(inputs, labels)` data contract.
 
 Several devices: each replica of a tf.distribute strategy trains on fixed rows of every batch,
 so the state variables are per-stream state kept per replica (`par_xl.replicas`: ON_READ
