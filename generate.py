@@ -28,6 +28,13 @@ flags.DEFINE_integer(
     "mem_len", None, "Memory length while sampling (default: the model's; 0: the whole context)."
 )
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_enum(
+    "knn_backend",
+    None,
+    ["exact", "scann"],
+    "The kNN memory's search (models with memorizing attention; default: the run's): exact, "
+    "or scann (ScaNN on the host, for large stores; not with --jit_compile).",
+)
 flags.DEFINE_bool(
     "jit_compile",
     False,
@@ -65,7 +72,9 @@ def main(argv):
 
     try:
         check_flags()
-        model, _, _, data = load_run(FLAGS.checkpoint_dir, FLAGS.checkpoint)
+        model, _, _, data = load_run(
+            FLAGS.checkpoint_dir, FLAGS.checkpoint, knn_backend=FLAGS.knn_backend
+        )
         if FLAGS.sp_model_prefix:
             model_path, flag = f"{FLAGS.sp_model_prefix}.model", "--sp_model_prefix"
         else:

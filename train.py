@@ -84,6 +84,26 @@ flags.DEFINE_bool(
     "No position attends across a document start (the data's document_starts), through the XL "
     "memory included; a stream's memory is cleared there.",
 )
+flags.DEFINE_multi_integer(
+    "knn_layers",
+    None,
+    "A block that uses memorizing attention, M: attention over the XL memory and over the k "
+    "nearest of its kNN store's C entries per stream and head (repeat the flag). A supernet's "
+    "block offers M in place of A; with --architecture, its M letters say it (--knn_layers must "
+    "then agree). --choices with an M offers it in every block instead.",
+)
+flags.DEFINE_integer(
+    "knn_memory_size", None, "C: the kNN store's entries per stream and head (>= knn_neighbors)."
+)
+flags.DEFINE_integer("knn_neighbors", None, "k: kNN entries retrieved per query and head.")
+flags.DEFINE_enum(
+    "knn_backend",
+    None,
+    ["exact", "scann"],
+    "The kNN search of evaluation and generation: exact (default; any backend, XLA included) "
+    "or scann (ScaNN on the host, for large stores; TensorFlow without XLA). Training always "
+    "searches exactly. With --mode=evaluate it replaces the run's.",
+)
 flags.DEFINE_float("max_lr", DEFAULT["max_lr"], "Peak learning rate.")
 flags.DEFINE_integer(
     "warmup_steps", DEFAULT["warmup_steps"], "Linear warmup steps, then cosine decay to 0."
@@ -168,6 +188,8 @@ def model_config_from_flags():
     }
     if "cutoffs" in overrides:
         overrides["cutoffs"] = tuple(c for c in overrides["cutoffs"] if c != 0)
+    if "knn_layers" in overrides:
+        overrides["knn_layers"] = tuple(overrides["knn_layers"])
     return dataclasses.replace(PRESETS[FLAGS.preset], **overrides)
 
 
@@ -196,8 +218,9 @@ def main(argv):
             if not FLAGS.checkpoint_dir:
                 raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
             result = trainer.evaluate(
-                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile, strategy
-            )
+                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile,
+                strategy, FLAGS.knn_backend,
+            )  # fmt: skip
             print(json.dumps(result, indent=2))
             return 0
         for name in ("train_directory", "valid_directory"):

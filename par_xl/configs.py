@@ -12,7 +12,7 @@ from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.choices import DEFAULT_CHOICES, validate_architecture, validate_choices
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
 from par_xl.layers.stochastic_block import validate_search
-from par_xl.models.par_transformer_xl import validate_shape
+from par_xl.models.par_transformer_xl import validate_knn, validate_shape
 from par_xl.training import optimizers
 
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)  # the --opt_name values
@@ -55,10 +55,18 @@ class ModelConfig:
     choice_at_inference: str | None = None  # None: the search's own (see PARTransformerXL)
     initializer_range: float = 0.02
     document_boundaries: bool = False  # no attention across document starts (data v2)
+    knn_layers: tuple[int, ...] = ()  # blocks with memorizing attention ("M"), supernet or not
+    knn_memory_size: int = 2048  # C: kNN store entries per stream and head
+    knn_neighbors: int = 32  # k: entries retrieved per query and head
+    knn_backend: str = "exact"  # evaluation and generation: "exact" or "scann"
 
     def model_kwargs(self):
         """The configuration as `PARTransformerXL` keyword arguments."""
-        return {**dataclasses.asdict(self), "cutoffs": list(self.cutoffs)}
+        return {
+            **dataclasses.asdict(self),
+            "cutoffs": list(self.cutoffs),
+            "knn_layers": list(self.knn_layers),
+        }
 
     def validate(self):
         """Raises ConfigError naming the first flag whose value cannot work."""
@@ -80,6 +88,9 @@ class ModelConfig:
         if self.choice_at_inference is not None:
             _as_flag_error(validate_choice_at_inference, self.choice_at_inference)
         _as_flag_error(validate_search, self.search)
+        _as_flag_error(validate_knn, self.num_layers, self.architecture, self.choices,
+                       self.knn_layers, self.knn_memory_size, self.knn_neighbors,
+                       self.knn_backend)  # fmt: skip
 
 
 PRESETS = {
@@ -167,4 +178,5 @@ def from_json(text):
     document = json.loads(text)
     model = dict(document["model"])
     model["cutoffs"] = tuple(model["cutoffs"])
+    model["knn_layers"] = tuple(model.get("knn_layers", ()))  # a run from before the field
     return ModelConfig(**model), TrainConfig(**document["train"])

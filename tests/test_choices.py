@@ -23,21 +23,26 @@ from par_xl.layers.choices import (
 from par_xl.models import PARTransformerXL
 
 D, D_FFN, T, M, B = 16, 24, 5, 3, 2
+C, K = 6, 2  # the kNN store's slots and neighbours
 TINY = dict(vocab_size=40, d_model=D, num_heads=2, d_ffn=D_FFN, mem_len=M, cutoffs=[10],
-            dropout_rate=0.0)  # fmt: skip
+            dropout_rate=0.0, knn_memory_size=C, knn_neighbors=K)  # fmt: skip
+ATTENTION_MACS = D * D * (1 + 2 * (M + T) / T + 1) + 3 * (M + T) * D + (M + T) * D * D / (B * T)
 
 # Multiply-adds per token of each letter's branch over (B, T) batches and M memory positions,
 # with the position projection, counted by hand. A new registry entry needs its line here.
 EXPECTED_MACS = {
-    "A": D * D * (1 + 2 * (M + T) / T + 1) + 3 * (M + T) * D + (M + T) * D * D / (B * T),
+    "A": ATTENTION_MACS,
     "F": 2 * D * D_FFN,
     "I": 0.0,
+    # A's, plus per head (N * H = D per token) a score per store slot and 2 per neighbour.
+    "M": ATTENTION_MACS + (C + 2 * K) * D,
 }
 # The sublayers each letter's block holds (and `derive()` copies), by attribute name.
 EXPECTED_SUBLAYERS = {
     "A": ["attention", "attention_norm"],
     "F": ["feed_forward", "feed_forward_norm"],
     "I": [],
+    "M": ["memorizing_attention", "memorizing_attention_norm"],
 }
 
 
@@ -63,7 +68,8 @@ def sublayer_names(block):
 
 
 def test_default_is_what_par_searches():
-    assert DEFAULT_CHOICES == "AFI" and list(CHOICES)[:3] == ["A", "F", "I"]
+    assert DEFAULT_CHOICES == "AFI" and list(CHOICES) == ["A", "F", "I", "M"]  # M added last
+    assert [c.letter for c in CHOICES.values() if c.remembers] == ["M"]  # one store per block
     assert in_registry_order("IFA") == "AFI" and in_registry_order("IA") == "AI"
 
 
@@ -77,9 +83,11 @@ def test_every_entry_is_consistent(letter):
     block = fixed.blocks[0]
     # Its sublayers, by the names derive() copies, and nothing else.
     assert list(choice.sublayers) == EXPECTED_SUBLAYERS[letter] == sublayer_names(block)
-    # Attending means keeping XL memory.
+    # Attending means keeping XL memory; remembering, a kNN store.
     assert block.uses_attention is choice.attends
     assert fixed.memory_blocks == ([0, 1, 2] if choice.attends else [])
+    assert block.remembers is choice.remembers
+    assert fixed.knn_blocks == ([0, 1, 2] if choice.remembers else [])
     # Its cost: the registry's, counted by hand, and what par_xl.flops adds per block.
     cost = choice.macs_per_token(block, T, M, B, True)
     np.testing.assert_allclose(cost, EXPECTED_MACS[letter], rtol=1e-12)
@@ -185,7 +193,7 @@ def test_an_architecture_uses_registry_letters():
     with pytest.raises(ValueError, match=r"architecture must be 4 letters \(one per layer\) of A"):
         validate_architecture("AFXA", 4)
     with pytest.raises(ConfigError, match="--architecture must be 6 letters"):
-        ModelConfig(architecture="AAMAFF").validate()
+        ModelConfig(architecture="AAXAFF").validate()
     # A fixed architecture need not keep to --choices: they say what a search chooses among.
     ModelConfig(architecture="AAIAFF", choices="AF").validate()
 

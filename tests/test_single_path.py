@@ -66,7 +66,7 @@ def test_block_computes_exactly_the_sampled_branch_and_trains_only_it():
     x, memory, positions, mask = block_inputs()
     block(x, memory, positions, mask)
     branches = [  # the registry's branches, in the block's order: A, F, I
-        ops.convert_to_numpy(CHOICES[letter].apply(block, x, memory, positions, mask, False))
+        ops.convert_to_numpy(CHOICES[letter].apply(block, x, memory, positions, mask, False)[0])
         for letter in block.choices
     ]
     np.testing.assert_array_equal(branches[2], x)  # I

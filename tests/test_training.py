@@ -229,7 +229,7 @@ def test_checkpoint_restores_every_variable_including_noise_states(tmp_path):
         (dict(dropout_rate=1.0), "--dropout_rate must be in [0, 1)"),
         (dict(architecture="AAF"), "--architecture must be 6 letters"),
         (dict(choices="AFA"), "--choices must be 2 or more distinct letters of A (attention)"),
-        (dict(choices="AM"), "--choices must be 2 or more distinct letters"),
+        (dict(choices="AX"), "--choices must be 2 or more distinct letters"),
         (dict(initializer_range=0.0), "--initializer_range must be positive"),
     ],
 )

@@ -3,10 +3,12 @@
 A `StochasticBlock` offers some of these letters: a supernet block mixes or samples them, a
 derived block holds one. Everything that depends on a letter reads its entry here: which
 sublayers a block builds for it (and `derive()` copies), how its residual branch is applied,
-whether it attends (so the block keeps XL memory), its cost per token (`par_xl.flops`), and
-its name and colour in logs and pictures. Adding a choice is adding one entry.
+whether it attends (so the block keeps XL memory) or remembers (so the block keeps a kNN store),
+its cost per token (`par_xl.flops`), and its name and colour in logs and pictures. Adding a
+choice is adding one entry.
 
-Shape letters as in `par_xl.layers.relative_attention` (B, T, M, K, D, N, H).
+Shape letters as in `par_xl.layers.relative_attention` (B, T, M, K, D, N, H), plus C the kNN
+store's capacity (`knn_memory_size`) and k its neighbours per query (`knn_neighbors`).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 import keras
 
 from par_xl.layers.feed_forward import FeedForward
+from par_xl.layers.memorizing_attention import MemorizingAttention
 from par_xl.layers.relative_attention import RelativeAttention
 
 
@@ -30,8 +33,14 @@ class Choice:
             builds for it, in this order, each named after its attribute. `derive()` copies
             exactly these from the supernet; their names are the checkpoints' weight paths.
         attends: whether the branch reads the block's XL memory (the block then keeps one).
-        apply: `apply(block, inputs, memory, position_encoding, mask, training)` -> the
-            branch's `(B, T, D)` output, from `(B, T, D)` inputs (see `StochasticBlock.call`).
+        remembers: whether the branch searches and fills the block's kNN store (the block then
+            keeps one: a `KNNState`, see `par_xl.memory.exact_state`). At most one letter of a
+            block may remember: its branch's store is the block's new store.
+        apply: `apply(block, inputs, memory, position_encoding, mask, training, knn_state,
+            document_starts)` -> `(output, knn_state)`: the branch's `(B, T, D)` output from
+            `(B, T, D)` inputs, and the block's kNN store after it (`None` in a block without
+            one; a branch that does not remember returns the store it was given). See
+            `StochasticBlock.call`.
         macs_per_token: `macs_per_token(block, segment_length, mem_len, batch_size,
             position_projection)` -> matrix multiply-adds per input token of the branch over
             `(B, T)` batches and M memory positions; `position_projection` counts the
@@ -43,6 +52,7 @@ class Choice:
     color: str
     sublayers: Mapping[str, Callable]
     attends: bool
+    remembers: bool
     apply: Callable
     macs_per_token: Callable
 
@@ -51,15 +61,20 @@ def _layer_norm(block, name):
     return keras.layers.LayerNormalization(epsilon=1e-5, name=name, dtype=block.dtype_policy)
 
 
-def _relative_attention(block, name):
-    return RelativeAttention(
+def _relative_attention(block, name, layer_class=RelativeAttention, **extra):
+    return layer_class(
         block.num_heads,
         block.head_size,
         attention_dropout_rate=block.attention_dropout_rate,
         kernel_initializer=block.kernel_initializer,
         name=name,
         dtype=block.dtype_policy,
+        **extra,
     )
+
+
+def _memorizing_attention(block, name):
+    return _relative_attention(block, name, MemorizingAttention, num_neighbors=block.knn_neighbors)
 
 
 def _feed_forward(block, name):
@@ -77,18 +92,30 @@ def _post_norm(block, norm, inputs, transformed, training):
     return norm(inputs + block.residual_dropout(transformed, training=training))
 
 
-def _apply_attention(block, inputs, memory, position_encoding, mask, training):
+def _apply_attention(block, inputs, memory, position_encoding, mask, training, knn_state=None,
+                     document_starts=None):  # fmt: skip
     attended = block.attention(inputs, memory, position_encoding, mask, training=training)
-    return _post_norm(block, block.attention_norm, inputs, attended, training)
+    return _post_norm(block, block.attention_norm, inputs, attended, training), knn_state
 
 
-def _apply_feed_forward(block, inputs, memory, position_encoding, mask, training):
+def _apply_memorizing_attention(block, inputs, memory, position_encoding, mask, training,
+                                knn_state=None, document_starts=None):  # fmt: skip
+    attended, knn_state = block.memorizing_attention(
+        inputs, memory, position_encoding, mask, knn_state, training=training,
+        document_starts=document_starts,
+    )  # fmt: skip
+    return _post_norm(block, block.memorizing_attention_norm, inputs, attended, training), knn_state
+
+
+def _apply_feed_forward(block, inputs, memory, position_encoding, mask, training, knn_state=None,
+                        document_starts=None):  # fmt: skip
     transformed = block.feed_forward(inputs, training=training)
-    return _post_norm(block, block.feed_forward_norm, inputs, transformed, training)
+    return _post_norm(block, block.feed_forward_norm, inputs, transformed, training), knn_state
 
 
-def _apply_identity(block, inputs, memory, position_encoding, mask, training):
-    return inputs
+def _apply_identity(block, inputs, memory, position_encoding, mask, training, knn_state=None,
+                    document_starts=None):  # fmt: skip
+    return inputs, knn_state
 
 
 def _attention_macs(block, segment_length, mem_len, batch_size, position_projection):
@@ -103,6 +130,16 @@ def _attention_macs(block, segment_length, mem_len, batch_size, position_project
     if position_projection:
         macs += k * d * d / (batch_size * t)  # shared by the batch
     return macs
+
+
+def _memorizing_attention_macs(block, segment_length, mem_len, batch_size,
+                               position_projection):  # fmt: skip
+    """The local attention's (as A's), plus per query and head the exact search's scores over
+    all C slots (C * H) and the attention over the k retrieved entries (scores and values,
+    2 * k * H); the store's writes and the top-k selection are no products."""
+    local = _attention_macs(block, segment_length, mem_len, batch_size, position_projection)
+    retrieval = block.knn_memory_size + 2 * block.knn_neighbors  # (C + 2k) * H per head
+    return local + retrieval * block.num_heads * block.head_size
 
 
 def _feed_forward_macs(block, segment_length, mem_len, batch_size, position_projection):
@@ -124,6 +161,7 @@ CHOICES = {
             color="tab:blue",
             sublayers={"attention": _relative_attention, "attention_norm": _layer_norm},
             attends=True,
+            remembers=False,
             apply=_apply_attention,
             macs_per_token=_attention_macs,
         ),
@@ -133,6 +171,7 @@ CHOICES = {
             color="tab:orange",
             sublayers={"feed_forward": _feed_forward, "feed_forward_norm": _layer_norm},
             attends=False,
+            remembers=False,
             apply=_apply_feed_forward,
             macs_per_token=_feed_forward_macs,
         ),
@@ -142,8 +181,22 @@ CHOICES = {
             color="tab:green",
             sublayers={},
             attends=False,
+            remembers=False,
             apply=_apply_identity,
             macs_per_token=_no_macs,
+        ),
+        Choice(  # last: the weights and choice columns of A, F, I keep their places
+            letter="M",
+            name="memorizing attention",
+            color="tab:purple",
+            sublayers={
+                "memorizing_attention": _memorizing_attention,
+                "memorizing_attention_norm": _layer_norm,
+            },
+            attends=True,
+            remembers=True,
+            apply=_apply_memorizing_attention,
+            macs_per_token=_memorizing_attention_macs,
         ),
     )
 }

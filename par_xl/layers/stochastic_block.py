@@ -1,5 +1,5 @@
-"""A PAR block: one of several choices (attention, feed-forward, identity...), chosen by
-Gumbel-softmax."""
+"""A PAR block: one of several choices (attention, feed-forward, identity, memorizing
+attention...), chosen by Gumbel-softmax."""
 
 import keras
 from keras import ops
@@ -34,6 +34,11 @@ class StochasticBlock(keras.layers.Layer):
         A: LayerNorm(x + Dropout(RelativeAttention(x, memory)))
         F: LayerNorm(x + Dropout(FeedForward(x)))
         I: x
+        M: LayerNorm(x + Dropout(MemorizingAttention(x, memory, knn_state)))
+    A block that offers M (`remembers`) keeps a kNN store, given and returned by each call:
+    the M branch searches it and adds the segment; the other branches pass it through. In
+    "all_branches" the M branch always runs, so the store gets every segment; in "single_path"
+    (and argmax inference) only when M is the branch computed.
     The supernet block (`choice=None`) trains in one of two ways (`search`):
         "all_branches": `sum_k w_k * branch_k` with per-example weights `w` from a
             `GumbelChoice` over `choices` (PAR); every branch is computed.
@@ -57,16 +62,22 @@ class StochasticBlock(keras.layers.Layer):
         search: "all_branches" or "single_path" (supernet only).
         tau, straight_through, tau_is_trainable, choice_at_inference, seed: see `GumbelChoice`.
         kernel_initializer: initializer of every projection.
+        knn_neighbors: k, the entries the M branch retrieves per query and head.
+        knn_memory_size: C, the kNN store's entries per stream and head (the M branch's cost).
 
     Call arguments:
         inputs: `(B, T, D)`.
         memory: `(B, M, D)` or `None`; only the branches that attend read it.
         position_encoding: `(K, D)`.
-        mask: `(T, K)` boolean.
+        mask: `(B, T, K)` boolean (B may be 1).
+        knn_state: the block's kNN store (`KNNState` of B rows, N heads, C slots, size H, or a
+            `KNNMemory`) if it `remembers`, else `None`.
         training: enables dropout and Gumbel noise.
+        document_starts: `None`, or `(B, T)` 0/1; the M branch's store forgets at a start.
 
     Returns:
-        `(B, T, D)`.
+        `(B, T, D)`; a block that `remembers` returns `(output (B, T, D), knn_state)`, its
+        store after the call.
     """
 
     def __init__(
@@ -85,6 +96,8 @@ class StochasticBlock(keras.layers.Layer):
         choice_at_inference="expected",
         seed=None,
         kernel_initializer=None,
+        knn_neighbors=32,
+        knn_memory_size=2048,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -106,6 +119,8 @@ class StochasticBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
+        self.knn_neighbors = knn_neighbors
+        self.knn_memory_size = knn_memory_size
         self.residual_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     @property
@@ -117,6 +132,11 @@ class StochasticBlock(keras.layers.Layer):
     def uses_attention(self):
         """Whether the block may attend, hence needs XL memory."""
         return any(CHOICES[letter].attends for letter in self.offered)
+
+    @property
+    def remembers(self):
+        """Whether the block may search and fill a kNN store, hence keeps one."""
+        return any(CHOICES[letter].remembers for letter in self.offered)
 
     def build(self, inputs_shape, *args, **kwargs):
         # In registry order, whatever the order of `choices`: the weights' order is fixed.
@@ -140,29 +160,54 @@ class StochasticBlock(keras.layers.Layer):
             self.gumbel.build()
         self.built = True
 
-    def call(self, inputs, memory, position_encoding, mask, training=None):
+    def call(
+        self,
+        inputs,
+        memory,
+        position_encoding,
+        mask,
+        knn_state=None,
+        training=None,
+        document_starts=None,
+    ):
         def branch(letter):
             apply = CHOICES[letter].apply
-            return lambda: apply(self, inputs, memory, position_encoding, mask, training)
+            arguments = (memory, position_encoding, mask, training, knn_state, document_starts)
+            return lambda: apply(self, inputs, *arguments)
 
         if self.choice is not None:
-            return branch(self.choice)()
+            output, knn_state = branch(self.choice)()
+        else:
+            output, knn_state = self._search(inputs, branch, knn_state, training)
+        return (output, knn_state) if self.remembers else output
+
+    def _search(self, inputs, branch, knn_state, training):
+        """The supernet's `(output, knn_state)`: one branch or every branch (see the class)."""
         branches = [branch(letter) for letter in self.choices]  # the choice logits' order
         one_branch = (
             self.search == "single_path" if training else self.choice_at_inference == "argmax"
         )
         if one_branch:
             index, gate = self.gumbel.single_choice(training)
-            return self._switch(index, branches) * gate
+            output, knn_state = self._switch(index, branches, with_store=self.remembers)
+            return output * gate, knn_state
         weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, C)
-        return sum(weights[..., k] * branch() for k, branch in enumerate(branches))
+        output, new_store = 0.0, knn_state
+        for k, (letter, run) in enumerate(zip(self.choices, branches)):
+            transformed, store = run()
+            output = output + weights[..., k] * transformed
+            if CHOICES[letter].remembers:  # at most one letter: its store is the block's
+                new_store = store
+        return output, new_store
 
-    def _switch(self, index, branches):
-        """`branches[index]()`, computing only that branch.
+    def _switch(self, index, branches, with_store):
+        """`branches[index]()`, `(output, knn_state)`, computing only that branch.
 
         The dropout layers' seed states go through the switch as explicit inputs and outputs:
         a branch that draws noise advances them inside it, which the JAX backend's stateless
-        tracing cannot carry out of a `lax.switch` otherwise (a leaked tracer).
+        tracing cannot carry out of a `lax.switch` otherwise (a leaked tracer). The kNN store
+        goes through it `with_store` (every branch returns one of the same structure); without
+        a store only the output does (a switch cannot return `None`).
         """
         states = [
             layer.seed_generator.state
@@ -175,14 +220,16 @@ class StochasticBlock(keras.layers.Layer):
             def run():
                 for state, value in zip(states, values):
                     state.assign(value)
-                return branch(), [ops.convert_to_tensor(state) for state in states]
+                output, knn_state = branch()
+                result = (output, knn_state) if with_store else output
+                return result, [ops.convert_to_tensor(state) for state in states]
 
             return run
 
-        output, values = ops.switch(index, [threaded(branch) for branch in branches])
+        result, values = ops.switch(index, [threaded(branch) for branch in branches])
         for state, value in zip(states, values):
             state.assign(value)
-        return output
+        return result if with_store else (result, None)
 
     def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return inputs_shape
@@ -204,5 +251,7 @@ class StochasticBlock(keras.layers.Layer):
             choice_at_inference=self.choice_at_inference,
             seed=self.seed,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            knn_neighbors=self.knn_neighbors,
+            knn_memory_size=self.knn_memory_size,
         )
         return config

@@ -4,12 +4,15 @@ How a sample is made
 --------------------
 `read_prompt` reads the prompt, but for its last token, through `forward` in chunks of
 `chunk_length` positions, filling a `ModelState` whose XL memory has a fixed shape `(B, M, D)`
-per attention-capable block. Then `sample` runs one compiled loop (`keras.ops.fori_loop` inside
-`tf.function` or `jax.jit`), a step per new token: one position through `forward` over the
-state, the full distribution (`log_probs`), temperature / top-k / nucleus filtering, an
-inverse-CDF draw, and the sampled id fed back. The memory keeps its shape and is masked by its
-valid length, so a step costs the same whatever the prompt's length; Python runs once per
-sample, not per token. The model's own state variables are never touched.
+per attention-capable block, as its kNN stores `(B, N, C, H)` per block with memorizing
+attention have (the loop carries them; a ScaNN memory, `knn_backend="scann"`, goes beside the
+state, filled in place on the host, without XLA). Then `sample` runs one compiled loop
+(`keras.ops.fori_loop` inside `tf.function` or `jax.jit`), a step per new token: one position
+through `forward` over the state, the full distribution (`log_probs`), temperature / top-k /
+nucleus filtering, an inverse-CDF draw, and the sampled id fed back. The memory keeps its
+shape and is masked by its valid length, so a step costs the same whatever the prompt's
+length; Python runs once per sample, not per token. The model's own state variables are never
+touched.
 
 Each prompt position sees between M and M + chunk - 1 earlier positions (Transformer-XL
 evaluation with segments of `chunk_length`); each new token sees the M before it. A model
@@ -151,21 +154,21 @@ def _invert(weights, target):
     return index[:, 0], before
 
 
-def _read(model, ids, starts, state):
+def _read(model, ids, starts, state, knn_memories):
     """One prompt chunk through `forward`: the state after it. `starts` marks where the
     prompt begins in a left-padded chunk: nothing sees the padding."""
-    return model.forward(ids, state, False, document_starts=starts)[1]
+    return model.forward(ids, state, False, starts, knn_memories)[1]
 
 
-def _sample(model, token, state, uniforms, temperature, top_k, top_p):
-    """The sampling loop: `(B,)` last prompt token, `ModelState`, `(N, B)` uniforms ->
-    `(B, N)` sampled ids and the `(B, N)` log-probability of each under the model (before
-    filtering)."""
+def _sample(model, token, state, knn_memories, uniforms, temperature, top_k, top_p):
+    """The sampling loop: `(B,)` last prompt token, `ModelState` (and `inference_state`'s
+    ScaNN memories, beside it), `(N, B)` uniforms -> `(B, N)` sampled ids and the `(B, N)`
+    log-probability of each under the model (before filtering)."""
     num_tokens, batch = uniforms.shape
 
     def step(i, loop_state):
         token, state, sampled, scores = loop_state
-        hidden, state = model.forward(token[:, None], state, training=False)  # (B, 1, D)
+        hidden, state = model.forward(token[:, None], state, False, None, knn_memories)
         log_probs = model.log_probs(hidden[:, 0])  # (B, V)
         probabilities = filter_probabilities(log_probs, temperature, top_k, top_p)
         token = draw(probabilities, ops.take(uniforms, i, axis=0))  # (B,)
@@ -185,20 +188,37 @@ class PromptState:
 
     Attributes:
         token: `(B,)` the prompt's last token, the loop's first input.
-        state: the `ModelState` after the rest of the prompt (its XL memory empty for a model
-            that never attends: its context cannot matter).
+        state: the `ModelState` after the rest of the prompt (its XL memory and kNN stores
+            empty for a model that never attends: its context cannot matter).
         whole_context: the memory holds the whole context and grows with the sample (a model
             without memory, or `mem_len=0`).
         single: the prompt was a list of ids (`sample` then returns lists).
+        knn_memories: with `knn_backend="scann"`, `{block name: ScannKNNMemory.get_state()}`
+            after the prompt (the state's kNN stores are exact ones otherwise); `sample` puts
+            them back into the model's ScaNN memories, which rebuild their searchers.
     """
 
     token: np.ndarray
     state: object
     whole_context: bool
     single: bool
+    knn_memories: dict
 
 
-def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=True):
+def _compile_with_xla(model, jit_compile):
+    """`jit_compile` (None: XLA unless the model searches ScaNN on the host); refused with
+    ScaNN, which cannot run inside XLA."""
+    if model.knn_blocks and model.knn_backend == "scann":
+        if jit_compile:
+            raise ValueError(
+                "jit_compile must be False with knn_backend='scann': ScaNN searches its kNN "
+                "memory on the host, outside XLA."
+            )
+        return False
+    return True if jit_compile is None else jit_compile
+
+
+def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=None):
     """Reads all but the last prompt token into an XL memory, in chunks through `forward`.
 
     Args:
@@ -209,7 +229,8 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
             Transformer-XL evaluation); 0, or a model trained without memory: the whole
             context, so that every position sees all before it.
         chunk_length: prompt positions per `forward` call (default M).
-        jit_compile: compile the chunk's step with XLA (TensorFlow; JAX always does).
+        jit_compile: compile the chunk's step with XLA (TensorFlow; JAX always does); `None`:
+            unless the model searches with ScaNN (`knn_backend="scann"`, which refuses XLA).
 
     Returns:
         A `PromptState`.
@@ -232,7 +253,8 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
     if chunk_length < 1:
         raise ValueError(f"chunk_length must be positive, received {chunk_length}.")
 
-    state = model.initial_state(prompt.shape[0], mem_len)
+    jit_compile = _compile_with_xla(model, jit_compile)
+    state, memories = model.inference_state(prompt.shape[0], mem_len)
     if state.xl_memory and context.shape[1]:
         # Left-padded to whole chunks, the prompt marked as a document starting after the
         # padding: one traced shape for every prompt length.
@@ -243,12 +265,13 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
         read = compiled_function(model, _read, jit_compile)
         for i in range(0, context.shape[1], chunk_length):
             chunk = slice(i, i + chunk_length)
-            state = read(context[:, chunk], starts[:, chunk], state)
-    return PromptState(prompt[:, -1], state, whole_context, single)
+            state = read(context[:, chunk], starts[:, chunk], state, memories)
+    saved = {name: memory.get_state() for name, memory in memories.items()}
+    return PromptState(prompt[:, -1], state, whole_context, single, saved)
 
 
 def sample(
-    model, prompt, num_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, jit_compile=True
+    model, prompt, num_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, jit_compile=None
 ):
     """Samples `num_tokens` ids after a read prompt, in one compiled loop.
 
@@ -260,12 +283,19 @@ def sample(
         seed: the sample's seed: same seed, same tokens.
         jit_compile: compile the loop with XLA (TensorFlow; JAX always does). The step is small
             matrix-vector work, so XLA's fused loop beats TensorFlow's per-op dispatch.
+            `None`: unless the model searches with ScaNN (which refuses XLA).
 
     Returns:
         `(ids, log_probs)`: the sampled ids and the model's log-probability of each (before
         filtering), as lists for a list prompt, else `(B, N)` arrays.
     """
     validate_sampling(num_tokens, temperature, top_k, top_p)
+    jit_compile = _compile_with_xla(model, jit_compile)
+    memories = {}
+    if prompt.knn_memories:  # ScaNN: the model's memories (`inference_state`), refilled
+        memories = model.inference_state(len(prompt.token), 0)[1]
+    for name, memory in memories.items():
+        memory.set_state(prompt.knn_memories[name])  # the prompt's entries, searchers rebuilt
     state = prompt.state
     if prompt.whole_context:  # room for the new tokens: memory is right-aligned
         room = [(0, 0), (num_tokens, 0), (0, 0)]
@@ -273,11 +303,11 @@ def sample(
             xl_memory={name: ops.pad(m, room) for name, m in state.xl_memory.items()}
         )
     uniforms = np.random.default_rng(seed).random((num_tokens, len(prompt.token)))
-    # The filtering settings (arguments 3, 4, 5) are static: each new value traces anew.
-    loop = compiled_function(model, _sample, jit_compile, static_argnums=(3, 4, 5))
+    # The filtering settings (arguments 4, 5, 6) are static: each new value traces anew.
+    loop = compiled_function(model, _sample, jit_compile, static_argnums=(4, 5, 6))
     ids, scores = loop(
-        prompt.token, state, uniforms.astype("float32"), float(temperature), int(top_k),
-        float(top_p),
+        prompt.token, state, memories, uniforms.astype("float32"), float(temperature),
+        int(top_k), float(top_p),
     )  # fmt: skip
     ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
     if prompt.single:
@@ -295,7 +325,7 @@ def generate(
     seed=0,
     mem_len=None,
     chunk_length=None,
-    jit_compile=True,
+    jit_compile=None,
 ):
     """Samples `num_tokens` ids after `prompt_ids`: `read_prompt`, then `sample` (see both).
 

@@ -3,22 +3,26 @@
 The model state
 ---------------
 The recurrent state is a `ModelState` (`par_xl.models.state`): the XL memory, `(B, M, D)` per
-block that may attend, keyed by block name, and its valid length per row, `(B,)`. `forward`
+block that may attend, keyed by block name, its valid length per row, `(B,)`, and the kNN
+store (`KNNState`, `par_xl.memory.exact_state`) of each block that may use memorizing
+attention ("M", `knn_layers`): per row and head the keys and values of its last C positions,
+searched for the k nearest of each query (Wu et al. 2022, arXiv 2203.08913). `forward`
 is the stateless core: one segment and a state in, hidden states and the new state out, any
 batch size and memory size M. Generation and evaluation carry the state themselves, as
 tensors through their compiled loops.
 
 `model.fit` over context-batched data must also give every batch the memory of the previous
 one, under `jit_compile=True` and on the JAX backend. For it the state is also kept in
-non-trainable variables, `memory_<i>` per block in `memory_blocks` and
-`valid_memory_length`, created in `build` from the (static) batch size of the data. `call`
-reads them into a `ModelState`, calls `forward`, and assigns the new state, exactly like a
-BatchNormalization layer updates its moving statistics: TensorFlow assigns the variables
-inside the compiled step, JAX's stateless training loop returns them as updated non-trainable
-state. The memory is written through `stop_gradient`, so it never receives gradients. Other
-designs fail one of the three requirements: Python-side caches do not survive
-`tf.function`/`jax.jit`, and passing the state as model inputs/outputs does not fit `fit`'s
-`(inputs, labels)` data contract.
+non-trainable variables, `memory_<i>` per block in `memory_blocks`, `valid_memory_length`,
+and the kNN stores' `knn_{keys,values,position,length}_<i>` per block in `knn_blocks`, created
+in `build` from the (static) batch size of the data; checkpoints hold them, so a resumed run
+continues with the same stores. `call` reads them into a `ModelState`, calls `forward`, and
+assigns the new state, exactly like a BatchNormalization layer updates its moving statistics:
+TensorFlow assigns the variables inside the compiled step, JAX's stateless training loop
+returns them as updated non-trainable state. The memory is written through `stop_gradient`, so
+it never receives gradients. Other designs fail one of the three requirements: Python-side
+caches do not survive `tf.function`/`jax.jit`, and passing the state as model inputs/outputs
+does not fit `fit`'s `(inputs, labels)` data contract.
 
 Several devices: each replica of a tf.distribute strategy trains on fixed rows of every batch,
 so the state variables are per-stream state kept per replica (`par_xl.replicas`: ON_READ
@@ -31,9 +35,16 @@ at all; each segment makes `min(M, seen)` slots valid, counted per row (stream).
 block l is its *input* in the previous segment (Transformer-XL), so only blocks that can
 attend keep one.
 
+kNN stores with `knn_backend="scann"`: training searches the exact store above (in the state
+variables); evaluation and generation search a `ScannKNNMemory` per block instead
+(`inference_state`), an object on the host that is not a tensor: it goes beside the state
+(`forward(..., knn_memories=...)`), filled in place, in eager code or a `tf.function` without
+XLA.
+
 Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document_starts"}`): no
 position attends across a document start, and a row's memory holds only the positions since its
-last start, so its valid count is cut there: a stream's memory is cleared at each document start.
+last start, so its valid count is cut there: a stream's memory is cleared at each document start,
+its kNN stores too (a query at or after a start retrieves nothing of earlier documents).
 """
 
 import math
@@ -54,6 +65,9 @@ from par_xl.layers.choices import (
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.layers.stochastic_block import StochasticBlock
+from par_xl.memory import exact_state
+from par_xl.memory.exact_state import KNNState
+from par_xl.memory.knn_memory import BACKENDS, create_knn_memory
 from par_xl.metrics import LanguageModelMetrics
 from par_xl.models.state import ModelState
 
@@ -68,6 +82,51 @@ def validate_shape(d_model, num_heads, num_layers, mem_len):
         raise ValueError(f"num_layers must be positive, received {num_layers}.")
     if mem_len < 0:
         raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
+
+
+def validate_knn(num_layers, architecture, choices, knn_layers, knn_memory_size, knn_neighbors,
+                 knn_backend):  # fmt: skip
+    """Raises ValueError, naming the argument first, for kNN-memory settings that cannot work.
+
+    `knn_layers` are the blocks that use memorizing attention ("M"): in a supernet they offer M
+    in place of A (so `choices` must hold A, and no M, which would offer it everywhere); with a
+    fixed `architecture` they must be its M blocks (or be left out: the letters say it).
+    """
+    if not all(isinstance(i, int) and 0 <= i < num_layers for i in knn_layers) or len(
+        set(knn_layers)
+    ) != len(knn_layers):
+        raise ValueError(
+            f"knn_layers must be distinct block indices in [0, {num_layers}), received "
+            f"{list(knn_layers)}."
+        )
+    if architecture is not None:
+        blocks = [i for i, letter in enumerate(architecture) if letter == "M"]
+        if knn_layers and sorted(knn_layers) != blocks:
+            raise ValueError(
+                f"knn_layers={sorted(knn_layers)} must be the M blocks of "
+                f"architecture={architecture!r}, {blocks}, or be left out (the architecture "
+                "says which blocks use the kNN memory)."
+            )
+    elif knn_layers and "M" in choices:
+        raise ValueError(
+            f"knn_layers={sorted(knn_layers)} cannot be given with choices={choices!r}: an M in "
+            "choices offers memorizing attention in every block already. Give one of them."
+        )
+    elif knn_layers and "A" not in choices:
+        raise ValueError(
+            f"knn_layers={sorted(knn_layers)} needs an A in choices={choices!r}: its blocks "
+            "offer M (memorizing attention) in place of A."
+        )
+    for name, value in (("knn_neighbors", knn_neighbors), ("knn_memory_size", knn_memory_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, received {value!r}.")
+    if knn_memory_size < knn_neighbors:
+        raise ValueError(
+            f"knn_memory_size must be at least knn_neighbors={knn_neighbors}, received "
+            f"{knn_memory_size}."
+        )
+    if knn_backend not in BACKENDS:
+        raise ValueError(f"knn_backend must be one of {BACKENDS}, received {knn_backend!r}.")
 
 
 def _with_batch(x, batch):
@@ -113,8 +172,17 @@ class PARTransformerXL(keras.Model):
             trains for: "expected" for all_branches, "argmax" for single_path.
         initializer_range: standard deviation of the normal weight initializer.
         document_boundaries: read `document_starts` from dict inputs and never attend across
-            a document start (through the memory included).
+            a document start (through the memory included); the kNN stores forget there too.
         seed: seed of the Gumbel noise generators.
+        knn_layers: block indices that use memorizing attention (the "M" choice, with a kNN
+            memory): in a supernet they offer M in place of A; with an `architecture`, its M
+            letters say it (these must agree, or be left out). `choices` with an M offers it in
+            every supernet block instead.
+        knn_memory_size: C, the kNN store's entries per stream and head (at least k).
+        knn_neighbors: k, the entries retrieved per query and head.
+        knn_backend: the store evaluation and generation search: "exact" (the training
+            store's exact search, any backend, XLA included), or "scann" (ScaNN on the host, for
+            large stores: TensorFlow without XLA only). Training always uses the exact store.
 
     Call arguments:
         inputs: `(B, T)` int token ids, or a dict `{"token_ids": (B, T), "document_starts":
@@ -158,6 +226,10 @@ class PARTransformerXL(keras.Model):
         initializer_range=0.02,
         document_boundaries=False,
         seed=None,
+        knn_layers=(),
+        knn_memory_size=2048,
+        knn_neighbors=32,
+        knn_backend="exact",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -165,6 +237,14 @@ class PARTransformerXL(keras.Model):
         validate_choices(choices)
         if architecture is not None:
             validate_architecture(architecture, num_layers)
+        validate_knn(num_layers, architecture, choices, knn_layers, knn_memory_size,
+                     knn_neighbors, knn_backend)  # fmt: skip
+        knn_layers = sorted(knn_layers)
+        if knn_backend == "scann" and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"knn_backend='scann' needs the TensorFlow backend (ScaNN searches on the host, "
+                f"outside jax.jit), received the {keras.backend.backend()} backend: use 'exact'."
+            )
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.num_heads = num_heads
@@ -187,6 +267,10 @@ class PARTransformerXL(keras.Model):
         self.initializer_range = initializer_range
         self.document_boundaries = document_boundaries
         self.seed = seed
+        self.knn_layers = knn_layers
+        self.knn_memory_size = knn_memory_size
+        self.knn_neighbors = knn_neighbors
+        self.knn_backend = knn_backend
 
         initializer = default_initializer(initializer_range)
         self.output_layer = AdaptiveSoftmax(
@@ -217,7 +301,7 @@ class PARTransformerXL(keras.Model):
                 d_ffn,
                 dropout_rate=dropout_rate,
                 attention_dropout_rate=attention_dropout_rate,
-                choices=choices,
+                choices=self._block_choices(i),
                 choice=None if architecture is None else architecture[i],
                 search=search,
                 tau=tau,
@@ -226,6 +310,8 @@ class PARTransformerXL(keras.Model):
                 choice_at_inference=choice_at_inference,
                 seed=None if seed is None else seed + i,
                 kernel_initializer=initializer,
+                knn_neighbors=knn_neighbors,
+                knn_memory_size=knn_memory_size,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -235,11 +321,26 @@ class PARTransformerXL(keras.Model):
         # The state variables `call` carries (see the module docstring), set in build.
         self.xl_memory = {}  # {block name: (B, M, D)} per block in `memory_blocks`
         self.valid_length = None  # (B,) valid memory slots per row
+        self.knn_store = {}  # {block name: KNNState of variables} per block in `knn_blocks`
+        self._knn_memories = {}  # batch size -> `inference_state`'s ScaNN stores
+
+    def _block_choices(self, i):
+        """The letters supernet block i chooses among: `choices`, with M in place of A in
+        `knn_layers` (a fixed block's are its model's, for `choice_letters`)."""
+        if self.architecture is None and i in self.knn_layers:
+            return self.choices.replace("A", "M")
+        return self.choices
 
     @property
     def memory_blocks(self):
         """Indices of the blocks that keep XL memory (those that may attend)."""
         return [i for i, block in enumerate(self.blocks) if block.uses_attention]
+
+    @property
+    def knn_blocks(self):
+        """Indices of the blocks that keep a kNN store (those that may use memorizing
+        attention, "M")."""
+        return [i for i, block in enumerate(self.blocks) if block.remembers]
 
     def build(self, inputs_shape):
         if isinstance(inputs_shape, dict):
@@ -252,21 +353,42 @@ class PARTransformerXL(keras.Model):
         self.output_layer.build(hidden_shape)
         for block in self.blocks:
             block.build(hidden_shape)
-        if self.mem_len and self.memory_blocks and batch is not None:
+        if self.keeps_state and batch is not None:
             # Per-stream state: one component per replica under tf.distribute (see
             # `par_xl.replicas`), an ordinary variable otherwise. Created in this order, the
-            # checkpoints' (the model's own variables).
+            # checkpoints' (the model's own variables); the kNN stores last, so that models
+            # without them keep the layout they had before the stores existed.
             with keras.name_scope(self.name, caller=self):
                 self.xl_memory = {
                     self.blocks[i].name: replicas.stream_variable(
                         f"memory_{i}", (batch, self.mem_len, self.d_model), self.variable_dtype
                     )
-                    for i in self.memory_blocks
+                    for i in (self.memory_blocks if self.mem_len else [])
                 }
                 self.valid_length = replicas.stream_variable(
                     "valid_memory_length", (batch,), "int32"
                 )
+                self.knn_store = {
+                    self.blocks[i].name: self._knn_variables(i, batch) for i in self.knn_blocks
+                }
         self.built = True
+
+    @property
+    def keeps_state(self):
+        """Whether `call` carries state from batch to batch: an XL memory or a kNN store."""
+        return bool(self.mem_len and self.memory_blocks or self.knn_blocks)
+
+    def _knn_variables(self, i, batch):
+        """Block i's kNN store as state variables: a `KNNState` of `knn_keys_<i>`,
+        `knn_values_<i>` `(B, N, C, H)` in the compute dtype (what the layer computes in: no
+        copy of the store per step), `knn_position_<i>`, `knn_length_<i>` `(B,)`."""
+        store = (batch, self.num_heads, self.knn_memory_size, self.d_model // self.num_heads)
+        return KNNState(
+            *(replicas.stream_variable(f"knn_{name}_{i}", store, self.compute_dtype)
+              for name in ("keys", "values")),
+            *(replicas.stream_variable(f"knn_{name}_{i}", (batch,), "int32")
+              for name in ("position", "length")),
+        )  # fmt: skip
 
     def embed(self, ids):
         """Scaled input embedding: `(B, T)` ids -> `(B, T, D)`."""
@@ -275,12 +397,52 @@ class PARTransformerXL(keras.Model):
 
     def initial_state(self, batch_size, mem_len=None):
         """The empty state for `forward`: `(B, M, D)` zeros per block in `memory_blocks`
-        (none if M is 0), no valid slot.
+        (none if M is 0), no valid slot, and an empty exact kNN store per block in
+        `knn_blocks` (`(B, N, C, H)` keys and values in the compute dtype).
 
         Args:
             batch_size: B.
             mem_len: M (default: the model's); any M works, as in Transformer-XL evaluation.
         """
+        return self._empty_state(batch_size, mem_len, self._knn_sizes(batch_size))
+
+    def inference_state(self, batch_size, mem_len=None):
+        """What evaluation and generation start from: `(state, knn_memories)`.
+
+        With `knn_backend="exact"`, `(initial_state(...), {})`. With "scann", the state has no
+        kNN stores and `knn_memories` holds a `ScannKNNMemory` per block in `knn_blocks`,
+        emptied, for `forward(..., knn_memories=...)`. The model keeps one set per batch size,
+        so that a compiled function traces once for them (they are not tensors: they go beside
+        the state, searched and filled in place, eager or in a `tf.function` without XLA).
+        """
+        if self.knn_backend == "exact":
+            return self.initial_state(batch_size, mem_len), {}
+        if batch_size not in self._knn_memories:
+            self._knn_memories[batch_size] = {
+                self.blocks[i].name: create_knn_memory(
+                    self.knn_backend,
+                    **self._knn_sizes(batch_size),
+                    num_neighbors=self.knn_neighbors,
+                )  # fmt: skip
+                for i in self.knn_blocks
+            }
+        memories = self._knn_memories[batch_size]
+        for memory in memories.values():
+            memory.clear()
+        return self._empty_state(batch_size, mem_len), memories
+
+    def _knn_sizes(self, batch_size):
+        """The kNN store's sizes, as `exact_state.empty_state` and `create_knn_memory` take
+        them."""
+        return dict(
+            batch_size=batch_size,
+            num_heads=self.num_heads,
+            capacity=self.knn_memory_size,
+            key_size=self.d_model // self.num_heads,
+        )
+
+    def _empty_state(self, batch_size, mem_len=None, knn_sizes=None):
+        """An empty `ModelState`, with empty exact kNN stores of `knn_sizes` if given."""
         mem_len = self.mem_len if mem_len is None else mem_len
         shape = (batch_size, mem_len, self.d_model)
         xl_memory = {}
@@ -289,28 +451,39 @@ class PARTransformerXL(keras.Model):
                 self.blocks[i].name: ops.zeros(shape, self.compute_dtype)
                 for i in self.memory_blocks
             }
-        return ModelState(xl_memory, ops.zeros((batch_size,), "int32"))
+        knn = {}
+        if knn_sizes is not None:
+            knn = {
+                self.blocks[i].name: exact_state.empty_state(**knn_sizes, dtype=self.compute_dtype)
+                for i in self.knn_blocks
+            }
+        return ModelState(xl_memory, ops.zeros((batch_size,), "int32"), knn)
 
-    def forward(self, inputs, state=None, training=None, document_starts=None):
+    def forward(self, inputs, state=None, training=None, document_starts=None, knn_memories=None):
         """Stateless core: one segment given the previous segments' state.
 
         Args:
             inputs: `(B, T)` ids.
             state: a `ModelState` (from `initial_state`, a previous `forward`, or `get_state`),
                 any M; its `valid_length` may also be a scalar. `None`: no memory at all, the
-                segment sees only itself.
+                segment sees only itself (and empty kNN stores).
             training: enables dropout and Gumbel noise.
             document_starts: `None`, or `(B, T)` 0/1: position t starts a new document, which
                 sees nothing before t (see the module docstring).
+            knn_memories: `None`, or `{block name: KNNMemory}` (`inference_state`'s ScaNN
+                stores): searched and filled in place instead of the state's stores.
 
         Returns:
             `(hidden (B, T, D), new_state)`: the new state keeps the last M block inputs of
-            `[memory; segment]`, without gradients, and a `(B,)` int32 valid length; it is
-            `None` when `state` is.
+            `[memory; segment]`, without gradients, a `(B,)` int32 valid length, and the kNN
+            stores with the segment added (but those of `knn_memories`, updated in place); it
+            is `None` when `state` is.
         """
         segment = inputs.shape[1]
         xl_memory = {} if state is None else state.xl_memory
         valid_length = 0 if state is None else state.valid_length
+        knn = self.initial_state(inputs.shape[0], 0).knn if state is None else state.knn
+        knn_memories = knn_memories or {}
         mem_len = next(iter(xl_memory.values())).shape[1] if xl_memory else 0
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
@@ -319,14 +492,25 @@ class PARTransformerXL(keras.Model):
         if document_starts is not None:
             document_index = ops.cumsum(ops.cast(document_starts, "int32"), axis=1)  # (B, T)
         mask = causal_memory_mask(segment, mem_len, valid_length, document_index)  # (B, T, K)
-        new_memory = {}
+        new_memory, new_knn = {}, {}
         for block in self.blocks:
             block_memory = None
             if mem_len and block.uses_attention:
                 block_memory = ops.cast(xl_memory[block.name], hidden.dtype)
                 extended = ops.concatenate([block_memory, hidden], axis=1)  # (B, M + T, D)
                 new_memory[block.name] = ops.stop_gradient(extended[:, -mem_len:])  # (B, M, D)
-            hidden = block(hidden, block_memory, positions, mask, training=training)
+            if block.name in knn_memories:  # a KNNMemory object: updated in place
+                hidden, _ = block(
+                    hidden, block_memory, positions, mask, knn_state=knn_memories[block.name],
+                    training=training, document_starts=document_starts,
+                )  # fmt: skip
+            elif block.remembers:
+                hidden, new_knn[block.name] = block(
+                    hidden, block_memory, positions, mask, knn_state=knn[block.name],
+                    training=training, document_starts=document_starts,
+                )  # fmt: skip
+            else:
+                hidden = block(hidden, block_memory, positions, mask, training=training)
         hidden = self.output_dropout(hidden, training=training)
         if state is None:
             return hidden, None
@@ -337,7 +521,7 @@ class PARTransformerXL(keras.Model):
             new_length = ops.where(last[:, 0] > 0, since_start, new_length)
         new_length = ops.cast(ops.minimum(new_length, mem_len), "int32")
         new_length = ops.broadcast_to(new_length, ops.shape(inputs)[:1])  # (B,)
-        return hidden, ModelState(new_memory, new_length)
+        return hidden, ModelState(new_memory, new_length, new_knn)
 
     def split_inputs(self, inputs):
         """`(token_ids (B, T), document_starts (B, T) or None)` from `call`'s inputs: ids, or
@@ -352,10 +536,11 @@ class PARTransformerXL(keras.Model):
         built_batch = getattr(self, "_batch_shape", (None,))[0]
         inputs, document_starts = (_with_batch(x, built_batch) for x in (inputs, document_starts))
         if self.valid_length is None:
-            if self.mem_len and self.memory_blocks:
+            if self.keeps_state:
                 raise ValueError(
-                    "This model has mem_len > 0 but no state variables: build it with a static "
-                    "batch size (e.g. call it on a batch), or use `forward` with explicit state."
+                    "This model carries state (mem_len > 0, or kNN memory) but has no state "
+                    "variables: build it with a static batch size (e.g. call it on a batch), or "
+                    "use `forward` with explicit state."
                 )
             return self.forward(inputs, training=training, document_starts=document_starts)[0]
         batch = self.valid_length.shape[0]
@@ -366,26 +551,34 @@ class PARTransformerXL(keras.Model):
                 "`initial_state(batch_size)` for other batch sizes."
             )
         state = ModelState(
-            {name: ops.stop_gradient(v) for name, v in self.xl_memory.items()}, self.valid_length
+            {name: ops.stop_gradient(v) for name, v in self.xl_memory.items()},
+            self.valid_length,
+            {name: KNNState(*map(ops.stop_gradient, s)) for name, s in self.knn_store.items()},
         )
         hidden, new_state = self.forward(inputs, state, training, document_starts)
         for name, variable in self.xl_memory.items():
             variable.assign(ops.cast(new_state.xl_memory[name], variable.dtype))
         self.valid_length.assign(new_state.valid_length)
+        for name, variables in self.knn_store.items():
+            for variable, value in zip(variables, new_state.knn[name]):
+                variable.assign(ops.cast(value, variable.dtype))
         return hidden
 
     @property
     def state_variables(self):
         """The state variables `call` carries: `memory_i` `(B, M, D)` per block in
-        `memory_blocks`, then `valid_memory_length` `(B,)`; empty without them. Per replica
-        under tf.distribute (B rows per replica): read and write them whole with `get_state` /
-        `set_state`."""
+        `memory_blocks`, `valid_memory_length` `(B,)`, then per block in `knn_blocks` its kNN
+        store's `knn_keys_i`, `knn_values_i` `(B, N, C, H)`, `knn_position_i`, `knn_length_i`
+        `(B,)`; empty without them. Per replica under tf.distribute (B rows per replica): read
+        and write them whole with `get_state` / `set_state`."""
         if self.valid_length is None:
             return []
-        return [*self.xl_memory.values(), self.valid_length]
+        stores = [variable for store in self.knn_store.values() for variable in store]
+        return [*self.xl_memory.values(), self.valid_length, *stores]
 
     def reset_state(self):
-        """Empties the state variables (start of an epoch, of a new text)."""
+        """Empties the state variables (start of an epoch, of a new text): the XL memory and
+        the kNN stores."""
         replicas.clear_streams(self.state_variables)
 
     def get_state(self):
@@ -395,14 +588,18 @@ class PARTransformerXL(keras.Model):
         under a multi-worker strategy (every worker calls it)."""
         if self.valid_length is None:
             return None
-        *memory, valid_length = replicas.read_streams(self.state_variables)
-        return ModelState(dict(zip(self.xl_memory, memory)), valid_length)
+        values = replicas.read_streams(self.state_variables)
+        memory, valid_length = values[: len(self.xl_memory)], values[len(self.xl_memory)]
+        stores = values[len(self.xl_memory) + 1 :]
+        knn = {name: KNNState(*stores[4 * i : 4 * i + 4]) for i, name in enumerate(self.knn_store)}
+        return ModelState(dict(zip(self.xl_memory, memory)), valid_length, knn)
 
     def set_state(self, state):
         """Assigns a `ModelState` of arrays shaped as `get_state` returns them, all streams;
         each replica takes its rows."""
         memory = [state.xl_memory[name] for name in self.xl_memory]
-        replicas.write_streams(self.state_variables, [*memory, state.valid_length])
+        stores = [value for name in self.knn_store for value in state.knn[name]]
+        replicas.write_streams(self.state_variables, [*memory, state.valid_length, *stores])
 
     def save_own_variables(self, store):
         # Keras's order (its `Layer.save_own_variables`), the state variables written as
@@ -479,8 +676,9 @@ class PARTransformerXL(keras.Model):
         """The fixed-architecture model this supernet prefers, with its trained weights.
 
         Each block keeps only its chosen sublayers (`par_xl.layers.choices`), with the
-        supernet's weights for them; the embedding and adaptive softmax are copied too. The
-        result trains and serializes like any `PARTransformerXL`; its state starts empty.
+        supernet's weights for them (an M block: its attention, gate and retrieval scale); the
+        embedding and adaptive softmax are copied too. The result trains and serializes like
+        any `PARTransformerXL`; its state (XL memory, kNN stores) starts empty.
 
         Args:
             architecture: one letter per block, each one the block offers (default: the
@@ -496,7 +694,9 @@ class PARTransformerXL(keras.Model):
                     f"architecture={architecture!r}: {block.name} offers {block.offered!r}, "
                     f"not {letter!r}."
                 )
-        derived = self.__class__.from_config({**self.get_config(), "architecture": architecture})
+        knn_layers = [i for i, letter in enumerate(architecture) if letter == "M"]
+        config = {**self.get_config(), "architecture": architecture, "knn_layers": knn_layers}
+        derived = self.__class__.from_config(config)
         derived.build(self._batch_shape)
         if self.embedding is not None:
             derived.embedding.set_weights(self.embedding.get_weights())
@@ -531,5 +731,9 @@ class PARTransformerXL(keras.Model):
             initializer_range=self.initializer_range,
             document_boundaries=self.document_boundaries,
             seed=self.seed,
+            knn_layers=list(self.knn_layers),
+            knn_memory_size=self.knn_memory_size,
+            knn_neighbors=self.knn_neighbors,
+            knn_backend=self.knn_backend,
         )
         return config

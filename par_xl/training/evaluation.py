@@ -67,25 +67,26 @@ def evaluate_batches(model, dataset):
     }
 
 
-def _evaluation_step(model, inputs, labels, state):
+def _evaluation_step(model, inputs, labels, state, knn_memories):
     """One batch through `forward` from `state`: its mean token NLL and the next state."""
     ids, document_starts = model.split_inputs(inputs)
-    hidden, state = model.forward(ids, state, training=False, document_starts=document_starts)
+    hidden, state = model.forward(ids, state, False, document_starts, knn_memories)
     return ops.mean(model.output_layer.loss(hidden, labels)), state
 
 
 def batch_losses(model, dataset):
     """Mean token NLL of each batch, on one device: a step compiled as the model was
-    (`jit_compile`) carries its own `ModelState` from `initial_state(B)`, as tensors, from
+    (`jit_compile`) carries its own `ModelState` from `inference_state(B)`, as tensors, from
     batch to batch; the model's variables are only read, and nothing goes to the host but
-    the losses, at the end."""
-    step = compiled_function(model, _evaluation_step, model.jit_compile)
+    the losses, at the end. With `knn_backend="scann"` the step searches the kNN memories on
+    the host, so it runs without XLA."""
     state, losses = None, []
     for batch in dataset:
         inputs, labels = keras.tree.map_structure(ops.convert_to_tensor, tuple(batch))
         if state is None:
-            state = model.initial_state(model.split_inputs(inputs)[0].shape[0])
-        loss, state = step(inputs, labels, state)
+            state, memories = model.inference_state(model.split_inputs(inputs)[0].shape[0])
+            step = compiled_function(model, _evaluation_step, model.jit_compile and not memories)
+        loss, state = step(inputs, labels, state, memories)
         losses.append(loss)
     return [float(ops.convert_to_numpy(loss)) for loss in losses]
 
