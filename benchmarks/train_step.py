@@ -2,6 +2,7 @@
 supernet search (all branches, single path); prints JSON.
 
     python benchmarks/train_step.py [--repeats 5] [--steps 40] [--searches=single_path]
+    python benchmarks/train_step.py --modes=no_xla --knn_layers=3   # one memorizing block
 
 Each configuration is compiled, warmed up, then timed over `--repeats` runs of `--steps`
 training steps through `model.fit` (the real path: callbacks, progress off); the figures are
@@ -33,6 +34,10 @@ flags.DEFINE_list(
     "searches", ["all_branches", "single_path"], "Supernet searches to time (--search of train.py)."
 )
 flags.DEFINE_bool("tail_capacity", True, "Score tail clusters sparsely (as train.py does).")
+flags.DEFINE_multi_integer(
+    "knn_layers", [], "Blocks with memorizing attention (M in place of A; see train.py)."
+)
+flags.DEFINE_integer("knn_memory_size", 2048, "kNN store entries per stream and head (C).")
 FLAGS = flags.FLAGS
 
 
@@ -53,6 +58,8 @@ def measure(jit_compile, search):
     if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
         capacity = max_tail_labels_per_batch(labels, base["cutoffs"], base["vocab_size"])
     base["architecture"] = FLAGS.architecture
+    base["knn_layers"] = tuple(FLAGS.knn_layers)
+    base["knn_memory_size"] = FLAGS.knn_memory_size
     base["search"] = search
     model = PARTransformerXL(**base, tail_capacities=capacity)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
@@ -100,6 +107,8 @@ def main(_):
             "batch_size": FLAGS.batch_size,
             "seq_len": FLAGS.seq_len,
             "architecture": FLAGS.architecture or "supernet",
+            "knn_layers": FLAGS.knn_layers,
+            "knn_memory_size": FLAGS.knn_memory_size,
         },
         "tensorflow": tf.__version__,
         "cpu_threads": os.cpu_count(),
