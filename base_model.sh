@@ -10,6 +10,8 @@
 #   SMOKE=1 ./base_model.sh                   # tiny model, 20 steps: checks the whole chain
 # Variables: D_MODEL NUM_HEADS D_FFN NUM_LAYERS MEM_LEN DROPOUT_RATE CUTOFFS ("250 2500")
 # PROJ_FACTOR MAX_LR WARMUP_STEPS TAU_START TAU_END OPT_NAME EPOCHS MAX_STEPS MODEL_NAME LOG_DIR
+# EVAL_STEPS (valid evaluations besides the epoch ends; default the steps of the original's
+# published table, "2700 8500 14100 28300 48100"; "" for none)
 # RESUME JIT_COMPILE (true/false; default: on with a GPU), EXTRA_FLAGS (passed as they
 # are), and create_tfrecords.sh's DATA_DIR WIKITEXT2_DIR VOCAB_SIZE BATCH_SIZE SEQ_LEN PYTHON.
 set -euo pipefail
@@ -43,6 +45,9 @@ for cutoff in ${CUTOFFS:-250 2500}; do
   cutoff_flags+=("--cutoffs=$cutoff")
 done
 optional=()
+for step in ${EVAL_STEPS-2700 8500 14100 28300 48100}; do
+  optional+=("--eval_steps=$step")
+done
 [ "${RESUME:-0}" = 1 ] && optional+=(--resume)
 [ -n "${JIT_COMPILE:-}" ] && optional+=("--jit_compile=$JIT_COMPILE")
 

@@ -121,6 +121,12 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "eval_every", DEFAULT["eval_every"], "Also evaluate the valid split every N steps (0: epochs)."
 )
+flags.DEFINE_multi_integer(
+    "eval_steps",
+    list(DEFAULT["eval_steps"]),
+    "Also evaluate the valid split at these steps (repeat the flag), e.g. the steps of a "
+    "published table.",
+)
 flags.DEFINE_integer(
     "checkpoint_every", DEFAULT["checkpoint_every"], "Checkpoint every N steps (and at epoch ends)."
 )
@@ -136,6 +142,14 @@ flags.DEFINE_bool(
     DEFAULT["resume"],
     "Continue the run in --checkpoint_dir from its newest intact checkpoint (same model flags "
     "and data, or a refusal).",
+)
+flags.DEFINE_string(
+    "init_from",
+    None,
+    "A fresh run starts from the weights of the newest checkpoint in this checkpoint directory "
+    "(e.g. --architecture=AAFAFF from its supernet's <run>/checkpoints): the embedding, the "
+    "output layer and each block's sublayers for its letters; same model shape required. The "
+    "optimizer, step and schedules start afresh.",
 )
 flags.DEFINE_bool(
     "jit_compile",
@@ -240,8 +254,9 @@ def main(argv):
             **{
                 f.name: getattr(FLAGS, f.name)
                 for f in dataclasses.fields(TrainConfig)
-                if f.name not in ("jit_compile", "log_dir")
+                if f.name not in ("jit_compile", "log_dir", "eval_steps")
             },
+            eval_steps=tuple(FLAGS.eval_steps or ()),
             jit_compile=jit_compile,
             log_dir=FLAGS.log_dir or "runs",
         )

@@ -4,10 +4,12 @@ supernet search (all branches, single path); prints JSON.
     python benchmarks/train_step.py [--repeats 5] [--steps 40] [--searches=single_path]
     python benchmarks/train_step.py --modes=no_xla --knn_layers=3   # one memorizing block
 
-Each configuration is compiled, warmed up, then timed over `--repeats` runs of `--steps`
-training steps through `model.fit` (the real path: callbacks, progress off); the figures are
-medians. FLOPs per token and the utilization of this machine's fp32 matmul peak (measured in
-the same run) come with them.
+Each configuration is compiled and warmed up, then timed over `--repeats` runs of `--steps`
+training steps through `model.fit` (the real path: callbacks, progress off), the
+configurations taking turns; the figures are medians, the ratios medians of per-turn ratios.
+With `--knn_layers`, each configuration is also timed without them, in the same turns. FLOPs
+per token and the utilization of this machine's fp32 matmul peak (measured in the same run)
+come with them.
 """
 
 import json
@@ -41,7 +43,9 @@ flags.DEFINE_integer("knn_memory_size", 2048, "kNN store entries per stream and 
 FLAGS = flags.FLAGS
 
 
-def measure(jit_compile, search):
+def prepare(jit_compile, search, knn_layers):
+    """Builds, compiles and warms up one configuration; returns `(run, info)`: `run()` trains
+    `--steps` steps and returns their tokens/s, `info` the configuration's fixed figures."""
     import keras
     import tensorflow as tf
 
@@ -58,7 +62,7 @@ def measure(jit_compile, search):
     if FLAGS.tail_capacity:  # as train.py does: the most any batch needs
         capacity = max_tail_labels_per_batch(labels, base["cutoffs"], base["vocab_size"])
     base["architecture"] = FLAGS.architecture
-    base["knn_layers"] = tuple(FLAGS.knn_layers)
+    base["knn_layers"] = knn_layers
     base["knn_memory_size"] = FLAGS.knn_memory_size
     base["search"] = search
     model = PARTransformerXL(**base, tail_capacities=capacity)
@@ -67,16 +71,13 @@ def measure(jit_compile, search):
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0)
     warmup_seconds = time.perf_counter() - start
-    rates = []
-    for _ in range(FLAGS.repeats):
+
+    def run():
         start = time.perf_counter()
         model.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
-        rates.append(FLAGS.steps * FLAGS.batch_size * FLAGS.seq_len / (time.perf_counter() - start))
-    tokens_per_second = median(rates)
-    return {
-        "tokens_per_second": round(tokens_per_second),
-        "ms_per_step": round(1000 * FLAGS.batch_size * FLAGS.seq_len / tokens_per_second, 2),
-        "runs_tokens_per_second": [round(r) for r in rates],
+        return FLAGS.steps * FLAGS.batch_size * FLAGS.seq_len / (time.perf_counter() - start)
+
+    return run, {
         "compile_and_warmup_seconds": round(warmup_seconds, 1),
         # For a single path: the expected FLOPs at the choice probabilities of the timed steps
         # (still uniform here, as at the start of a search).
@@ -90,11 +91,31 @@ def main(_):
     import tensorflow as tf
 
     searches = ["fixed"] if FLAGS.architecture else FLAGS.searches
-    results = {
-        f"{search}_{mode}": measure(mode == "xla", search if search != "fixed" else "all_branches")
+    # With --knn_layers, every configuration also without them: the cost of the kNN memory.
+    knn_variants = {"": ()}
+    if FLAGS.knn_layers:
+        knn_variants["_knn"] = tuple(FLAGS.knn_layers)
+    prepared = {
+        f"{search}_{mode}{suffix}": prepare(
+            mode == "xla", search if search != "fixed" else "all_branches", knn_layers
+        )
         for search in searches
         for mode in FLAGS.modes
+        for suffix, knn_layers in knn_variants.items()
     }
+    rates = {name: [] for name in prepared}
+    for _ in range(FLAGS.repeats):  # the configurations take turns: ratios within one run
+        for name, (run, _) in prepared.items():
+            rates[name].append(run())
+    results = {}
+    for name, (_, info) in prepared.items():
+        tokens_per_second = median(rates[name])
+        results[name] = {
+            "tokens_per_second": round(tokens_per_second),
+            "ms_per_step": round(1000 * FLAGS.batch_size * FLAGS.seq_len / tokens_per_second, 2),
+            "runs_tokens_per_second": [round(r) for r in rates[name]],
+            **info,
+        }
     peak = matmul_peak_gflops()
     for result in results.values():
         achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e9
@@ -115,18 +136,24 @@ def main(_):
         "matmul_peak_gflops": round(peak, 1),
         **results,
     }
+
+    def ratios(a, b):  # a over b: the median of the per-turn ratios
+        return round(median([x / y for x, y in zip(rates[a], rates[b])]), 2)
+
     for search in searches:
-        if {f"{search}_xla", f"{search}_no_xla"} <= results.keys():
-            xla, no_xla = results[f"{search}_xla"], results[f"{search}_no_xla"]
-            report[f"{search}_xla_speedup"] = round(
-                xla["tokens_per_second"] / no_xla["tokens_per_second"], 2
-            )
+        for suffix in knn_variants:
+            xla, no_xla = f"{search}_xla{suffix}", f"{search}_no_xla{suffix}"
+            if {xla, no_xla} <= results.keys():
+                report[f"{search}{suffix}_xla_speedup"] = ratios(xla, no_xla)
+        for mode in FLAGS.modes:
+            if FLAGS.knn_layers:
+                name = f"{search}_{mode}"
+                report[f"{name}_knn_over_without"] = ratios(f"{name}_knn", name)
     for mode in FLAGS.modes:
-        if {f"all_branches_{mode}", f"single_path_{mode}"} <= results.keys():
-            single, every = results[f"single_path_{mode}"], results[f"all_branches_{mode}"]
-            report[f"single_path_speedup_{mode}"] = round(
-                single["tokens_per_second"] / every["tokens_per_second"], 2
-            )
+        for suffix in knn_variants:
+            single, every = f"single_path_{mode}{suffix}", f"all_branches_{mode}{suffix}"
+            if {single, every} <= results.keys():
+                report[f"single_path_speedup_{mode}{suffix}"] = ratios(single, every)
     print(json.dumps(report, indent=2))
 
 

@@ -121,6 +121,7 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int = 0  # stop early (the schedules still span all epochs); 0: no limit
     eval_every: int = 0  # also evaluate on the valid split every N steps; 0: epoch ends only
+    eval_steps: tuple[int, ...] = ()  # and at these steps
     checkpoint_every: int = 1000
     log_every: int = 100
     jit_compile: bool = True
@@ -128,6 +129,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     seed: int = 0
     resume: bool = False
+    init_from: str | None = None  # a run's checkpoint directory to take the weights from
     tail_capacity: bool = True  # score adaptive-softmax tails sparsely (exact either way)
     unigram_bias_init: bool = True  # start the output biases at the training unigram
     divergence_factor: float = 3.0  # stop when the loss exceeds this x log(V); 0: non-finite only
@@ -151,6 +153,8 @@ class TrainConfig:
         for name in ("warmup_steps", "max_steps", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, received {getattr(self, name)}.")
+        if any(step < 1 for step in self.eval_steps):
+            raise ConfigError(f"--eval_steps must be positive steps, received {self.eval_steps}.")
         if self.divergence_factor != 0 and not self.divergence_factor > 1:
             raise ConfigError(
                 f"--divergence_factor must be 0 (off) or > 1, received {self.divergence_factor}."
@@ -179,4 +183,6 @@ def from_json(text):
     model = dict(document["model"])
     model["cutoffs"] = tuple(model["cutoffs"])
     model["knn_layers"] = tuple(model.get("knn_layers", ()))  # a run from before the field
-    return ModelConfig(**model), TrainConfig(**document["train"])
+    train = dict(document["train"])
+    train["eval_steps"] = tuple(train.get("eval_steps", ()))  # a run from before the field
+    return ModelConfig(**model), TrainConfig(**train)

@@ -117,6 +117,26 @@ def test_derive_keeps_exactly_the_chosen_sublayers_with_their_weights(letter):
         np.testing.assert_allclose(numpy(derived(x)), numpy(supernet(x)), rtol=1e-5, atol=1e-6)
 
 
+def test_copy_weights_from_takes_each_blocks_sublayers_or_names_the_missing_one():
+    """An "AFA" model takes a trained-looking supernet's weights for its letters' sublayers,
+    embedding and output; from "FFF" it gets no attention for block_0: the error says so."""
+    source, target = make_model(), make_model(architecture="AFA")
+    rng = np.random.default_rng(0)
+    for weight in source.weights:
+        weight.assign(numpy(weight) + rng.normal(0.0, 0.1, weight.shape).astype("float32"))
+    target.copy_weights_from(source)
+    pairs = [(source.embedding, target.embedding), (source.output_layer, target.output_layer)]
+    for a, b, letter in zip(source.blocks, target.blocks, "AFA"):
+        pairs += [(getattr(a, name), getattr(b, name)) for name in EXPECTED_SUBLAYERS[letter]]
+    for a, b in pairs:
+        assert a.weights and len(a.weights) == len(b.weights)
+        for x, y in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(numpy(x), numpy(y))
+    with pytest.raises(ValueError, match=r"block_0 of the source offers 'F', so it has no "
+                                         r"attention for this model's 'A'"):  # fmt: skip
+        target.copy_weights_from(make_model(architecture="FFF"))
+
+
 def test_a_model_over_two_letters_trains_derives_and_round_trips(tmp_path):
     model = make_model(choices="AF")
     assert [block.gumbel.num_choices for block in model.blocks] == [2, 2, 2]

@@ -152,6 +152,9 @@ def test_interval_fires_when_a_multiple_is_passed():
     assert [s for s in range(1, 31) if one_by_one.due(s)] == [10, 20, 30]
     assert [s for s in range(4, 33, 4) if four_at_once.due(s)] == [12, 20, 32]
     assert not any(cb.Interval(0).due(s) for s in range(1, 50))
+    at_steps, at_steps_four_at_once = cb.Interval(0, at=(7, 25)), cb.Interval(10, at=(7, 25))
+    assert [s for s in range(1, 31) if at_steps.due(s)] == [7, 25]
+    assert [s for s in range(4, 33, 4) if at_steps_four_at_once.due(s)] == [8, 12, 20, 28, 32]
 
 
 def evaluation_before_model_state(model, batches):
@@ -279,10 +282,12 @@ def test_cli_reports_bad_flags_without_traceback(tiny_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_data, tmp_path_factory):
-    """An uninterrupted 60-step run with checkpoints every 10 steps."""
+    """An uninterrupted 60-step run with checkpoints every 10 steps; valid evaluations at
+    steps 30, 45 and 60. (The resumed run of `test_interrupted_run_resumes_to_the_same_result`
+    skips the one at 45, and still trains the same: an evaluation leaves training alone.)"""
     runs = tmp_path_factory.mktemp("runs")
     args = train_args(tiny_data, runs, "full", "--max_steps=60", "--checkpoint_every=10",
-                      "--eval_every=30")  # fmt: skip
+                      "--eval_every=30", "--eval_steps=45")  # fmt: skip
     result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return runs / "full"
@@ -296,8 +301,8 @@ def read_results(run):
 def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     results = read_results(trained_run)
     assert results["step"] == 60
-    assert [v["step"] for v in results["validation_history"]] == [30, 60]
-    first, last = results["validation_history"]
+    assert [v["step"] for v in results["validation_history"]] == [30, 45, 60]
+    first, _, last = results["validation_history"]
     assert last["loss"] < first["loss"]  # it learns
     assert np.isfinite(results["test"]["perplexity"])
     log = (trained_run / "training_log.log").read_text()
@@ -429,6 +434,41 @@ def test_evaluate_mode_sizes_tail_slices_by_the_split(trained_run, tiny_data, mo
     assert dense_model.output_layer.tail_capacities is None
     dense = evaluate_split(dense_model, split)
     np.testing.assert_allclose(sparse["loss"], dense["loss"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_derived_architecture_from_the_supernet(trained_run, tiny_data,
+                                                                   tmp_path):  # fmt: skip
+    """--init_from gives a fixed architecture the supernet's weights: the model equals the
+    supernet's `derive()`; a run with another shape is refused, naming what differs."""
+    from par_xl.training import trainer
+    from par_xl.training.runs import build_model, load_run
+
+    checkpoints = trained_run / "checkpoints"
+    supernet, model_config, train_config, data = load_run(checkpoints)
+    config = dataclasses.replace(model_config, architecture="AFA")
+    batch_shape = (data["batch_size"], data["seq_len"])
+    model = build_model(config, train_config, batch_shape, 1)
+    inputs = next(iter(load_dataset(f"{tiny_data}/tf/valid")))[0]
+    fresh = ops.convert_to_numpy(model(inputs))
+    trainer.initialize_from(model, config, checkpoints)
+    model.reset_state()  # the call above filled its XL memory; derive()'s starts empty
+    derived = ops.convert_to_numpy(supernet.derive("AFA")(inputs))
+    np.testing.assert_allclose(ops.convert_to_numpy(model(inputs)), derived, rtol=1e-5, atol=1e-6)
+    assert np.abs(fresh - derived).max() > 1e-2
+
+    args = train_args(tiny_data, tmp_path, "derived", "--architecture=AFA", "--max_steps=2",
+                      f"--init_from={checkpoints}")  # fmt: skip
+    result = run_script("train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "derived/training_log.log").read_text()
+    assert f"weights from {checkpoints} (step 60)" in log
+    wide = train_args(tiny_data, tmp_path, "wide", "--d_model=16", "--num_heads=2",
+                      f"--init_from={checkpoints}")  # fmt: skip
+    refused = run_script("train.py", *wide)
+    assert refused.returncode == 2
+    assert (f"--init_from={checkpoints}: that run's model has another shape (d_model 32 there, "
+            "16 here)") in refused.stderr  # fmt: skip
 
 
 @pytest.mark.slow

@@ -698,13 +698,38 @@ class PARTransformerXL(keras.Model):
         config = {**self.get_config(), "architecture": architecture, "knn_layers": knn_layers}
         derived = self.__class__.from_config(config)
         derived.build(self._batch_shape)
-        if self.embedding is not None:
-            derived.embedding.set_weights(self.embedding.get_weights())
-        derived.output_layer.set_weights(self.output_layer.get_weights())
-        for source, target in zip(self.blocks, derived.blocks):
-            for name in CHOICES[target.choice].sublayers:
-                getattr(target, name).set_weights(getattr(source, name).get_weights())
+        derived.copy_weights_from(self)
         return derived
+
+    def copy_weights_from(self, source):
+        """Sets this built model's weights from a built `source` of the same shape (vocabulary,
+        widths, heads, blocks, cutoffs): the embedding, the adaptive softmax, and in each block
+        the sublayers of every letter it offers (`par_xl.layers.choices`). A supernet's choice
+        logits and the state (XL memory, kNN stores) are left as they are. This is how a
+        derived architecture starts from its supernet (`derive`, `train.py --init_from`).
+
+        Raises:
+            ValueError: a block of `source` lacks a sublayer this one needs (it never offered
+                that letter), or the shapes differ.
+        """
+        if len(source.blocks) != len(self.blocks):
+            raise ValueError(
+                f"the source has {len(source.blocks)} blocks, this model {len(self.blocks)}."
+            )
+        pairs = [(source.output_layer, self.output_layer)]
+        if self.embedding is not None:
+            pairs.append((source.embedding, self.embedding))
+        for i, (block, target) in enumerate(zip(source.blocks, self.blocks)):
+            for letter in target.offered:
+                for name in CHOICES[letter].sublayers:
+                    if not hasattr(block, name):
+                        raise ValueError(
+                            f"block_{i} of the source offers {block.offered!r}, so it has no "
+                            f"{name} for this model's {letter!r} ({CHOICES[letter].name})."
+                        )
+                    pairs.append((getattr(block, name), getattr(target, name)))
+        for layer, target in pairs:
+            target.set_weights(layer.get_weights())
 
     def get_config(self):
         config = super().get_config()

@@ -27,17 +27,20 @@ def global_step(model):
 
 
 class Interval:
-    """Says when the global step passes a multiple of `every` (0: never), also when a compiled
-    call advances it several steps at once (`steps_per_execution` > 1)."""
+    """Says when the global step passes a multiple of `every` (0: never) or one of the steps
+    `at`, also when a compiled call advances it several steps at once
+    (`steps_per_execution` > 1)."""
 
-    def __init__(self, every):
+    def __init__(self, every, at=()):
         self.every = every
+        self.at = tuple(at)
         self.last = None
 
     def due(self, step):
         previous = step - 1 if self.last is None else self.last
         self.last = step
-        return bool(self.every) and step // self.every > previous // self.every
+        passed_multiple = bool(self.every) and step // self.every > previous // self.every
+        return passed_multiple or any(previous < s <= step for s in self.at)
 
 
 class TrainingDiverged(RuntimeError):
@@ -289,13 +292,13 @@ EVALUATION_SCALARS = (
 
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Evaluates the valid split (a split directory), in order with its own memory, every
-    `every` steps (0: never) and at each epoch end; adds `val_*` entries to the epoch logs for
-    TensorBoard."""
+    `every` steps (0: never), at the steps `at` and at each epoch end; adds `val_*` entries to
+    the epoch logs for TensorBoard."""
 
-    def __init__(self, directory, run_directory, every=0):
+    def __init__(self, directory, run_directory, every=0, at=()):
         super().__init__()
         self.directory = directory
-        self.interval = Interval(every)
+        self.interval = Interval(every, at)
         self.writer = tf.summary.create_file_writer(f"{run_directory}/validation")
         self.history = []
         self._last_step = None

@@ -103,7 +103,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, strategy=None):
         write_run_config(checkpoints.directory, model_config, train_config, metadata)
         log_start(model, model_config, train_config, plan, strategy)
         evaluation = cb.PeriodicEvaluation(
-            train_config.valid_directory, run, every=train_config.eval_every
+            train_config.valid_directory, run, train_config.eval_every, train_config.eval_steps
         )
         checkpointer = cb.Checkpointer(checkpoints, train_config.checkpoint_every)
         callbacks = make_callbacks(model, model_config, train_config, plan, evaluation,
@@ -198,11 +198,37 @@ def build_and_restore(model_config, train_config, train_meta, checkpoints, strat
     if train_config.resume:
         first_step = checkpoints.restore(model, set_aside_damaged=True)
         log.info("resumed from %s at step %d", checkpoints.restored, first_step)
+    elif train_config.init_from:
+        initialize_from(model, model_config, train_config.init_from)
     elif train_config.unigram_bias_init:
         unigram = Path(train_config.train_directory) / UNIGRAM_FILE
         model.output_layer.initialize_biases(read_unigram_file(unigram))
     log.info("tail capacity: %s; steps per epoch: %d", capacity, steps_per_epoch)
     return model, Plan(batch_shape, steps_per_epoch, total_steps, last_step, first_step)
+
+
+def initialize_from(model, model_config, checkpoint_dir):
+    """--init_from: starts `model` from the newest checkpoint of the run in `checkpoint_dir`
+    (e.g. a derived architecture from its supernet; see `PARTransformerXL.copy_weights_from`).
+    Its shape must be this run's; a ConfigError names what differs."""
+    source_config = read_run_config(checkpoint_dir)[0]
+    shape = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "cutoffs",
+             "proj_factor", "tie_embeddings")  # fmt: skip
+    differ = [(n, getattr(source_config, n), getattr(model_config, n)) for n in shape
+              if getattr(source_config, n) != getattr(model_config, n)]  # fmt: skip
+    if differ:
+        raise ConfigError(
+            f"--init_from={checkpoint_dir}: that run's model has another shape ("
+            + "; ".join(f"{n} {a} there, {b} here" for n, a, b in differ)
+            + "): give this run the same model flags."
+        )
+    source = load_run(checkpoint_dir)[0]
+    try:
+        model.copy_weights_from(source)
+    except ValueError as error:
+        raise ConfigError(f"--init_from={checkpoint_dir}: {error}") from None
+    log.info("weights from %s (step %d); the optimizer and schedules start afresh",
+             checkpoint_dir, cb.global_step(source))  # fmt: skip
 
 
 def log_start(model, model_config, train_config, plan, strategy=None):
