@@ -1,8 +1,8 @@
 """Pictures of the architecture search: each block's choice probabilities over training.
 
-The history is read back from the TensorBoard scalars `TrainingLogger` writes to `<run>/train/`
-(`choice/block_<i>/<letter>` for the model's choice letters, `tau`, `loss`), so any run
-directory can be drawn, finished or still training. Three pictures:
+The history is read back (`par_xl.run_events`) from the TensorBoard scalars `TrainingLogger`
+writes to `<run>/train/` (`choice/block_<i>/<letter>` for the model's choice letters, `tau`,
+`loss`), so any run directory can be drawn, finished or still training. Three pictures:
 `draw_probabilities_over_steps` (PNG: a panel of one line per choice for each block, tau and
 loss below), `draw_search_animation` (GIF: the blocks x choices heat map, step by step) and
 `choice_figure` (that heat map as an image array for `tf.summary.image`). Names and colours
@@ -22,11 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
-from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-from tensorboard.util import tensor_util
 
 from par_xl.files import atomic_path
 from par_xl.layers.choices import CHOICES, in_registry_order
+from par_xl.run_events import read_scalars
 
 CHOICE_TAG = re.compile(r"choice/block_(\d+)/(\w)$")  # block index, letter
 
@@ -60,33 +59,6 @@ class SearchHistory:
         return "".join(self.letters[i] for i in self.probabilities[-1].argmax(axis=1))
 
 
-def _read_scalars(directory: Path, wanted) -> dict[str, dict[int, float]]:
-    """`{tag: {step: value}}` of the scalars in `directory`'s event files whose tag is `wanted`.
-
-    Events are replayed in wall-time order, so a resumed run (a new event file) overrides the
-    steps it repeats; and, as in TensorBoard, a tag going back to step s drops the steps >= s
-    of the abandoned attempt. Scalars come as TF2 tensors or TF1 `simple_value`s. A truncated
-    last record (a file still being written) ends that file's events.
-    """
-    events = []
-    for path in directory.glob("events.out.tfevents.*"):
-        for event in LegacyEventFileLoader(str(path)).Load():
-            events += [
-                (event.wall_time, event.step, v) for v in event.summary.value if wanted(v.tag)
-            ]
-    scalars = {}
-    for _, step, value in sorted(events, key=lambda event: event[0]):
-        if value.WhichOneof("value") == "simple_value":
-            number = value.simple_value
-        else:
-            number = tensor_util.make_ndarray(value.tensor).item()
-        series = scalars.setdefault(value.tag, {})
-        if series and step <= next(reversed(series)):  # steps are kept in increasing order
-            series = scalars[value.tag] = {s: v for s, v in series.items() if s < step}
-        series[step] = number
-    return scalars
-
-
 def read_search_history(run_dir: str | os.PathLike) -> SearchHistory:
     """Reads the choice probabilities, tau and loss a run logged to `<run_dir>/train/`.
 
@@ -94,7 +66,7 @@ def read_search_history(run_dir: str | os.PathLike) -> SearchHistory:
     may be cut short in a file still being written). Raises `NoSearchHistory` if there are none.
     """
     train = Path(run_dir) / "train"
-    scalars = _read_scalars(train, lambda tag: tag.startswith("choice/") or tag in ("tau", "loss"))
+    scalars = read_scalars(train, lambda tag: tag.startswith("choice/") or tag in ("tau", "loss"))
     logged = [CHOICE_TAG.match(tag) for tag in scalars]
     letters = in_registry_order({m[2] for m in logged if m})
     layers = 0
