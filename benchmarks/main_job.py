@@ -25,6 +25,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from par_xl.run_events import read_scalars, training_seconds  # noqa: E402
+from par_xl.training.runs import read_run_config  # noqa: E402
 
 flags.DEFINE_string("run_dir", "runs/base", "The run directory: <log_dir>/<model_name>.")
 flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
@@ -46,10 +47,9 @@ def rows(run_dir):
     """One dict per row of the original's table, with par-xl's figures where the run has them
     (the last row: the run's last evaluation, if it is at its final step)."""
     run = Path(run_dir)
-    config = json.loads((run / "checkpoints" / "config.json").read_text())
-    data = config["data"]["train"]
-    tokens_per_step = data["batch_size"] * data["seq_len"]
-    final_step = data["steps"] * config["train"]["epochs"]
+    _, train_config, data = read_run_config(run / "checkpoints")
+    tokens_per_step = data["train"]["batch_size"] * data["train"]["seq_len"]
+    final_step = data["train"]["steps"] * train_config.epochs
     valid = read_scalars(run / "validation", lambda tag: tag in VALID)
     loss = read_scalars(run / "train", lambda tag: tag == "loss").get("loss", {})
     evaluated = valid.get("perplexity", {})

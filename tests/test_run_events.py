@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks.main_job import ORIGINAL, markdown, rows
+from par_xl.configs import ModelConfig, TrainConfig, to_json
 from par_xl.run_events import read_scalars, training_seconds
 
 TOKENS_PER_STEP = 10
@@ -41,8 +42,9 @@ def test_training_seconds_sum_the_logged_intervals_and_follow_a_resume(tmp_path)
 def test_main_job_rows_stand_beside_the_original_table(tmp_path):
     """Evaluations at 2,700 and at the final step (2 epochs x 3,000 = 6,000): the first and
     the last rows are filled, with the logged figures; the others are not reached."""
-    config = {"train": {"epochs": 2}, "data": {"train": {"batch_size": 2, "seq_len": 5,
-                                                         "steps": 3000}}}  # fmt: skip
+    config = json.loads(to_json(ModelConfig(vocab_size=40), TrainConfig("t", "v", epochs=2)))
+    config["data"] = {"train": {"batch_size": 2, "seq_len": 5, "steps": 3000, "sp_model": "sp",
+                                "sp_model_sha256": "0" * 64}}  # fmt: skip
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints/config.json").write_text(json.dumps(config))
     log(tmp_path / "train", {s: {"loss": s / 1000.0, "tokens_per_second": 100.0}
