@@ -4,13 +4,13 @@ bad input, interrupted writes, and the build_data.py command line."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 import tensorflow as tf
+from scripts import run_script
 
 from par_xl.data import (
     METADATA_FILE,
@@ -488,14 +488,7 @@ def test_interrupted_write_leaves_no_file_under_a_final_name(small_text_dir, tmp
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "build_data.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("build_data.py", *args, env=env, timeout=300)
 
 
 def test_cli_end_to_end(small_text_dir, tmp_path):

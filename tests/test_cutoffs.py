@@ -2,13 +2,12 @@
 
 import itertools
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scripts import run_script
 
 from par_xl import cutoffs
 from par_xl.cutoffs import BASE_CUTOFFS, CostModel, compare_cutoffs, optimal_cutoffs
@@ -271,13 +270,7 @@ def test_cutoffs_slower_than_a_plain_softmax_are_not_recommended():
 
 
 def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "optimal_cuts.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_script("optimal_cuts.py", *args, timeout=60)
 
 
 def test_cli_prints_flags_line(tmp_path):

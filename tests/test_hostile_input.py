@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from keras import ops
-from test_training import REPO, read_results, run_script, train_args
+from scripts import REPO, run_script
+from test_training import read_results, train_args
 
 from par_xl.configs import PRESETS, TrainConfig
 from par_xl.data import BuildConfig, build_data

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_on_jax
 from keras import ops
+from scripts import run_script
 from test_generation import reference_generate
 
 from par_xl.configs import ConfigError, ModelConfig
@@ -287,8 +288,6 @@ def test_knn_flags_are_validated(changes, message):
 
 
 def test_train_py_names_the_knn_flag_that_cannot_work(tmp_path):
-    from test_training import run_script
-
     flags = ["--train_directory=-", "--valid_directory=-", f"--log_dir={tmp_path}"]
     result = run_script("train.py", *flags, "--knn_layers=1", "--choices=AMFI")
     assert result.returncode == 2 and "Traceback" not in result.stderr

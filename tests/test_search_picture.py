@@ -2,8 +2,6 @@
 
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import tensorflow as tf
 from matplotlib import pyplot as plt
 from PIL import Image
+from scripts import run_script
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from par_xl.search_picture import (
@@ -201,10 +200,7 @@ def test_gif(tmp_path, steps, frames):
 
 
 def plot_search(*flags):
-    return subprocess.run(
-        [sys.executable, "plot_search.py", *flags], cwd=REPO, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    return run_script("plot_search.py", *flags, timeout=120)
 
 
 def test_command_draws_a_run(run, tmp_path):

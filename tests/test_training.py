@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from scripts import run_script
 
 from par_xl import replicas
 from par_xl.configs import PRESETS, ConfigError, ModelConfig, TrainConfig
@@ -64,13 +65,6 @@ def train_args(data, run_dir, name, *extra):
         f"--model_name={name}",
         *extra,
     ]
-
-
-def run_script(script, *args, **kwargs):
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        capture_output=True, text=True, cwd=REPO, **kwargs,
-    )  # fmt: skip
 
 
 # Schedules.
