@@ -12,6 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# XLA's CPU backend compiles the tests' programs (TensorFlow's jit_compile, the JAX subprocesses)
+# with LLVM at -O0: the same HLO and graph passes, a third less compile time, which is most of an
+# XLA test's time. Read when XLA first compiles, so set before any test runs; a user's XLA_FLAGS
+# wins. Training, benchmarks and the scripts outside the tests keep XLA's default.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
 
 def wikitext2_path() -> Path:
     """WikiText-2 directory: $WIKITEXT2_DIR, else ../shared/data/wikitext-2 beside the repo."""
