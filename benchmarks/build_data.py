@@ -57,7 +57,9 @@ def main(argv: list[str]) -> None:
     result = {
         "input_text": FLAGS.input_text,
         "cpus": len(os.sched_getaffinity(0)),
-        "import_s": wall_seconds([sys.executable, "-c", "import par_xl.data"]),
+        "import_s": wall_seconds(
+            [sys.executable, "-c", "from par_xl.data import build_data, load_dataset"]
+        ),
         "runs": runs,
         "median": {phase: statistics.median(r[phase] for r in runs) for phase in runs[0]},
         "steps": {split: m.steps for split, m in report.splits.items()},

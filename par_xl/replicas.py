@@ -114,7 +114,7 @@ def read_streams(variables):
     strategy = _strategy(variables)
 
     def make():
-        @tf.function
+        @tf.function(autograph=False)
         def gather():
             def local():  # replica context: each replica's own component
                 return [tf.identity(v.value) for v in variables]
@@ -145,7 +145,7 @@ def write_streams(variables, values):
         _check_rows(variable, value, strategy.num_replicas_in_sync)
 
     def make():
-        @tf.function
+        @tf.function(autograph=False)
         def scatter(values):
             def assign():  # replica context: replica r keeps rows r*b .. (r+1)*b - 1
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group

@@ -21,11 +21,10 @@ from par_xl.data import (
     build_data,
     load_dataset,
     read_metadata,
-    sha256_file,
 )
 from par_xl.data import tfrecords as tfrecords_module
 from par_xl.data.unigram import frequency_order
-from par_xl.files import atomic_path
+from par_xl.files import atomic_path, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=400, batch_size=4, seq_len=8, shards=3)

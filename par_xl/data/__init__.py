@@ -1,44 +1,46 @@
 """The data pipeline: SentencePiece, context batching, TFRecord splits and their reader.
 
 Build with `build_data.py` (or `create_tfrecords.sh`); train with `load_dataset(<split dir>)`.
+
+Each name is imported from its module on first use (PEP 562), so that reading a split's
+metadata (`read_metadata`, `DataError`) does not import TensorFlow and SentencePiece: the
+shell scripts' checks start in well under a second.
 """
 
-from par_xl.data.build import BuildConfig, BuildReport, build_data
-from par_xl.data.context_batching import ContextBatches, context_batches, num_batches
-from par_xl.data.errors import DataError
-from par_xl.data.metadata import (
-    FORMAT_VERSION,
-    METADATA_FILE,
-    DatasetMetadata,
-    Shard,
-    read_metadata,
-    verify_shards,
-)
-from par_xl.data.text_files import SPLITS
-from par_xl.data.tfrecords import load_dataset
-from par_xl.data.tokenizer import decode_lines, encode_lines, load_tokenizer
-from par_xl.data.unigram import UNIGRAM_FILE
-from par_xl.files import sha256_file
+import importlib
 
-__all__ = [
-    "FORMAT_VERSION",
-    "METADATA_FILE",
-    "SPLITS",
-    "UNIGRAM_FILE",
-    "BuildConfig",
-    "BuildReport",
-    "ContextBatches",
-    "DataError",
-    "DatasetMetadata",
-    "Shard",
-    "build_data",
-    "context_batches",
-    "decode_lines",
-    "encode_lines",
-    "load_dataset",
-    "load_tokenizer",
-    "num_batches",
-    "read_metadata",
-    "verify_shards",
-    "sha256_file",
-]
+_MODULES = {
+    "BuildConfig": "build",
+    "BuildReport": "build",
+    "build_data": "build",
+    "ContextBatches": "context_batching",
+    "context_batches": "context_batching",
+    "num_batches": "context_batching",
+    "DataError": "errors",
+    "FORMAT_VERSION": "metadata",
+    "METADATA_FILE": "metadata",
+    "DatasetMetadata": "metadata",
+    "Shard": "metadata",
+    "read_metadata": "metadata",
+    "verify_shards": "metadata",
+    "SPLITS": "text_files",
+    "load_dataset": "tfrecords",
+    "decode_lines": "tokenizer",
+    "encode_lines": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "UNIGRAM_FILE": "unigram",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

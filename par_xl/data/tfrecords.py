@@ -111,6 +111,7 @@ def load_dataset(
     names = FEATURES if document_starts else FEATURES[:2]
     spec = {name: tf.io.FixedLenFeature(shape, tf.int64) for name in names}
 
+    @tf.autograph.experimental.do_not_convert  # plain Python: AutoGraph would only cost time
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
         inputs, labels, *starts = (tf.cast(example[name], tf.int32) for name in names)

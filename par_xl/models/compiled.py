@@ -16,7 +16,8 @@ _compiled = weakref.WeakKeyDictionary()  # model -> {(function, jit_compile): co
 def compiled_function(model, function, jit_compile, static_argnums=()):
     """`function(model, *args)`, compiled for `model` once and kept while the model lives.
 
-    TensorFlow: a `tf.function` (XLA if `jit_compile`), reading the variables in place. JAX:
+    TensorFlow: a `tf.function` (XLA if `jit_compile`), reading the variables in place, without
+    AutoGraph (the code is backend-neutral `keras.ops`; converting it costs seconds per trace). JAX:
     `jax.jit` over the variables' current values (`StatelessScope`), so the compiled function
     never holds stale weights; `function` must not assign variables. Other backends run
     eagerly. The arguments at `static_argnums` (of `args`: Python scalars such as sampling
@@ -36,7 +37,7 @@ def compiled_function(model, function, jit_compile, static_argnums=()):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        compiled = tf.function(bound, jit_compile=jit_compile)
+        compiled = tf.function(bound, jit_compile=jit_compile, autograph=False)
     elif backend == "jax":
         import jax
 

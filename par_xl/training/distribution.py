@@ -243,7 +243,7 @@ def verify_rows(strategy, batch_size, seq_len=1):
 
     dataset = distribute_rows(strategy, make_dataset, batch_size)
 
-    @tf.function
+    @tf.function(autograph=False)
     def received(inputs, labels):
         def replica(inputs, labels):
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group

@@ -100,7 +100,7 @@ def replicated_batch_losses(model, strategy, dataset):
     """
     batch_size, seq_len = tf.nest.flatten(dataset.element_spec)[0].shape[:2]
 
-    @tf.function
+    @tf.function(autograph=False)
     def batch_nll(inputs, labels):
         def replica(inputs, labels):
             hidden = model(inputs, training=False)

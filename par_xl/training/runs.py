@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from par_xl.configs import ConfigError, ModelConfig, from_json, to_json
-from par_xl.data import DataError, load_dataset, read_metadata, sha256_file
-from par_xl.files import atomic_write_text, reporting_full_disk
+from par_xl.data import DataError, load_dataset, read_metadata
+from par_xl.files import atomic_write_text, reporting_full_disk, sha256_file
 from par_xl.models import PARTransformerXL
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
 from par_xl.training.distribution import adapt_model, replica_batch_size
