@@ -25,7 +25,7 @@ train: $(STAMP)
 PYTEST_WORKERS ?= auto
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check par_xl tests benchmarks *.py
+	$(VENV)/bin/ruff check par_xl tests benchmarks notebooks *.py
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
