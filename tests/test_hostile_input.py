@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 from keras import ops
 from scripts import REPO, run_script
-from test_training import read_results
-from test_training import train_args as training_args
+from test_training import read_results, train_args
 
 from par_xl.configs import PRESETS, TrainConfig
 from par_xl.data import BuildConfig, build_data
@@ -35,12 +34,6 @@ from par_xl.training import callbacks as cb
 from par_xl.training import trainer
 from par_xl.training.evaluation import perplexity
 from par_xl.training.runs import LOCK_FILE, lock_run
-
-
-def train_args(data, run_dir, name, *extra):
-    """`test_training`'s arguments without XLA: these cases test files, messages and stops, not
-    compilation (the XLA path runs end to end in `test_training`), and compile in half the time."""
-    return training_args(data, run_dir, name, "--nojit_compile", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +229,7 @@ def test_more_steps_per_execution_than_an_epoch_has_stops_at_the_schedule_end(ti
     steps = json.loads((tiny_data / "tf/valid/metadata.json").read_text())["steps"]
     args = [f"--train_directory={tiny_data}/tf/valid", f"--valid_directory={tiny_data}/tf/test",
             "--nounigram_bias_init", "--preset=tiny", "--cutoffs=20", "--cutoffs=80",
-            "--epochs=2", "--steps_per_execution=200", "--nojit_compile", f"--log_dir={tmp_path}",
+            "--epochs=2", "--steps_per_execution=200", f"--log_dir={tmp_path}",
             "--model_name=long"]  # fmt: skip
     result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]

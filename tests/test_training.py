@@ -312,7 +312,7 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
 @pytest.mark.slow
 def test_several_steps_per_execution_keep_every_interval(tiny_data, tmp_path):
     args = train_args(tiny_data, tmp_path, "spe", "--max_steps=24", "--checkpoint_every=10",
-                      "--steps_per_execution=4", "--nojit_compile")  # fmt: skip
+                      "--steps_per_execution=4")  # fmt: skip
     result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "spe" / "training_log.log").read_text()
