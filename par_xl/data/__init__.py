@@ -43,4 +43,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return __all__
+    return sorted(set(globals()) | set(__all__))
