@@ -95,3 +95,18 @@ def test_no_network_and_no_data_says_where_to_put_wikitext2(tmp_path):
     assert "Traceback" not in result.stderr
     assert f"in {tmp_path}/data/wikitext-2, or set WIKITEXT2_DIR" in result.stderr
     assert not (tmp_path / "data" / "tfrecords").exists()
+
+
+def test_the_metadata_check_does_not_import_tensorflow():
+    """The script's check of finished splits imports only what reading metadata needs (the
+    package's names load on first use): a skipped build takes a fraction of a second."""
+    code = (
+        "import sys\n"
+        "from par_xl.data import DataError, read_metadata\n"
+        "heavy = {'tensorflow', 'sentencepiece', 'keras'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from par_xl.data import load_dataset\n"
+        "assert 'tensorflow' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
