@@ -21,12 +21,14 @@ train: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash base_model.sh
 
 # One pytest worker per core (pytest-xdist), each test file on one worker: the module-scoped
-# fixtures (a trained run, a built corpus) are built once. PYTEST_WORKERS=0 runs in this process.
+# fixtures (a trained run, a built corpus) are built once. The files go out in collection order,
+# the heaviest first (tests/conftest.py), not xdist's by-count order. PYTEST_WORKERS=0 runs in
+# this process.
 PYTEST_WORKERS ?= auto
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check par_xl tests benchmarks notebooks *.py
-	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
