@@ -301,7 +301,7 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     assert np.isfinite(results["test"]["perplexity"])
     log = (trained_run / "training_log.log").read_text()
     assert "Total params" in log and '"max_lr": 0.003' in log
-    assert "step 60 | loss" in log and "ms/step" in log
+    assert "step 60 | loss" in log and "ms/step" in log and "| tau 0." in log
     assert sorted(p.name for p in (trained_run / "checkpoints").glob("ckpt-*")) == [
         "ckpt-00000050.state.npz", "ckpt-00000050.weights.h5",
         "ckpt-00000060.state.npz", "ckpt-00000060.weights.h5"]  # fmt: skip
@@ -452,11 +452,12 @@ def test_init_from_starts_a_derived_architecture_from_the_supernet(trained_run, 
     assert np.abs(fresh - derived).max() > 1e-2
 
     args = train_args(tiny_data, tmp_path, "derived", "--architecture=AFA", "--max_steps=2",
-                      f"--init_from={checkpoints}")  # fmt: skip
+                      "--log_every=1", f"--init_from={checkpoints}")  # fmt: skip
     result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "derived/training_log.log").read_text()
     assert f"weights from {checkpoints} (step 60)" in log
+    assert "step 2 | loss" in log and "| tau " not in log  # no search: no temperature
     wide = train_args(tiny_data, tmp_path, "wide", "--d_model=16", "--num_heads=2",
                       f"--init_from={checkpoints}")  # fmt: skip
     refused = run_script("train.py", *wide)

@@ -209,9 +209,10 @@ class TrainingLogger(keras.callbacks.Callback):
     """One line every `every` steps in the log file, with TensorBoard scalars beside it.
 
     The line: step, mean loss over the interval, its perplexity, learning rate, tau, ms/step,
-    tokens/s and model GFLOP/s. TensorBoard (`<run>/train`): the same scalars, each block's
-    choice probabilities, and once per epoch a blocks x choices heat map of them, so the
-    architecture search can be watched as it happens.
+    tokens/s, model GFLOP/s and the architecture (the search's argmax). TensorBoard
+    (`<run>/train`): the same scalars, each block's choice probabilities, and once per epoch a
+    blocks x choices heat map of them, so the architecture search can be watched as it
+    happens. A fixed architecture has no search: no tau, no probabilities, no heat map.
     """
 
     def __init__(self, run_directory, every, tokens_per_step, flops_per_token, steps_per_epoch):
@@ -242,32 +243,34 @@ class TrainingLogger(keras.callbacks.Callback):
         tokens_per_second = steps * self.tokens_per_step / elapsed
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         probabilities, architecture = self.model.choice_probabilities()
-        letters = self.model.choice_letters
-        tau = self._tau()
+        tau = self._tau() if self.model.choice_layers else None
         log.info(
-            "step %d | loss %.4f | ppl %.2f | lr %.3e | tau %.4f | %.1f ms/step | %.0f tok/s | "
+            "step %d | loss %.4f | ppl %.2f | lr %.3e%s | %.1f ms/step | %.0f tok/s | "
             "%.1f GFLOP/s | %s",
-            step, loss, math.exp(min(loss, 50.0)), lr, tau, 1000 * elapsed / steps,
+            step, loss, math.exp(min(loss, 50.0)), lr, "" if tau is None else f" | tau {tau:.4f}",
+            1000 * elapsed / steps,
             tokens_per_second, tokens_per_second * self.flops_per_token / 1e9, architecture,
         )  # fmt: skip
         with self.writer.as_default(step=step):
             tf.summary.scalar("loss", loss)
             tf.summary.scalar("perplexity", math.exp(min(loss, 50.0)))
             tf.summary.scalar("learning_rate", lr)
-            tf.summary.scalar("tau", tau)
             tf.summary.scalar("tokens_per_second", tokens_per_second)
-            for layer, row in enumerate(probabilities):
-                for letter, value in zip(letters, row):
-                    tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
+            if tau is not None:
+                tf.summary.scalar("tau", tau)
+                for layer, row in enumerate(probabilities):
+                    for letter, value in zip(self.model.choice_letters, row):
+                        tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
 
     def on_epoch_end(self, epoch, logs=None):
         step = global_step(self.model)
         probabilities, architecture = self.model.choice_probabilities()
         with self.writer.as_default(step=step):
-            tf.summary.image(
-                "choice_probabilities",
-                choice_figure(probabilities, self.model.choice_letters, step, self._tau()),
-            )
+            if self.model.choice_layers:
+                tf.summary.image(
+                    "choice_probabilities",
+                    choice_figure(probabilities, self.model.choice_letters, step, self._tau()),
+                )
             tf.summary.text("architecture", architecture)
         self.writer.flush()
         batch = step - epoch * self.steps_per_epoch
@@ -276,8 +279,7 @@ class TrainingLogger(keras.callbacks.Callback):
         log.info("epoch %d %s | %s | %s", epoch + 1, where, architecture, format_metrics(logs))
 
     def _tau(self):
-        layers = self.model.choice_layers
-        return float(ops.convert_to_numpy(layers[0].tau)) if layers else float("nan")
+        return float(ops.convert_to_numpy(self.model.choice_layers[0].tau))
 
 
 EVALUATION_SCALARS = (
