@@ -307,6 +307,8 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
         "ckpt-00000060.state.npz", "ckpt-00000060.weights.h5"]  # fmt: skip
     events = list(trained_run.rglob("events.out.tfevents.*"))
     assert {p.parent.name for p in events} >= {"train", "validation"}
+    assert (trained_run / "search.png").stat().st_size > 0  # the search's pictures, drawn at
+    assert (trained_run / "search.gif").stat().st_size > 0  # the end of the run
 
 
 @pytest.mark.slow
@@ -458,6 +460,7 @@ def test_init_from_starts_a_derived_architecture_from_the_supernet(trained_run, 
     log = (tmp_path / "derived/training_log.log").read_text()
     assert f"weights from {checkpoints} (step 60)" in log
     assert "step 2 | loss" in log and "| tau " not in log  # no search: no temperature
+    assert "pictures of the search" not in log  # and nothing to draw
     wide = train_args(tiny_data, tmp_path, "wide", "--d_model=16", "--num_heads=2",
                       f"--init_from={checkpoints}")  # fmt: skip
     refused = run_script("train.py", *wide)

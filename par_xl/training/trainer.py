@@ -350,10 +350,11 @@ def write_results(model, train_config, evaluation):
     run = Path(train_config.run_directory)
     with reporting_full_disk(run / "results.json"):
         atomic_write_text(run / "results.json", json.dumps(results, indent=2))
-    try:
-        log.info("pictures of the search: %s, %s", *draw_search(run))
-    except NoSearchHistory as error:  # e.g. a fixed architecture logs no choices
-        log.info("no pictures of the search: %s", error)
+    if model.choice_layers:  # a fixed architecture has no search to draw
+        try:
+            log.info("pictures of the search: %s, %s", *draw_search(run))
+        except NoSearchHistory as error:  # e.g. a run stopped before its first log line
+            log.info("no pictures of the search: %s", error)
     return results
 
 
