@@ -4,6 +4,7 @@ r"""Trains a PAR Transformer-XL on TFRecords from build_data.py, or evaluates a 
       --test_directory=data/tfrecords/test --sp_model_prefix=data/sp12k --model_name=base
   python train.py ... --resume                  # continue after an interrupt (SIGINT/SIGTERM save)
   python train.py --mode=evaluate --checkpoint_dir=runs/base/checkpoints [--eval_directory=...]
+  python train.py --mode=evaluate ... --choice_at_inference=argmax   # the search's argmax alone
   python train.py ... --strategy=mirrored       # all GPUs of this machine (also: multi_worker, tpu)
 
 Flag names follow the original PAR scripts. The work is `par_xl.training.trainer`.
@@ -75,8 +76,10 @@ flags.DEFINE_enum(
 flags.DEFINE_bool("straight_through", None, "Straight-through (hard) Gumbel samples.")
 flags.DEFINE_bool("tau_is_trainable", None, "Learn tau instead of annealing it.")
 flags.DEFINE_enum(
-    "choice_at_inference", None, ["expected", "argmax"], "Block weights at inference."
-)
+    "choice_at_inference", None, ["expected", "argmax"],
+    "A supernet's block weights at inference: every branch mixed by the choice probabilities, "
+    "or only the preferred one (what derive() keeps). With --mode=evaluate it replaces the run's.",
+)  # fmt: skip
 flags.DEFINE_float("initializer_range", None, "Standard deviation of the normal weight init.")
 flags.DEFINE_bool(
     "document_boundaries",
@@ -233,7 +236,7 @@ def main(argv):
                 raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
             result = trainer.evaluate(
                 FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile,
-                strategy, FLAGS.knn_backend,
+                strategy, FLAGS.knn_backend, FLAGS.choice_at_inference,
             )  # fmt: skip
             print(json.dumps(result, indent=2))
             return 0

@@ -410,6 +410,28 @@ def test_evaluate_mode_reproduces_the_final_test_perplexity(trained_run):
 
 
 @pytest.mark.slow
+def test_evaluate_mode_argmax_is_the_derived_architecture(trained_run, tiny_data):
+    """`--choice_at_inference=argmax` evaluates a supernet as its `derive()`d model: the same
+    perplexity, which is not the mixture's."""
+    from par_xl.training.evaluation import evaluate_split
+    from par_xl.training.runs import load_run
+
+    split = f"{tiny_data}/tf/valid"
+    checkpoints = f"--checkpoint_dir={trained_run}/checkpoints"
+    result = run_script("train.py", "--mode=evaluate", checkpoints, f"--eval_directory={split}",
+                        "--choice_at_inference=argmax")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    supernet = load_run(trained_run / "checkpoints")[0]
+    derived = supernet.derive()
+    derived.compile(jit_compile=False)
+    expected = evaluate_split(derived, split)
+    np.testing.assert_allclose(report["loss"], expected["loss"], rtol=1e-5)
+    mixture = evaluate_split(supernet, split)
+    assert abs(mixture["loss"] - report["loss"]) > 1e-4
+
+
+@pytest.mark.slow
 def test_evaluate_mode_sizes_tail_slices_by_the_split(trained_run, tiny_data, monkeypatch):
     """`evaluate` sizes the tail slices by the split's own labels (no batch falls back to the
     dense loss) and gives the dense loss's numbers."""

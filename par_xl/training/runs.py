@@ -287,16 +287,20 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
 
 
 def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None,
-             tail_capacities=None, knn_backend=None):  # fmt: skip
+             tail_capacities=None, knn_backend=None, choice_at_inference=None):  # fmt: skip
     """A compiled model restored from a run: its `config.json` and its newest intact (or the
     given) checkpoint, on one device or under `strategy`, whichever the run was trained with;
     `tail_capacities` as `AdaptiveSoftmax` takes them (`None`: the loss scores every position);
-    `knn_backend` (if given) replaces the run's, the kNN search of evaluation and generation.
+    `knn_backend` (if given) replaces the run's, the kNN search of evaluation and generation;
+    `choice_at_inference` (if given) a supernet's: "argmax" evaluates the architecture the
+    search prefers, as `derive()` keeps it, without fine-tuning.
     Returns `(model, model_config, train_config, train data)`, the last the training split's
     metadata fields as recorded (as read, for a run that recorded none)."""
     model_config, train_config, data = read_run_config(checkpoint_dir)
     if knn_backend is not None:
         model_config = dataclasses.replace(model_config, knn_backend=knn_backend)
+    if choice_at_inference is not None:
+        model_config = dataclasses.replace(model_config, choice_at_inference=choice_at_inference)
     train_config = dataclasses.replace(train_config, jit_compile=jit_compile)
     train = data.get("train") or metadata_fields(read_metadata(train_config.train_directory))
     batch_shape = (train["batch_size"], train["seq_len"])

@@ -364,10 +364,11 @@ def _quiet():
 
 
 def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=False,
-             strategy=None, knn_backend=None):  # fmt: skip
+             strategy=None, knn_backend=None, choice_at_inference=None):  # fmt: skip
     """Perplexity of a checkpoint on a split directory (default: the run's test split), in
     order, with memory; on one device or on the replicas of `strategy`; the kNN memory
-    searched by `knn_backend` (default: the run's).
+    searched by `knn_backend` (default: the run's); a supernet's blocks weighted by
+    `choice_at_inference` (default: the run's).
 
     As in training (`TrainConfig.tail_capacity`), the loss scores each tail cluster sparsely,
     sized by the split's own labels (the most any of its batches puts in each cluster): every
@@ -386,7 +387,7 @@ def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=
                 split_directory, model_config.cutoffs, model_config.vocab_size
             )
     model, _, _, train_data = load_run(checkpoint_dir, checkpoint, jit_compile, strategy,
-                                       capacity, knn_backend)  # fmt: skip
+                                       capacity, knn_backend, choice_at_inference)  # fmt: skip
     for name, expected, value in differences(
         train_data, split, ("vocab_size", "batch_size", "sp_model_sha256")
     ):
