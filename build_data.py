@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import app, flags  # noqa: E402
 
-import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.data import BuildConfig, DataError, build_data  # noqa: E402
 from par_xl.data.documents import WIKITEXT_DOCUMENT_START  # noqa: E402
 from par_xl.data.tokenizer import MODEL_TYPES  # noqa: E402

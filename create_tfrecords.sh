@@ -72,7 +72,7 @@ except (OSError, ValueError) as error:
 current_splits() {
   "$PYTHON" - "$TFRECORDS_DIR" <<'PY' 2>/dev/null
 import sys
-import par_xl.quiet  # noqa: F401
+import par_xl.runtime.quiet  # noqa: F401
 from par_xl.data import DataError, read_metadata
 try:
     for split in ("train", "valid", "test"):

@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 
 flags.DEFINE_string("checkpoint_dir", None, "A run's checkpoint directory (with config.json).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint file (default: the latest).")

@@ -13,7 +13,7 @@ import time
 
 from absl import app, flags
 
-import par_xl.quiet  # noqa: F401  (before TensorFlow, which par_xl.data imports: quiets its logs)
+import par_xl.runtime.quiet  # noqa: F401  (before TensorFlow, which par_xl.data imports: quiets its logs)
 from par_xl import cutoffs
 from par_xl.data.unigram import read_unigram_file
 

@@ -3,14 +3,15 @@ r"""Draws a training run's architecture search: `search.png` and the animated `s
   python plot_search.py --run_dir=runs/par_xl [--output_dir=pictures] [--frames=100]
 
 Works on any run directory of train.py, finished or still training: the pictures are drawn from
-the TensorBoard scalars in `<run_dir>/train/`. The work is `par_xl.search_picture.draw_search`.
+the TensorBoard scalars in `<run_dir>/train/`. The work is
+`par_xl.reporting.search_picture.draw_search`.
 """
 
 import sys
 
 from absl import app, flags
 
-import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 
 flags.DEFINE_string("run_dir", None, "Run directory of train.py: <log_dir>/<model_name>.")
 flags.DEFINE_string("output_dir", None, "Where to write search.png and search.gif (default: run).")
@@ -22,7 +23,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from par_xl.search_picture import NoSearchHistory, draw_search
+    from par_xl.reporting.search_picture import NoSearchHistory, draw_search
 
     try:
         paths = draw_search(FLAGS.run_dir, FLAGS.output_dir, FLAGS.frames)

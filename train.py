@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags
 
-import par_xl.lean_imports  # noqa: F401  (TensorFlow without jax, matplotlib, scipy: memory)
-import par_xl.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.lean_imports  # noqa: F401  (TensorFlow without jax, matplotlib, scipy: memory)
+import par_xl.runtime.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.configs import (
     OPTIMIZERS,
     PRESETS,
@@ -220,15 +220,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from par_xl.data import DataError
+    from par_xl.distribution import strategies
     from par_xl.files import DiskFull
-    from par_xl.training import distribution, trainer
+    from par_xl.training import trainer
     from par_xl.training.callbacks import TrainingDiverged, TrainingInterrupted
     from par_xl.training.checkpoints import CheckpointError
 
     try:
         # The strategy first: multi-worker and TPU set-up must precede any TensorFlow work.
-        strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
-        jit_compile = distribution.jit_compile_for(
+        strategy = strategies.make_strategy(FLAGS.strategy, FLAGS.tpu)
+        jit_compile = strategies.jit_compile_for(
             FLAGS.strategy, FLAGS.jit_compile, default_jit_compile
         )
         if FLAGS.mode == "evaluate":

@@ -26,7 +26,7 @@ the long prompt on its own.
 
 Models take turns within each of `--repeats` rounds, so that a change of the machine's load
 touches all of them; figures are medians of the rounds, speed-ups medians of the per-round
-ratios. FLOPs per token (`par_xl.flops`), the utilization of this machine's fp32 matmul peak
+ratios. FLOPs per token (`par_xl.cost.flops`), the utilization of this machine's fp32 matmul peak
 (measured in the same run, before and after) and the load average come with them.
 """
 
@@ -40,7 +40,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 
@@ -109,7 +109,7 @@ def build_models(segment, mem_len, capacity):
 
 
 def evaluation(models, segment, data, tokens):
-    from par_xl.flops import evaluation_flops_per_token
+    from par_xl.cost.flops import evaluation_flops_per_token
     from par_xl.training.evaluation import evaluate_batches
 
     warmup, functions = {}, {}
@@ -139,7 +139,7 @@ def ready(prompt):
 
 
 def generation(models, segment):
-    from par_xl.flops import generation_flops_per_token
+    from par_xl.cost.flops import generation_flops_per_token
     from par_xl.models.generation import read_prompt, sample
 
     n, settings = FLAGS.num_tokens, dict(top_k=FLAGS.top_k, top_p=FLAGS.top_p)
@@ -185,8 +185,8 @@ def speedups(times):
 
 
 def measure_shape(segment, mem_len):
+    from par_xl.cost.flops import evaluation_flops_per_token
     from par_xl.data.label_statistics import max_tail_labels_per_batch
-    from par_xl.flops import evaluation_flops_per_token
 
     batches = max(1, FLAGS.eval_tokens // (FLAGS.eval_batch_size * segment))
     shape = (batches, FLAGS.eval_batch_size, segment)

@@ -36,7 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from benchmarks.common import median  # noqa: E402
 
 flags.DEFINE_list("sizes", ["8192", "32768", "65536", "262144"], "Store sizes n (keys).")

@@ -31,7 +31,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from par_xl.run_events import read_scalars, training_seconds  # noqa: E402
+from par_xl.reporting.run_events import read_scalars, training_seconds  # noqa: E402
 from par_xl.training.runs import read_run_config  # noqa: E402
 
 flags.DEFINE_string("run_dir", "runs/base", "The run directory: <log_dir>/<model_name>.")

@@ -30,7 +30,7 @@ over the `--steps` steps after warm-up (data, step, metrics, logging and summari
   warm-up (`--log_every` must divide both step counts).
 Also per process: peak resident memory (`os.wait4`) and wall time (start-up, data, validation
 included). Reported: tokens/s of every run, medians, par-xl / original of the medians and of
-each round, par-xl's training FLOPs per token (`par_xl/flops.py`, with the tail capacity its
+each round, par-xl's training FLOPs per token (`par_xl/cost/flops.py`, with the tail capacity its
 train.py computes) and the utilization of this machine's fp32 matmul peak, measured before and
 after the rounds (the higher is used). The original does the same matmuls for the same
 configuration (plus tails scored for every position), so its figure uses par-xl's count too.
@@ -147,7 +147,7 @@ if len(sys.argv) > 1:
     import tensorflow as tf
     from par_xl.configs import PRESETS, ModelConfig
     from par_xl.data import load_dataset, read_metadata
-    from par_xl.flops import training_flops_per_token
+    from par_xl.cost.flops import training_flops_per_token
     from par_xl.data.label_statistics import max_tail_labels_per_batch
     from par_xl.models import PARTransformerXL
     train_dir, flag_values = sys.argv[1], json.loads(sys.argv[2])

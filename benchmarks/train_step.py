@@ -21,7 +21,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import par_xl.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
+import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 
@@ -49,8 +49,8 @@ def prepare(jit_compile, search, knn_layers):
     import keras
     import tensorflow as tf
 
+    from par_xl.cost.flops import training_flops_per_token
     from par_xl.data.label_statistics import max_tail_labels_per_batch
-    from par_xl.flops import training_flops_per_token
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)

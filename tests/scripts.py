@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# par_xl.quiet first: as in the scripts, before TensorFlow loads (its C++ log level).
-PRELOAD = ["par_xl.quiet", "tensorflow", "keras", "par_xl.training.trainer", "par_xl.data"]
+# par_xl.runtime.quiet first: as in the scripts, before TensorFlow loads (its C++ log level).
+PRELOAD = ["par_xl.runtime.quiet", "tensorflow", "keras", "par_xl.training.trainer", "par_xl.data"]
 _context = None
 
 

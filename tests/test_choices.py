@@ -12,7 +12,7 @@ from keras import ops
 from matplotlib.colors import is_color_like
 
 from par_xl.configs import ConfigError, ModelConfig
-from par_xl.flops import evaluation_flops_per_token
+from par_xl.cost.flops import evaluation_flops_per_token
 from par_xl.layers.choices import (
     CHOICES,
     DEFAULT_CHOICES,
@@ -88,7 +88,7 @@ def test_every_entry_is_consistent(letter):
     assert fixed.memory_blocks == ([0, 1, 2] if choice.attends else [])
     assert block.remembers is choice.remembers
     assert fixed.knn_blocks == ([0, 1, 2] if choice.remembers else [])
-    # Its cost: the registry's, counted by hand, and what par_xl.flops adds per block.
+    # Its cost: the registry's, counted by hand, and what par_xl.cost.flops adds per block.
     cost = choice.macs_per_token(block, T, M, B, True)
     np.testing.assert_allclose(cost, EXPECTED_MACS[letter], rtol=1e-12)
     identity = make_model(architecture="III")

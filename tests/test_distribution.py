@@ -27,11 +27,11 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from par_xl import replicas
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig
 from par_xl.data import BuildConfig, build_data
+from par_xl.distribution import replicas, strategies
 from par_xl.models import ModelState, PARTransformerXL
-from par_xl.training import distribution, trainer
+from par_xl.training import trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ from keras import ops
 from par_xl.configs import ModelConfig, TrainConfig
 from par_xl.training.callbacks import LossWindow
 from par_xl.training.checkpoints import CheckpointManager
-from par_xl.training.distribution import distribute_rows, make_strategy, verify_rows
+from par_xl.distribution.strategies import distribute_rows, make_strategy, verify_rows
 from par_xl.training.evaluation import evaluate_batches
 from par_xl.training.runs import build_model
 
@@ -301,31 +301,31 @@ class _Replicas:
 
 def test_settings_that_cannot_work_are_refused_naming_the_flag(monkeypatch):
     with pytest.raises(ConfigError, match=r"batch_size=6 .* multiple of the 4 replicas.*=4 or 8"):
-        distribution.replica_batch_size(_Replicas(4), 6)
+        strategies.replica_batch_size(_Replicas(4), 6)
     with pytest.raises(ConfigError, match=r"--batch_size=4, or"):
-        distribution.replica_batch_size(_Replicas(4), 3)
-    assert distribution.replica_batch_size(_Replicas(4), 8) == 2
-    assert distribution.replica_batch_size(None, 6) == 6
+        strategies.replica_batch_size(_Replicas(4), 3)
+    assert strategies.replica_batch_size(_Replicas(4), 8) == 2
+    assert strategies.replica_batch_size(None, 6) == 6
     with pytest.raises(ConfigError, match="--strategy must be one of"):
-        distribution.make_strategy("gpus")
+        strategies.make_strategy("gpus")
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG environment variable, which is not set"):
-        distribution.make_strategy("multi_worker")
+        strategies.make_strategy("multi_worker")
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"index": 0}}')
     with pytest.raises(ConfigError, match="TF_CONFIG is not a cluster with this task"):
-        distribution.make_strategy("multi_worker")
-    assert distribution.jit_compile_for("default", None, lambda: True) is True
-    assert distribution.jit_compile_for("mirrored", None, lambda: True) is False
-    assert distribution.jit_compile_for("tpu", True, lambda: True) is False
+        strategies.make_strategy("multi_worker")
+    assert strategies.jit_compile_for("default", None, lambda: True) is True
+    assert strategies.jit_compile_for("mirrored", None, lambda: True) is False
+    assert strategies.jit_compile_for("tpu", True, lambda: True) is False
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
     config = TrainConfig("a", "b", jit_compile=False)
-    distribution.check_config(mirrored, config)
+    strategies.check_config(mirrored, config)
     with pytest.raises(ConfigError, match="--jit_compile does not work with --strategy=mirrored"):
-        distribution.check_config(mirrored, dataclasses.replace(config, jit_compile=True))
+        strategies.check_config(mirrored, dataclasses.replace(config, jit_compile=True))
     with pytest.raises(ConfigError, match="--steps_per_execution=2 does not work"):
-        distribution.check_config(mirrored, dataclasses.replace(config, steps_per_execution=2))
-    assert distribution.worker_role(mirrored) == (True, "chief")
-    assert distribution.describe(mirrored) == "--strategy=mirrored: 1 replicas, 1 on this worker"
+        strategies.check_config(mirrored, dataclasses.replace(config, steps_per_execution=2))
+    assert strategies.worker_role(mirrored) == (True, "chief")
+    assert strategies.describe(mirrored) == "--strategy=mirrored: 1 replicas, 1 on this worker"
 
 
 # Two train.py workers on 127.0.0.1 (MultiWorkerMirroredStrategy) against one device.
@@ -450,7 +450,7 @@ import numpy as np
 from keras import ops
 
 from par_xl.models import PARTransformerXL
-from par_xl.training.distribution import jax_data_parallel
+from par_xl.distribution.strategies import jax_data_parallel
 
 
 def make():

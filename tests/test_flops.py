@@ -1,9 +1,10 @@
-"""par_xl.flops at inference: what a supernet, an argmax supernet and a derived model compute."""
+"""par_xl.cost.flops at inference: what a supernet, an argmax supernet and a derived model
+compute."""
 
 import keras
 import numpy as np
 
-from par_xl.flops import evaluation_flops_per_token, generation_flops_per_token
+from par_xl.cost.flops import evaluation_flops_per_token, generation_flops_per_token
 from par_xl.models import PARTransformerXL
 
 TINY = dict(vocab_size=40, d_model=16, num_heads=2, d_ffn=24, mem_len=3, cutoffs=[10, 25],

@@ -28,8 +28,8 @@ from test_training import read_results, train_args
 from par_xl.configs import PRESETS, TrainConfig
 from par_xl.data import BuildConfig, build_data
 from par_xl.files import DiskFull, atomic_write_text, megabytes, temporary_name
-from par_xl.log_files import log_to_file
 from par_xl.models import PARTransformerXL
+from par_xl.runtime.log_files import log_to_file
 from par_xl.training import callbacks as cb
 from par_xl.training import trainer
 from par_xl.training.evaluation import perplexity

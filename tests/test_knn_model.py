@@ -422,7 +422,7 @@ import numpy as np
 
 from par_xl.configs import ModelConfig, TrainConfig
 from par_xl.training.checkpoints import CheckpointManager
-from par_xl.training.distribution import distribute_rows, make_strategy
+from par_xl.distribution.strategies import distribute_rows, make_strategy
 from par_xl.training.runs import build_model
 
 strategy = make_strategy("mirrored")

@@ -87,3 +87,10 @@ def test_make_optimizer_names():
     sgd = make_optimizer("sgd", 1e-3)
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9
     assert set(OPTIMIZERS) == {"adam", "adamw", "lamb", "sgd"}
+
+
+def test_every_configurable_optimizer_is_built():
+    """`--opt_name` takes exactly the names the training side can build."""
+    from par_xl import configs
+
+    assert tuple(OPTIMIZERS) == configs.OPTIMIZERS

@@ -1,4 +1,4 @@
-"""par_xl.quiet: TensorFlow starts without its C++ noise, unless the user asks for logs."""
+"""par_xl.runtime.quiet: TensorFlow starts without its C++ noise, unless the user asks for logs."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# What TensorFlow 2.20 prints on start-up on a machine without a GPU (par_xl/quiet.py).
+# What TensorFlow 2.20 prints on start-up on a machine without a GPU (par_xl/runtime/quiet.py).
 NOISE = (
     "Could not find cuda drivers",
     "oneDNN custom operations are on",
@@ -39,9 +39,9 @@ def run_python(code, *argv, **environ):
 
 def test_tensorflow_starts_without_its_cpp_noise():
     start = (
-        "import os, par_xl.quiet; level = os.environ.get('TF_CPP_MIN_LOG_LEVEL'); "
+        "import os, par_xl.runtime.quiet; level = os.environ.get('TF_CPP_MIN_LOG_LEVEL'); "
         "import tensorflow as tf; tf.constant(1); print(level)"
-    )  # the level par_xl.quiet left (TensorFlow's import of jax sets 1 where it is unset)
+    )  # the level par_xl.runtime.quiet left (TensorFlow's import of jax sets 1 where it is unset)
     level, loud = run_python(start, "--verbosity=1")
     assert level == "None"  # asked for logs: TensorFlow's logging is left alone
     if not any(line in loud for line in NOISE):
@@ -65,10 +65,10 @@ def test_tensorflow_starts_without_its_cpp_noise():
     ],
 )
 def test_absl_verbosity_decides(argv, level):
-    shown, _ = run_python("import par_xl.quiet; " + SHOW_LEVEL, *argv)
+    shown, _ = run_python("import par_xl.runtime.quiet; " + SHOW_LEVEL, *argv)
     assert shown in ("2", "3") if level == "quiet" else shown == level
 
 
 def test_a_level_the_user_set_is_kept():
-    shown, _ = run_python("import par_xl.quiet; " + SHOW_LEVEL, TF_CPP_MIN_LOG_LEVEL="0")
+    shown, _ = run_python("import par_xl.runtime.quiet; " + SHOW_LEVEL, TF_CPP_MIN_LOG_LEVEL="0")
     assert shown == "0"

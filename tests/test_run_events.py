@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from benchmarks.main_job import ORIGINAL, markdown, rows
 from par_xl.configs import ModelConfig, TrainConfig, to_json
-from par_xl.run_events import read_scalars, training_seconds
+from par_xl.reporting.run_events import read_scalars, training_seconds
 
 TOKENS_PER_STEP = 10
 

@@ -12,7 +12,7 @@ from PIL import Image
 from scripts import run_script
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-from par_xl.search_picture import (
+from par_xl.reporting.search_picture import (
     NoSearchHistory,
     SearchHistory,
     choice_figure,

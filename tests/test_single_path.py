@@ -10,7 +10,7 @@ from keras import ops
 from test_gumbel_choice import LOGITS, make_choice, softmax  # seed 7, these logits
 
 from par_xl.configs import ConfigError, ModelConfig
-from par_xl.flops import training_flops_per_token
+from par_xl.cost.flops import training_flops_per_token
 from par_xl.layers.choices import CHOICES
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.layers.stochastic_block import StochasticBlock

@@ -16,9 +16,9 @@ import pytest
 from keras import ops
 from scripts import run_script
 
-from par_xl import replicas
 from par_xl.configs import PRESETS, ConfigError, ModelConfig, TrainConfig
 from par_xl.data import BuildConfig, build_data, load_dataset, read_metadata
+from par_xl.distribution import replicas
 from par_xl.models import PARTransformerXL
 from par_xl.models.compiled import compiled_function
 from par_xl.models.generation import generate

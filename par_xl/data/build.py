@@ -55,7 +55,7 @@ from par_xl.data.unigram import (
     write_unigram,
 )
 from par_xl.files import sha256_file
-from par_xl.log_files import log_to_file
+from par_xl.runtime.log_files import log_to_file
 
 LOG_FILE = "build_data.log"
 # The original PAR cutoffs: the build logs the share of training tokens in each of their clusters.

@@ -4,7 +4,7 @@ A `StochasticBlock` offers some of these letters: a supernet block mixes or samp
 derived block holds one. Everything that depends on a letter reads its entry here: which
 sublayers a block builds for it (and `derive()` copies), how its residual branch is applied,
 whether it attends (so the block keeps XL memory) or remembers (so the block keeps a kNN store),
-its cost per token (`par_xl.flops`), and its name and colour in logs and pictures. Adding a
+its cost per token (`par_xl.cost.flops`), and its name and colour in logs and pictures. Adding a
 choice is adding one entry.
 
 Shape letters as in `par_xl.layers.relative_attention` (B, T, M, K, D, N, H), plus C the kNN
@@ -44,7 +44,7 @@ class Choice:
         macs_per_token: `macs_per_token(block, segment_length, mem_len, batch_size,
             position_projection)` -> matrix multiply-adds per input token of the branch over
             `(B, T)` batches and M memory positions; `position_projection` counts the
-            projection of the K relative positions, shared by the batch (see `par_xl.flops`).
+            projection of the K relative positions, shared by the batch (see `par_xl.cost.flops`).
     """
 
     letter: str

@@ -29,14 +29,13 @@ variable reads and writes in program order, JAX threads the state through.
 
 Backends: `ExactKNNMemory` (top-k by matrix product in `keras.ops`; the store is model state, so
 it runs under `fit`, `jit_compile=True` and JAX) and `ScannKNNMemory` (ScaNN on the host; eager,
-or inside a non-XLA `tf.function` through `tf.numpy_function`). `create_knn_memory` picks one by
-name. The exact store also exists as pure functions of a `KNNState` (`exact_state.py`), which
-`ExactKNNMemory` wraps, for stateless code: `jax.jit`, a model's `call`, generation loops.
+or inside a non-XLA `tf.function` through `tf.numpy_function`). `backends.create_knn_memory`
+picks one by name; this interface imports neither. The exact store also exists as pure
+functions of a `KNNState` (`exact_state.py`), which `ExactKNNMemory` wraps, for stateless
+code: `jax.jit`, a model's `call`, generation loops.
 """
 
 import numpy as np
-
-BACKENDS = ("exact", "scann")
 
 
 class KNNMemory:
@@ -151,16 +150,3 @@ def check_entries(shape, store, what):
         raise ValueError(
             f"{what} must have shape (B={batch}, T, N={heads}, H={size}), received {tuple(shape)}."
         )
-
-
-def create_knn_memory(backend, **kwargs):
-    """A kNN memory by backend name (`"exact"` or `"scann"`) and its constructor arguments."""
-    if backend == "exact":
-        from par_xl.memory.exact import ExactKNNMemory
-
-        return ExactKNNMemory(**kwargs)
-    if backend == "scann":
-        from par_xl.memory.scann_backend import ScannKNNMemory
-
-        return ScannKNNMemory(**kwargs)
-    raise ValueError(f"backend must be one of {BACKENDS}, received {backend!r}.")

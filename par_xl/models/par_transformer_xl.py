@@ -1,45 +1,10 @@
 """The PAR Transformer-XL language model: supernet and derived architectures.
 
-The model state
----------------
-The recurrent state is a `ModelState` (`par_xl.models.state`): the XL memory, `(B, M, D)` per
-block that may attend, keyed by block name, its valid length per row, `(B,)`, and the kNN
-store (`KNNState`, `par_xl.memory.exact_state`) of each block that may use memorizing
-attention ("M", `knn_layers`): per row and head the keys and values of its last C positions,
-searched for the k nearest of each query (Wu et al. 2022, arXiv 2203.08913). `forward`
-is the stateless core: one segment and a state in, hidden states and the new state out, any
-batch size and memory size M. Generation and evaluation carry the state themselves, as
-tensors through their compiled loops.
-
-`model.fit` over context-batched data must also give every batch the memory of the previous
-one, under `jit_compile=True` and on the JAX backend. For it the state is also kept in
-non-trainable variables, `memory_<i>` per block in `memory_blocks`, `valid_memory_length`,
-and the kNN stores' `knn_{keys,values,position,length}_<i>` per block in `knn_blocks`, created
-in `build` from the (static) batch size of the data; checkpoints hold them, so a resumed run
-continues with the same stores. `call` reads them into a `ModelState`, calls `forward`, and
-assigns the new state, exactly like a BatchNormalization layer updates its moving statistics:
-TensorFlow assigns the variables inside the compiled step, JAX's stateless training loop
-returns them as updated non-trainable state. The memory is written through `stop_gradient`, so
-it never receives gradients. Other designs fail one of the three requirements: Python-side
-caches do not survive `tf.function`/`jax.jit`, and passing the state as model inputs/outputs
-does not fit `fit`'s `(inputs, labels)` data contract.
-
-Several devices: each replica of a tf.distribute strategy trains on fixed rows of every batch,
-so the state variables are per-stream state kept per replica (`par_xl.replicas`: ON_READ
-variables with no aggregation, built for the replica's rows), never averaged or broadcast;
-`get_state` / `set_state` and checkpoints see all B streams, as one device holds them.
-
-The memory is right-aligned and masked: in an `initial_state` (or after `reset_state()`) no
-slot is valid, so the first segment attends to nothing but itself, exactly as with no memory
-at all; each segment makes `min(M, seen)` slots valid, counted per row (stream). Memory of
-block l is its *input* in the previous segment (Transformer-XL), so only blocks that can
-attend keep one.
-
-kNN stores with `knn_backend="scann"`: training searches the exact store above (in the state
-variables); evaluation and generation search a `ScannKNNMemory` per block instead
-(`inference_state`), an object on the host that is not a tensor: it goes beside the state
-(`forward(..., knn_memories=...)`), filled in place, in eager code or a `tf.function` without
-XLA.
+The model carries a recurrent state from segment to segment, the XL memory and the kNN stores:
+`forward` is the stateless core (a segment and a `ModelState` in, hidden states and the new
+state out); `call`, which `fit` runs, keeps the state in variables between batches
+(`par_xl.models.state`: why variables, per replica, checkpointed). `derive` turns a supernet
+into the fixed architecture it prefers (`par_xl.models.derivation`).
 
 Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document_starts"}`): no
 position attends across a document start, and a row's memory holds only the positions since its
@@ -53,10 +18,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from par_xl import replicas
+from par_xl.distribution import replicas
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
 from par_xl.layers.choices import (
-    CHOICES,
     DEFAULT_CHOICES,
     in_registry_order,
     validate_architecture,
@@ -65,11 +29,10 @@ from par_xl.layers.choices import (
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.layers.stochastic_block import StochasticBlock
-from par_xl.memory import exact_state
-from par_xl.memory.exact_state import KNNState
-from par_xl.memory.knn_memory import BACKENDS, create_knn_memory
-from par_xl.metrics import LanguageModelMetrics
-from par_xl.models.state import ModelState
+from par_xl.memory.backends import BACKENDS
+from par_xl.models import derivation
+from par_xl.models.metrics import LanguageModelMetrics
+from par_xl.models.state import CarriedState, ModelState
 
 
 def validate_shape(d_model, num_heads, num_layers, mem_len):
@@ -137,8 +100,24 @@ def _with_batch(x, batch):
     return ops.reshape(x, (batch, *x.shape[1:]))
 
 
+def _memory_length(state):
+    """M of a `ModelState`: the length of its XL memory (0 without one)."""
+    return next(iter(state.xl_memory.values())).shape[1] if state.xl_memory else 0
+
+
+def _next_valid_length(valid_length, segment, mem_len, document_index):
+    """`(B,)` int32 valid memory slots after a segment of `segment` tokens: one more per token
+    up to M, or the positions since the row's last document start, if it has one."""
+    new_length = valid_length + segment
+    if document_index is not None:
+        last = document_index[:, -1:]  # (B, 1)
+        since_start = ops.sum(ops.cast(document_index == last, "int32"), axis=1)  # (B,)
+        new_length = ops.where(last[:, 0] > 0, since_start, new_length)
+    return ops.cast(ops.minimum(new_length, mem_len), "int32")
+
+
 @keras.saving.register_keras_serializable(package="par_xl")
-class PARTransformerXL(keras.Model):
+class PARTransformerXL(CarriedState, keras.Model):
     """Pay Attention when Required Transformer-XL (Mandava et al. 2020, arXiv 2009.04534).
 
     Embedding scaled by `sqrt(D)` -> dropout -> N `StochasticBlock`s with XL memory ->
@@ -354,110 +333,14 @@ class PARTransformerXL(keras.Model):
         for block in self.blocks:
             block.build(hidden_shape)
         if self.keeps_state and batch is not None:
-            # Per-stream state: one component per replica under tf.distribute (see
-            # `par_xl.replicas`), an ordinary variable otherwise. Created in this order, the
-            # checkpoints' (the model's own variables); the kNN stores last, so that models
-            # without them keep the layout they had before the stores existed.
             with keras.name_scope(self.name, caller=self):
-                self.xl_memory = {
-                    self.blocks[i].name: replicas.stream_variable(
-                        f"memory_{i}", (batch, self.mem_len, self.d_model), self.variable_dtype
-                    )
-                    for i in (self.memory_blocks if self.mem_len else [])
-                }
-                self.valid_length = replicas.stream_variable(
-                    "valid_memory_length", (batch,), "int32"
-                )
-                self.knn_store = {
-                    self.blocks[i].name: self._knn_variables(i, batch) for i in self.knn_blocks
-                }
+                self._build_state_variables(batch)
         self.built = True
-
-    @property
-    def keeps_state(self):
-        """Whether `call` carries state from batch to batch: an XL memory or a kNN store."""
-        return bool(self.mem_len and self.memory_blocks or self.knn_blocks)
-
-    def _knn_variables(self, i, batch):
-        """Block i's kNN store as state variables: a `KNNState` of `knn_keys_<i>`,
-        `knn_values_<i>` `(B, N, C, H)` in the compute dtype (what the layer computes in: no
-        copy of the store per step), `knn_position_<i>`, `knn_length_<i>` `(B,)`."""
-        store = (batch, self.num_heads, self.knn_memory_size, self.d_model // self.num_heads)
-        return KNNState(
-            *(replicas.stream_variable(f"knn_{name}_{i}", store, self.compute_dtype)
-              for name in ("keys", "values")),
-            *(replicas.stream_variable(f"knn_{name}_{i}", (batch,), "int32")
-              for name in ("position", "length")),
-        )  # fmt: skip
 
     def embed(self, ids):
         """Scaled input embedding: `(B, T)` ids -> `(B, T, D)`."""
         vectors = self.output_layer.embed(ids) if self.embedding is None else self.embedding(ids)
         return vectors * ops.cast(math.sqrt(self.d_model), vectors.dtype)
-
-    def initial_state(self, batch_size, mem_len=None):
-        """The empty state for `forward`: `(B, M, D)` zeros per block in `memory_blocks`
-        (none if M is 0), no valid slot, and an empty exact kNN store per block in
-        `knn_blocks` (`(B, N, C, H)` keys and values in the compute dtype).
-
-        Args:
-            batch_size: B.
-            mem_len: M (default: the model's); any M works, as in Transformer-XL evaluation.
-        """
-        return self._empty_state(batch_size, mem_len, self._knn_sizes(batch_size))
-
-    def inference_state(self, batch_size, mem_len=None):
-        """What evaluation and generation start from: `(state, knn_memories)`.
-
-        With `knn_backend="exact"`, `(initial_state(...), {})`. With "scann", the state has no
-        kNN stores and `knn_memories` holds a `ScannKNNMemory` per block in `knn_blocks`,
-        emptied, for `forward(..., knn_memories=...)`. The model keeps one set per batch size,
-        so that a compiled function traces once for them (they are not tensors: they go beside
-        the state, searched and filled in place, eager or in a `tf.function` without XLA).
-        """
-        if self.knn_backend == "exact":
-            return self.initial_state(batch_size, mem_len), {}
-        if batch_size not in self._knn_memories:
-            self._knn_memories[batch_size] = {
-                self.blocks[i].name: create_knn_memory(
-                    self.knn_backend,
-                    **self._knn_sizes(batch_size),
-                    num_neighbors=self.knn_neighbors,
-                )  # fmt: skip
-                for i in self.knn_blocks
-            }
-        memories = self._knn_memories[batch_size]
-        for memory in memories.values():
-            memory.clear()
-        return self._empty_state(batch_size, mem_len), memories
-
-    def _knn_sizes(self, batch_size):
-        """The kNN store's sizes, as `exact_state.empty_state` and `create_knn_memory` take
-        them."""
-        return dict(
-            batch_size=batch_size,
-            num_heads=self.num_heads,
-            capacity=self.knn_memory_size,
-            key_size=self.d_model // self.num_heads,
-        )
-
-    def _empty_state(self, batch_size, mem_len=None, knn_sizes=None):
-        """An empty `ModelState`, with empty exact kNN stores of `knn_sizes` if given."""
-        mem_len = self.mem_len if mem_len is None else mem_len
-        shape = (batch_size, mem_len, self.d_model)
-        xl_memory = {}
-        if mem_len:
-            xl_memory = {
-                self.blocks[i].name: ops.zeros(shape, self.compute_dtype)
-                for i in self.memory_blocks
-            }
-        knn = {}
-        if knn_sizes is not None:
-            knn = {
-                self.blocks[i].name: exact_state.empty_state(**knn_sizes, dtype=self.compute_dtype)
-                for i in self.knn_blocks
-            }
-        return ModelState(xl_memory, ops.zeros((batch_size,), "int32"), knn)
 
     def forward(self, inputs, state=None, training=None, document_starts=None, knn_memories=None):
         """Stateless core: one segment given the previous segments' state.
@@ -480,48 +363,54 @@ class PARTransformerXL(keras.Model):
             is `None` when `state` is.
         """
         segment = inputs.shape[1]
-        xl_memory = {} if state is None else state.xl_memory
-        valid_length = 0 if state is None else state.valid_length
-        knn = self.initial_state(inputs.shape[0], 0).knn if state is None else state.knn
-        knn_memories = knn_memories or {}
-        mem_len = next(iter(xl_memory.values())).shape[1] if xl_memory else 0
+        stateless = state is None
+        if stateless:  # no memory at all, and empty kNN stores
+            state = ModelState({}, 0, self.initial_state(inputs.shape[0], 0).knn)
+        mem_len = _memory_length(state)
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
         positions = self.embedding_dropout(positions, training=training)  # (K, D)
         document_index = None
         if document_starts is not None:
             document_index = ops.cumsum(ops.cast(document_starts, "int32"), axis=1)  # (B, T)
-        mask = causal_memory_mask(segment, mem_len, valid_length, document_index)  # (B, T, K)
+        mask = causal_memory_mask(segment, mem_len, state.valid_length, document_index)
+        hidden, new_memory, new_knn = self._run_blocks(
+            hidden, state, positions, mask, training, document_starts, knn_memories or {}
+        )
+        hidden = self.output_dropout(hidden, training=training)
+        if stateless:
+            return hidden, None
+        new_length = _next_valid_length(state.valid_length, segment, mem_len, document_index)
+        new_length = ops.broadcast_to(new_length, ops.shape(inputs)[:1])  # (B,)
+        return hidden, ModelState(new_memory, new_length, new_knn)
+
+    def _run_blocks(self, hidden, state, positions, mask, training, document_starts, memories):
+        """The blocks over one segment: `(hidden (B, T, D), new XL memory, new kNN stores)`.
+
+        `positions` `(K, D)` and `mask` `(B, T, K)` cover the K = M + T keys; `memories` are
+        `forward`'s `knn_memories`, searched and filled in place instead of the state's stores.
+        """
+        mem_len = _memory_length(state)
         new_memory, new_knn = {}, {}
         for block in self.blocks:
             block_memory = None
             if mem_len and block.uses_attention:
-                block_memory = ops.cast(xl_memory[block.name], hidden.dtype)
+                block_memory = ops.cast(state.xl_memory[block.name], hidden.dtype)
                 extended = ops.concatenate([block_memory, hidden], axis=1)  # (B, M + T, D)
                 new_memory[block.name] = ops.stop_gradient(extended[:, -mem_len:])  # (B, M, D)
-            if block.name in knn_memories:  # a KNNMemory object: updated in place
+            if block.name in memories:  # a KNNMemory object: updated in place
                 hidden, _ = block(
-                    hidden, block_memory, positions, mask, knn_state=knn_memories[block.name],
+                    hidden, block_memory, positions, mask, knn_state=memories[block.name],
                     training=training, document_starts=document_starts,
                 )  # fmt: skip
             elif block.remembers:
                 hidden, new_knn[block.name] = block(
-                    hidden, block_memory, positions, mask, knn_state=knn[block.name],
+                    hidden, block_memory, positions, mask, knn_state=state.knn[block.name],
                     training=training, document_starts=document_starts,
                 )  # fmt: skip
             else:
                 hidden = block(hidden, block_memory, positions, mask, training=training)
-        hidden = self.output_dropout(hidden, training=training)
-        if state is None:
-            return hidden, None
-        new_length = valid_length + segment
-        if document_index is not None:  # positions since the row's last start, if it has one
-            last = document_index[:, -1:]  # (B, 1)
-            since_start = ops.sum(ops.cast(document_index == last, "int32"), axis=1)  # (B,)
-            new_length = ops.where(last[:, 0] > 0, since_start, new_length)
-        new_length = ops.cast(ops.minimum(new_length, mem_len), "int32")
-        new_length = ops.broadcast_to(new_length, ops.shape(inputs)[:1])  # (B,)
-        return hidden, ModelState(new_memory, new_length, new_knn)
+        return hidden, new_memory, new_knn
 
     def split_inputs(self, inputs):
         """`(token_ids (B, T), document_starts (B, T) or None)` from `call`'s inputs: ids, or
@@ -550,83 +439,11 @@ class PARTransformerXL(keras.Model):
                 f"inputs of shape {tuple(inputs.shape)}. Use `forward` with "
                 "`initial_state(batch_size)` for other batch sizes."
             )
-        state = ModelState(
-            {name: ops.stop_gradient(v) for name, v in self.xl_memory.items()},
-            self.valid_length,
-            {name: KNNState(*map(ops.stop_gradient, s)) for name, s in self.knn_store.items()},
+        hidden, new_state = self.forward(
+            inputs, self._read_state_variables(), training, document_starts
         )
-        hidden, new_state = self.forward(inputs, state, training, document_starts)
-        for name, variable in self.xl_memory.items():
-            variable.assign(ops.cast(new_state.xl_memory[name], variable.dtype))
-        self.valid_length.assign(new_state.valid_length)
-        for name, variables in self.knn_store.items():
-            for variable, value in zip(variables, new_state.knn[name]):
-                variable.assign(ops.cast(value, variable.dtype))
+        self._assign_state_variables(new_state)
         return hidden
-
-    @property
-    def state_variables(self):
-        """The state variables `call` carries: `memory_i` `(B, M, D)` per block in
-        `memory_blocks`, `valid_memory_length` `(B,)`, then per block in `knn_blocks` its kNN
-        store's `knn_keys_i`, `knn_values_i` `(B, N, C, H)`, `knn_position_i`, `knn_length_i`
-        `(B,)`; empty without them. Per replica under tf.distribute (B rows per replica): read
-        and write them whole with `get_state` / `set_state`."""
-        if self.valid_length is None:
-            return []
-        stores = [variable for store in self.knn_store.values() for variable in store]
-        return [*self.xl_memory.values(), self.valid_length, *stores]
-
-    def reset_state(self):
-        """Empties the state variables (start of an epoch, of a new text): the XL memory and
-        the kNN stores."""
-        replicas.clear_streams(self.state_variables)
-
-    def get_state(self):
-        """The state variables as a `ModelState` of numpy arrays with all streams (`None`
-        without them): under tf.distribute the replicas' rows gathered in replica order,
-        which is the state one device would hold after the same global batches. A collective
-        under a multi-worker strategy (every worker calls it)."""
-        if self.valid_length is None:
-            return None
-        values = replicas.read_streams(self.state_variables)
-        memory, valid_length = values[: len(self.xl_memory)], values[len(self.xl_memory)]
-        stores = values[len(self.xl_memory) + 1 :]
-        knn = {name: KNNState(*stores[4 * i : 4 * i + 4]) for i, name in enumerate(self.knn_store)}
-        return ModelState(dict(zip(self.xl_memory, memory)), valid_length, knn)
-
-    def set_state(self, state):
-        """Assigns a `ModelState` of arrays shaped as `get_state` returns them, all streams;
-        each replica takes its rows."""
-        memory = [state.xl_memory[name] for name in self.xl_memory]
-        stores = [value for name in self.knn_store for value in state.knn[name]]
-        replicas.write_streams(self.state_variables, [*memory, state.valid_length, *stores])
-
-    def save_own_variables(self, store):
-        # Keras's order (its `Layer.save_own_variables`), the state variables written as
-        # global arrays (`get_state`): a checkpoint restores under any number of replicas.
-        values = replicas.read_streams(self.state_variables)
-        state = {id(v): value for v, value in zip(self.state_variables, values)}
-        for i, variable in enumerate(self._own_variables()):
-            store[f"{i}"] = state.get(id(variable), variable)
-
-    def load_own_variables(self, store):
-        variables = self._own_variables()
-        if len(store.keys()) != len(variables):
-            raise ValueError(
-                f"{self.name} has {len(variables)} variables of its own (the state variables), "
-                f"the saved weights {len(store.keys())}: another model configuration."
-            )
-        state = {id(v) for v in self.state_variables}
-        for i, variable in enumerate(variables):
-            if id(variable) not in state:
-                variable.assign(store[f"{i}"])
-        index = {id(v): i for i, v in enumerate(variables)}
-        values = [store[f"{index[id(v)]}"] for v in self.state_variables]
-        replicas.write_streams(self.state_variables, values)
-
-    def _own_variables(self):
-        # The variables Keras saves for this layer itself (not its sublayers'), in its order.
-        return self._trainable_variables + self._non_trainable_variables
 
     def log_probs(self, hidden):
         """`(B, T, D)` hidden states -> `(B, T, V)` normalized log-probabilities."""
@@ -673,63 +490,13 @@ class PARTransformerXL(keras.Model):
         return probabilities, "".join(letters[i] for i in probabilities.argmax(axis=1))
 
     def derive(self, architecture=None):
-        """The fixed-architecture model this supernet prefers, with its trained weights.
-
-        Each block keeps only its chosen sublayers (`par_xl.layers.choices`), with the
-        supernet's weights for them (an M block: its attention, gate and retrieval scale); the
-        embedding and adaptive softmax are copied too. The result trains and serializes like
-        any `PARTransformerXL`; its state (XL memory, kNN stores) starts empty.
-
-        Args:
-            architecture: one letter per block, each one the block offers (default: the
-                argmax of `choice_probabilities()`).
-        """
-        if not self.built:
-            raise ValueError("derive() needs a built model: call it on a batch first.")
-        architecture = architecture or self.choice_probabilities()[1]
-        validate_architecture(architecture, self.num_layers)
-        for block, letter in zip(self.blocks, architecture):
-            if letter not in block.offered:
-                raise ValueError(
-                    f"architecture={architecture!r}: {block.name} offers {block.offered!r}, "
-                    f"not {letter!r}."
-                )
-        knn_layers = [i for i, letter in enumerate(architecture) if letter == "M"]
-        config = {**self.get_config(), "architecture": architecture, "knn_layers": knn_layers}
-        derived = self.__class__.from_config(config)
-        derived.build(self._batch_shape)
-        derived.copy_weights_from(self)
-        return derived
+        """The fixed-architecture model this supernet prefers (`derivation.derive`)."""
+        return derivation.derive(self, architecture)
 
     def copy_weights_from(self, source):
-        """Sets this built model's weights from a built `source` of the same shape (vocabulary,
-        widths, heads, blocks, cutoffs): the embedding, the adaptive softmax, and in each block
-        the sublayers of every letter it offers (`par_xl.layers.choices`). A supernet's choice
-        logits and the state (XL memory, kNN stores) are left as they are. This is how a
-        derived architecture starts from its supernet (`derive`, `train.py --init_from`).
-
-        Raises:
-            ValueError: a block of `source` lacks a sublayer this one needs (it never offered
-                that letter), or the shapes differ.
-        """
-        if len(source.blocks) != len(self.blocks):
-            raise ValueError(
-                f"the source has {len(source.blocks)} blocks, this model {len(self.blocks)}."
-            )
-        pairs = [(source.output_layer, self.output_layer)]
-        if self.embedding is not None:
-            pairs.append((source.embedding, self.embedding))
-        for i, (block, target) in enumerate(zip(source.blocks, self.blocks)):
-            for letter in target.offered:
-                for name in CHOICES[letter].sublayers:
-                    if not hasattr(block, name):
-                        raise ValueError(
-                            f"block_{i} of the source offers {block.offered!r}, so it has no "
-                            f"{name} for this model's {letter!r} ({CHOICES[letter].name})."
-                        )
-                    pairs.append((getattr(block, name), getattr(target, name)))
-        for layer, target in pairs:
-            target.set_weights(layer.get_weights())
+        """This built model's weights from a built `source` of the same shape
+        (`derivation.copy_weights`)."""
+        derivation.copy_weights(source, self)
 
     def get_config(self):
         config = super().get_config()

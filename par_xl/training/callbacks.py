@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from par_xl.log_files import format_metrics
-from par_xl.search_picture import choice_figure
+from par_xl.reporting.search_picture import choice_figure
+from par_xl.runtime.log_files import format_metrics
 from par_xl.training.evaluation import evaluate_split
 from par_xl.training.schedules import tau_at
 

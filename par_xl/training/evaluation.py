@@ -9,8 +9,8 @@ import tensorflow as tf
 from keras import ops
 
 from par_xl.data import load_dataset, read_metadata
+from par_xl.distribution.strategies import distribute_rows, model_strategy
 from par_xl.models.compiled import compiled_function
-from par_xl.training.distribution import distribute_rows, model_strategy
 
 
 def evaluate_split(model, directory):

@@ -26,10 +26,10 @@ import tensorflow as tf
 
 from par_xl.configs import ConfigError, ModelConfig, from_json, to_json
 from par_xl.data import DataError, load_dataset, read_metadata
+from par_xl.distribution.strategies import adapt_model, replica_batch_size
 from par_xl.files import atomic_write_text, reporting_full_disk, sha256_file
 from par_xl.models import PARTransformerXL
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
-from par_xl.training.distribution import adapt_model, replica_batch_size
 from par_xl.training.optimizers import make_optimizer
 from par_xl.training.schedules import WarmupCosine
 
@@ -260,7 +260,7 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
                 strategy=None):  # fmt: skip
     """A compiled PARTransformerXL with its warmup-cosine optimizer, for `batch_shape` (B, T)
     global batches. Under a tf.distribute `strategy` it is created in the strategy's scope and
-    built for the B / R rows each of its R replicas trains on (`par_xl.training.distribution`).
+    built for the B / R rows each of its R replicas trains on (`par_xl.distribution.strategies`).
     """
     if train_config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")

@@ -4,7 +4,7 @@
 `<log_dir>/<model_name>/`: `training_log.log`, TensorBoard events (`train/`, `validation/`),
 `checkpoints/` (with `config.json`, see `runs`), `results.json`.
 
-Both take an optional tf.distribute strategy (`par_xl.training.distribution`): the model is
+Both take an optional tf.distribute strategy (`par_xl.distribution.strategies`): the model is
 then made in its scope, each replica trains and evaluates on its rows of every batch, and the
 checkpoints hold the same global arrays as on one device. Under a multi-worker strategy every
 worker runs all of it in step (the callbacks' reads are collectives); the chief writes the run
@@ -25,22 +25,11 @@ import keras
 import tensorflow as tf
 
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, to_json
+from par_xl.cost.flops import training_flops_per_token
 from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata
 from par_xl.data.label_statistics import max_tail_labels_per_batch
 from par_xl.data.unigram import read_unigram_file
-from par_xl.files import (
-    DiskFull,
-    atomic_write_text,
-    is_out_of_space,
-    remove_temporaries,
-    reporting_full_disk,
-)
-from par_xl.flops import training_flops_per_token
-from par_xl.log_files import format_metrics, log_to_file
-from par_xl.search_picture import NoSearchHistory, draw_search
-from par_xl.training import callbacks as cb
-from par_xl.training.checkpoints import CheckpointManager
-from par_xl.training.distribution import (
+from par_xl.distribution.strategies import (
     check_config,
     describe,
     distribute_rows,
@@ -48,6 +37,17 @@ from par_xl.training.distribution import (
     verify_rows,
     worker_role,
 )
+from par_xl.files import (
+    DiskFull,
+    atomic_write_text,
+    is_out_of_space,
+    remove_temporaries,
+    reporting_full_disk,
+)
+from par_xl.reporting.search_picture import NoSearchHistory, draw_search
+from par_xl.runtime.log_files import format_metrics, log_to_file
+from par_xl.training import callbacks as cb
+from par_xl.training.checkpoints import CheckpointManager
 from par_xl.training.evaluation import evaluate_split
 from par_xl.training.runs import (
     build_model,

@@ -3,7 +3,7 @@
 `TrainingLogger` writes `<run>/train/` (loss, tau, tokens/s, choice probabilities every
 `--log_every` steps) and `PeriodicEvaluation` `<run>/validation/` (perplexities at each
 evaluation). Reading the events, not the log file, works for any run directory, finished,
-resumed or still training: the pictures of the search (`par_xl.search_picture`) and the
+resumed or still training: the pictures of the search (`par_xl.reporting.search_picture`) and the
 comparison of the main job with the original's table (`benchmarks/main_job.py`) read them here.
 """
 

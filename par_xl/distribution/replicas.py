@@ -2,7 +2,7 @@
 
 Context batching makes row i of every batch one stream of text, and data parallelism gives
 replica r of R the same rows of every global batch of B rows: rows `r*b .. (r+1)*b - 1`,
-b = B / R (`par_xl.training.distribution.distribute_rows`). State that follows the streams,
+b = B / R (`par_xl.distribution.strategies.distribute_rows`). State that follows the streams,
 the XL memory `(B, M, D)` and its valid lengths `(B,)` (and the kNN memory once the model
 uses it), is therefore per replica: replica r's rows of it belong to replica r alone. It must
 never be averaged or broadcast across replicas, yet a checkpoint must hold all B rows, so that
@@ -22,7 +22,7 @@ replica. Checkpoints, evaluation and the memory reset use them, so a checkpoint 
 any strategy holds the same global arrays as one written on one device.
 
 JAX (`keras.distribution`): variables are global `(B, ...)` arrays; a layout that shards them
-along the batch axis (`par_xl.training.distribution.jax_data_parallel`) keeps each device's
+along the batch axis (`par_xl.distribution.strategies.jax_data_parallel`) keeps each device's
 rows on that device. The functions below then read and write whole arrays.
 
 Only these functions import TensorFlow, and only on the TensorFlow backend: the model that

@@ -1,10 +1,10 @@
 """Pictures of the architecture search: each block's choice probabilities over training.
 
-The history is read back (`par_xl.run_events`) from the TensorBoard scalars `TrainingLogger`
-writes to `<run>/train/` (`choice/block_<i>/<letter>` for the model's choice letters, `tau`,
-`loss`), so any run directory can be drawn, finished or still training. Three pictures:
-`draw_probabilities_over_steps` (PNG: a panel of one line per choice for each block, tau and
-loss below), `draw_search_animation` (GIF: the blocks x choices heat map, step by step) and
+The history is read back (`par_xl.reporting.run_events`) from the TensorBoard scalars
+`TrainingLogger` writes to `<run>/train/` (`choice/block_<i>/<letter>` for the model's choice
+letters, `tau`, `loss`), so any run directory can be drawn, finished or still training. Three
+pictures: `draw_probabilities_over_steps` (PNG: a panel of one line per choice for each block,
+tau and loss below), `draw_search_animation` (GIF: the blocks x choices heat map, step by step) and
 `choice_figure` (that heat map as an image array for `tf.summary.image`). Names and colours
 come from the choice registry (`par_xl.layers.choices`).
 
@@ -25,7 +25,7 @@ from PIL import Image
 
 from par_xl.files import atomic_path
 from par_xl.layers.choices import CHOICES, in_registry_order
-from par_xl.run_events import read_scalars
+from par_xl.reporting.run_events import read_scalars
 
 CHOICE_TAG = re.compile(r"choice/block_(\d+)/(\w)$")  # block index, letter
 

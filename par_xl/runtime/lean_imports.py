@@ -16,7 +16,7 @@ modules, like `train.py` does; it has no effect once TensorFlow is loaded.
 import os
 import sys
 
-import par_xl.quiet  # noqa: F401  (its settings must come before TensorFlow's import here)
+import par_xl.runtime.quiet  # noqa: F401  (its settings must come before TensorFlow's import here)
 
 OPTIONAL = ("jax", "matplotlib", "scipy")
 

@@ -14,9 +14,10 @@ The global batch. A built split's batches (`batch_size` B rows in `metadata.json
 batches. With R replicas (all workers together), each step trains on one global batch and
 replica r receives its rows `r*b .. (r+1)*b - 1`, b = B / R, of every batch, in order
 (`distribute_rows`): so replica r always sees the same context-batching streams, and its part
-of the XL memory (`par_xl.replicas`) continues them. B must be a multiple of R. A run under R
-replicas computes what one device computes on the same data (same global batch, same losses
-up to float rounding, same memory), and its checkpoints restore on any number of replicas.
+of the XL memory (`par_xl.distribution.replicas`) continues them. B must be a multiple of R.
+A run under R replicas computes what one device computes on the same data (same global batch,
+same losses up to float rounding, same memory), and its checkpoints restore on any number of
+replicas.
 To keep b rows per device on R devices, build the data with `--batch_size=R*b`
 (build_data.py); a different B cuts the text into different streams, so it is a different
 run.
