@@ -158,7 +158,7 @@ flags.DEFINE_bool(
     "jit_compile",
     None,
     "XLA-compile the steps. Default: on with a GPU or TPU; off on CPU, where TF's XLA backward "
-    "pass is slower (benchmarks/RESULTS.md); off under --strategy (TPUs compile anyway) and "
+    "pass is slower (benchmarks/results/training_speed.md); off under --strategy (TPUs compile anyway) and "
     "with --search=single_path.",
 )
 flags.DEFINE_enum(
@@ -167,7 +167,7 @@ flags.DEFINE_enum(
     ["default", "mirrored", "multi_worker", "tpu"],
     "Devices: one (default); all GPUs of this machine (mirrored); several machines, each with "
     "its TF_CONFIG (multi_worker); a TPU (tpu, see --tpu). The data's batch_size is the global "
-    "batch, split by rows over the replicas (README, 'Training on several devices').",
+    "batch, split by rows over the replicas (docs/devices.md).",
 )
 flags.DEFINE_string(
     "tpu", "", "--strategy=tpu: the TPU's name or grpc:// address; 'local' on a TPU VM (Colab)."
@@ -250,7 +250,7 @@ def main(argv):
                 raise ConfigError(
                     "--jit_compile does not work with --search=single_path on TensorFlow: its "
                     "XLA program for the branch switch with dropout inside did not finish 2 "
-                    "steps in 15 minutes on a CPU (benchmarks/RESULTS.md). Leave --jit_compile "
+                    "steps in 15 minutes on this project's 2-core CPU. Leave --jit_compile "
                     "unset (TensorFlow graphs), or use the JAX backend for XLA."
                 )
             jit_compile = False

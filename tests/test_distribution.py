@@ -4,7 +4,7 @@ memory, evaluation and checkpoints as one device, multi-worker train.py, JAX dat
 Tolerance: a replica computes its rows exactly as one device does and the gradient all-reduce
 only changes the order of float32 sums, so losses agree to `rtol=1e-5` and weights, memory
 and evaluation to `atol=1e-5` (measured: about 1e-7). The runs use dropout 0 and a fixed
-architecture: random draws (dropout masks, Gumbel noise) are made per replica (see README).
+architecture: random draws (dropout masks, Gumbel noise) are made per replica (see docs/devices.md).
 
 Several devices need TensorFlow's logical devices set before it starts, so those checks run
 in fresh processes: one with 2 logical CPU devices (MirroredStrategy), two train.py workers

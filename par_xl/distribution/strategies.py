@@ -97,7 +97,7 @@ def check_tf_config():
             "--strategy=multi_worker reads the cluster from the TF_CONFIG environment variable, "
             'which is not set: e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", '
             '"host2:12345"]}, "task": {"type": "worker", "index": 0}}\' on the first machine, '
-            '"index": 1 on the second (README, "Training on several devices").'
+            '"index": 1 on the second (docs/devices.md).'
         )
     try:
         config = json.loads(text)

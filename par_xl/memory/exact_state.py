@@ -115,7 +115,7 @@ def search(state, queries, k, normalize=True):
     _, _, capacity, size = state.keys.shape
     # Row (b, n, slot) of the store flattened to (B * N * C, H): one plain gather, in the
     # queries' (B, T, N, k) order. (`take_along_axis` over the (B, N, C, H) store took
-    # several times longer on TensorFlow, more than the top-k: benchmarks/RESULTS.md.)
+    # several times longer on TensorFlow, more than the top-k: benchmarks/results/knn_memory.md.)
     rows = ops.arange(batch, dtype="int32")[:, None] * heads + ops.arange(heads, dtype="int32")
     index = ops.maximum(slots, 0) + (rows * capacity)[:, None, :, None]  # (B, T, N, k)
     index = ops.reshape(index, (-1,))

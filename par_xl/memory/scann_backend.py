@@ -4,7 +4,7 @@ The store is numpy, per row (stream) and head, with the same ring-buffer layout 
 rule as `ExactKNNMemory`; each row with enough valid entries has one ScaNN searcher per head
 (tree partitioning + asymmetric hashing + exact re-ordering, dot-product distance).
 
-Update policy (measured in `benchmarks/knn_memory.py`, see benchmarks/RESULTS.md)
+Update policy (measured in `benchmarks/knn_memory.py`, see benchmarks/results/knn_memory.md)
 -------------------------------------------------------------------------------
 - Every `add` writes the store and upserts the written slots into the row's searchers: a slot
   already indexed (the evicted entry it held) is updated in place, a new one is inserted. A

@@ -2,7 +2,8 @@
 
 Keras's Adam updates each variable with eleven element-wise ops (`update_step`), each a kernel
 of its own that reads and writes the whole variable: for the base model's 3 M parameters that
-was 17% of the single-path step's kernel time on a 2-core CPU (tf.profiler, benchmarks/RESULTS.md).
+was 17% of the single-path step's kernel time on a 2-core CPU (tf.profiler,
+benchmarks/results/original_side_by_side.md).
 TensorFlow has the same update as one multithreaded kernel, `ResourceApplyAdam`; `FusedAdam`
 calls it and is Keras's Adam otherwise (same arguments, variables, checkpoints and numbers, to
 float rounding). Other backends, `amsgrad`, and other dtypes than float32 take Keras's update.

@@ -373,7 +373,7 @@ def evaluate(checkpoint_dir, split_directory=None, checkpoint=None, jit_compile=
     As in training (`TrainConfig.tail_capacity`), the loss scores each tail cluster sparsely,
     sized by the split's own labels (the most any of its batches puts in each cluster): every
     batch stays on the sparse path, which matters for a derived model, whose blocks cost
-    less than the full softmax (benchmarks/RESULTS.md, "Inference").
+    less than the full softmax (benchmarks/results/inference.md).
     """
     model_config, train_config, _ = read_run_config(checkpoint_dir)
     split_directory = split_directory or train_config.test_directory
