@@ -72,3 +72,29 @@ def test_absl_verbosity_decides(argv, level):
 def test_a_level_the_user_set_is_kept():
     shown, _ = run_python("import par_xl.runtime.quiet; " + SHOW_LEVEL, TF_CPP_MIN_LOG_LEVEL="0")
     assert shown == "0"
+
+
+# XLA's first compile and a ScaNN index build, through the code paths that call
+# `quiet_native_logs` (par_xl.runtime.native_logs): absl C++ logs TF_CPP_MIN_LOG_LEVEL misses.
+NATIVE = (
+    "import par_xl.runtime.quiet, sys, numpy as np, keras\n"
+    "from par_xl.models.compiled import compiled_function\n"
+    "from par_xl.memory.scann_backend import ScannKNNMemory\n"
+    "double = compiled_function(keras.layers.Dense(1), lambda layer, x: x * 2.0, True)\n"
+    "print(double(np.ones(3, 'float32')).numpy().sum())\n"
+    "memory = ScannKNNMemory(batch_size=1, num_heads=1, capacity=512, key_size=4,"
+    " min_index_size=16)\n"
+    "rows = np.random.default_rng(0).normal(size=(1, 500, 1, 4)).astype('float32')\n"
+    "memory.add(rows, rows)\n"
+    "print(memory.build_count)\n"
+)
+NATIVE_NOISE = ("Compiled cluster using XLA", "partitioner_factory_base.cc")
+
+
+def test_xla_and_scann_logs_hidden_unless_asked_for():
+    out, loud = run_python(NATIVE, "--verbosity=1")
+    assert out.split() == ["6.0", "1"]  # it compiled with XLA and built one ScaNN index
+    assert all(line in loud for line in NATIVE_NOISE), loud  # what there is to hide
+    out, quiet = run_python(NATIVE)
+    assert out.split() == ["6.0", "1"]
+    assert not [line for line in NATIVE_NOISE if line in quiet], quiet

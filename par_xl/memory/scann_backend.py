@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from par_xl.memory.knn_memory import KNNMemory
+from par_xl.runtime.native_logs import quiet_native_logs
 
 EPSILON = 1e-12  # as `par_xl.memory.exact_state.EPSILON`
 
@@ -392,6 +393,7 @@ class ScannKNNMemory(KNNMemory):
     def _build(self, row):
         import scann
 
+        quiet_native_logs()  # ScaNN's C++ INFO line at every build (par_xl.runtime.native_logs)
         slots = np.flatnonzero(self.valid_slots()[row])  # (n,)
         size = slots.size
         leaves = self.num_leaves or max(1, round(math.sqrt(size)))

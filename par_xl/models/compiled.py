@@ -10,6 +10,8 @@ import weakref
 
 import keras
 
+from par_xl.runtime.native_logs import quiet_native_logs
+
 _compiled = weakref.WeakKeyDictionary()  # model -> {(function, jit_compile): compiled function}
 
 
@@ -37,6 +39,7 @@ def compiled_function(model, function, jit_compile, static_argnums=()):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        quiet_native_logs()  # XLA's C++ "Compiled cluster" line (par_xl.runtime.native_logs)
         compiled = tf.function(bound, jit_compile=jit_compile, autograph=False)
     elif backend == "jax":
         import jax

@@ -23,6 +23,13 @@ no GPU. Real failures still reach the user as Python exceptions carrying TensorF
 
 Nothing is changed when the user has set `TF_CPP_MIN_LOG_LEVEL` or asked absl for more logs
 (`--verbosity=1` or higher, `-v 1`): then TensorFlow logs as it always does.
+
+Two native libraries log through absl's C++ logging, which never reads `TF_CPP_MIN_LOG_LEVEL`:
+XLA inside TensorFlow ("I device_compiler.h] Compiled cluster using XLA!", at every first
+compile) and ScaNN ("I partitioner_factory_base.cc] Size of sampled dataset ...", at every index
+build). `par_xl.runtime.native_logs` gives each loaded library's absl the same level; the code that
+loads or first compiles with them calls it. A user's own `TF_CPP_MIN_LOG_LEVEL` applies there
+too.
 """
 
 import ctypes
@@ -86,3 +93,6 @@ def quiet_tensorflow_logs(argv=None, environ=None):
 
 
 quiet_tensorflow_logs()
+# The level TensorFlow starts with (ours, or the user's; None when the user asked for logs):
+# `par_xl.runtime.native_logs` gives it to the libraries that log through absl.
+STARTUP_LEVEL = os.environ.get(LOG_LEVEL)

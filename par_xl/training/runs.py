@@ -29,6 +29,7 @@ from par_xl.data import DataError, load_dataset, read_metadata
 from par_xl.distribution.strategies import adapt_model, replica_batch_size
 from par_xl.files import atomic_write_text, reporting_full_disk, sha256_file
 from par_xl.models import PARTransformerXL
+from par_xl.runtime.native_logs import quiet_native_logs
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
 from par_xl.training.optimizers import make_optimizer
 from par_xl.training.schedules import WarmupCosine
@@ -274,6 +275,7 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
         )
         schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
         optimizer = make_optimizer(train_config.opt_name, schedule)
+        quiet_native_logs()  # XLA's C++ "Compiled cluster" line under jit_compile
         model.compile(
             optimizer=optimizer,
             jit_compile=train_config.jit_compile,
