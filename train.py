@@ -157,9 +157,10 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
     "jit_compile",
     None,
-    "XLA-compile the steps. Default: on with a GPU or TPU; off on CPU, where TF's XLA backward "
-    "pass is slower (benchmarks/results/training_speed.md); off under --strategy (TPUs compile anyway) and "
-    "with --search=single_path.",
+    "XLA-compile the steps. Default: on with a GPU or TPU and on the JAX backend; off for "
+    "TensorFlow on a CPU, where its XLA backward pass is slower "
+    "(benchmarks/results/training_speed.md); off under --strategy (TPUs compile anyway) and, on "
+    "TensorFlow, with --search=single_path.",
 )
 flags.DEFINE_enum(
     "strategy",
@@ -211,9 +212,63 @@ def model_config_from_flags():
 
 
 def default_jit_compile():
+    """XLA on a GPU or TPU, and always on the JAX backend: uncompiled, JAX runs op by op (the
+    tiny preset: 2 s/step, against 0.23 s compiled and 0.40 s for TensorFlow's graphs)."""
     import tensorflow as tf
 
+    if keras_backend() == "jax":
+        return True
     return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
+def keras_backend():
+    import keras
+
+    return keras.backend.backend()
+
+
+def evaluate(strategy, jit_compile):
+    """`--mode=evaluate`: prints the run's results on `--eval_directory` as JSON."""
+    from par_xl.training import trainer
+
+    if not FLAGS.checkpoint_dir:
+        raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
+    result = trainer.evaluate(
+        FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile,
+        strategy, FLAGS.knn_backend, FLAGS.choice_at_inference,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2))
+
+
+def train(strategy, jit_compile):
+    """`--mode=train`: the configurations from the flags, then the run."""
+    from par_xl.training import trainer
+
+    for name in ("train_directory", "valid_directory"):
+        if not getattr(FLAGS, name):
+            raise ConfigError(f"--{name} is required.")
+    model_config = model_config_from_flags()
+    single_path = model_config.search == "single_path" and model_config.architecture is None
+    if single_path and keras_backend() == "tensorflow":
+        if FLAGS.jit_compile:
+            raise ConfigError(
+                "--jit_compile does not work with --search=single_path on TensorFlow: its "
+                "XLA program for the branch switch with dropout inside did not finish 2 "
+                "steps in 15 minutes on this project's 2-core CPU. Leave --jit_compile "
+                "unset (TensorFlow graphs), or use the JAX backend for XLA."
+            )
+        jit_compile = False
+    train_config = TrainConfig(
+        **{
+            f.name: getattr(FLAGS, f.name)
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in ("jit_compile", "log_dir", "eval_steps")
+        },
+        eval_steps=tuple(FLAGS.eval_steps or ()),
+        jit_compile=jit_compile,
+        log_dir=FLAGS.log_dir or "runs",
+    )
+    trainer.train(model_config, train_config, strategy)
 
 
 def main(argv):
@@ -222,7 +277,6 @@ def main(argv):
     from par_xl.data import DataError
     from par_xl.distribution import strategies
     from par_xl.files import DiskFull
-    from par_xl.training import trainer
     from par_xl.training.callbacks import TrainingDiverged, TrainingInterrupted
     from par_xl.training.checkpoints import CheckpointError
 
@@ -232,39 +286,7 @@ def main(argv):
         jit_compile = strategies.jit_compile_for(
             FLAGS.strategy, FLAGS.jit_compile, default_jit_compile
         )
-        if FLAGS.mode == "evaluate":
-            if not FLAGS.checkpoint_dir:
-                raise ConfigError("--mode=evaluate needs --checkpoint_dir.")
-            result = trainer.evaluate(
-                FLAGS.checkpoint_dir, FLAGS.eval_directory, FLAGS.checkpoint, jit_compile,
-                strategy, FLAGS.knn_backend, FLAGS.choice_at_inference,
-            )  # fmt: skip
-            print(json.dumps(result, indent=2))
-            return 0
-        for name in ("train_directory", "valid_directory"):
-            if not getattr(FLAGS, name):
-                raise ConfigError(f"--{name} is required.")
-        model_config = model_config_from_flags()
-        if model_config.search == "single_path" and model_config.architecture is None:
-            if FLAGS.jit_compile:
-                raise ConfigError(
-                    "--jit_compile does not work with --search=single_path on TensorFlow: its "
-                    "XLA program for the branch switch with dropout inside did not finish 2 "
-                    "steps in 15 minutes on this project's 2-core CPU. Leave --jit_compile "
-                    "unset (TensorFlow graphs), or use the JAX backend for XLA."
-                )
-            jit_compile = False
-        train_config = TrainConfig(
-            **{
-                f.name: getattr(FLAGS, f.name)
-                for f in dataclasses.fields(TrainConfig)
-                if f.name not in ("jit_compile", "log_dir", "eval_steps")
-            },
-            eval_steps=tuple(FLAGS.eval_steps or ()),
-            jit_compile=jit_compile,
-            log_dir=FLAGS.log_dir or "runs",
-        )
-        trainer.train(model_config, train_config, strategy)
+        (evaluate if FLAGS.mode == "evaluate" else train)(strategy, jit_compile)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2

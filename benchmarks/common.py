@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the machine's fp32 matmul peak, medians."""
+"""Helpers shared by the benchmark scripts: the machine's fp32 matmul peak and a throughput's
+share of it, medians."""
 
 import statistics
 import time
@@ -24,6 +25,16 @@ def matmul_peak_gflops(size=2048, repeats=5):
         product(a, b).numpy()
         rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
     return median(rates)
+
+
+def utilization(tokens_per_second, flops_per_token, peak_gflops, digits=3):
+    """`{"achieved_gflops", "utilization_of_peak"}` of a throughput against the fp32 matmul peak
+    measured in the same run (`matmul_peak_gflops`)."""
+    achieved = tokens_per_second * flops_per_token / 1e9
+    return {
+        "achieved_gflops": round(achieved, 2),
+        "utilization_of_peak": round(achieved / peak_gflops, digits),
+    }
 
 
 def zipf_tokens(shape, vocab_size, seed=0, exponent=1.1):

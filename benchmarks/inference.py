@@ -41,7 +41,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
-from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    matmul_peak_gflops,
+    median,
+    utilization,
+    zipf_tokens,
+)
 from par_xl.configs import PRESETS  # noqa: E402
 
 flags.DEFINE_list(
@@ -246,9 +251,9 @@ def main(_):
     for result in results.values():
         for part in ("evaluation", "generation"):
             for figure in result.get(part, {}).values():
-                achieved = figure["tokens_per_second"] * figure["flops_per_token"] / 1e9
-                figure["achieved_gflops"] = round(achieved, 2)
-                figure["utilization_of_peak"] = round(achieved / peak, 4)
+                figure.update(
+                    utilization(figure["tokens_per_second"], figure["flops_per_token"], peak, 4)
+                )
     report = {
         "benchmark": "inference",
         "config": {

@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,9 @@ import time
 from pathlib import Path
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import median, utilization  # noqa: E402  (numpy only, no TensorFlow)
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_DOC = "../shared/ORIGINAL-BASELINE.md"
@@ -166,10 +168,6 @@ print(json.dumps(result))
 """
 
 PAR_XL_LINE = re.compile(r"\bstep (\d+) \|.* \| ([\d.]+) ms/step \|")
-
-
-def median(values):
-    return float(statistics.median(values))
 
 
 def command_flags(config):
@@ -341,8 +339,7 @@ def summary(runs, tokens_per_step, flops_per_token, peak):
         "runs_wall_s": [round(run["wall_s"], 1) for run in runs],
         "peak_rss_mib": round(median([run["peak_rss_mib"] for run in runs])),
         "runs_peak_rss_mib": [round(run["peak_rss_mib"]) for run in runs],
-        "achieved_gflops": round(rate * flops_per_token / 1e9, 1),
-        "utilization_of_peak": round(rate * flops_per_token / 1e9 / peak, 3),
+        **utilization(rate, flops_per_token, peak),
     }
 
 

@@ -22,7 +22,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
-from benchmarks.common import matmul_peak_gflops, median, zipf_tokens  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    matmul_peak_gflops,
+    median,
+    utilization,
+    zipf_tokens,
+)
 from par_xl.configs import PRESETS  # noqa: E402
 
 FLAGS = flags.DEFINE_integer("repeats", 5, "Timed runs per configuration.")
@@ -118,9 +123,7 @@ def main(_):
         }
     peak = matmul_peak_gflops()
     for result in results.values():
-        achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e9
-        result["achieved_gflops"] = round(achieved, 1)
-        result["utilization_of_peak"] = round(achieved / peak, 3)
+        result.update(utilization(result["tokens_per_second"], result["flops_per_token"], peak))
     report = {
         "benchmark": "train_step",
         "config": {

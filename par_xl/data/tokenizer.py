@@ -80,8 +80,6 @@ def train_tokenizer(
     prefix = os.fspath(model_prefix)
     tmp_prefix = os.fspath(temporary_name(prefix))
     tmp_model, tmp_vocab = f"{tmp_prefix}.model", f"{tmp_prefix}.vocab"
-    longest = max(len(line.encode("utf-8")) for line in lines)
-    markers = [WORD_BOUNDARY + unk_marker, unk_marker] if unk_marker else []
     try:
         try:
             spm.SentencePieceTrainer.train(
@@ -90,9 +88,11 @@ def train_tokenizer(
                 vocab_size=vocab_size,
                 model_type=model_type,
                 normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-                max_sentence_length=max(_DEFAULT_MAX_SENTENCE_BYTES, longest),
+                max_sentence_length=max(
+                    _DEFAULT_MAX_SENTENCE_BYTES, max(len(line.encode("utf-8")) for line in lines)
+                ),
                 num_threads=num_threads,
-                user_defined_symbols=markers,
+                user_defined_symbols=[WORD_BOUNDARY + unk_marker, unk_marker] if unk_marker else [],
                 unk_piece=UNKNOWN_PIECE,
                 byte_fallback=byte_fallback,
                 minloglevel=1,  # warnings only: the INFO log is hundreds of lines
@@ -101,27 +101,33 @@ def train_tokenizer(
             raise DataError(
                 _training_error_message(str(e), vocab_size, source, byte_fallback)
             ) from None
-        trained = load_tokenizer(tmp_model)
-        counts = np.bincount(
-            encode_lines(trained, lines, num_threads=num_threads, desc="counting pieces").ids,
-            minlength=vocab_size,
-        )
-        proto = frequency_ordered(
-            sentencepiece_model_pb2.ModelProto.FromString(Path(tmp_model).read_bytes()), counts
-        )
-        # The model records its prefix: store the final one, so that the same training gives the
-        # same bytes (and SHA-256) whatever the temporary name was.
-        proto.trainer_spec.model_prefix = prefix
-        Path(tmp_model).write_bytes(proto.SerializeToString())
-        Path(tmp_vocab).write_text(
-            "".join(f"{piece.piece}\t{piece.score:g}\n" for piece in proto.pieces), encoding="utf-8"
-        )
+        _reorder_by_frequency(tmp_model, tmp_vocab, lines, vocab_size, prefix, num_threads)
         os.replace(tmp_vocab, f"{prefix}.vocab")
         os.replace(tmp_model, f"{prefix}.model")
     finally:
         for tmp in (tmp_model, tmp_vocab):
             Path(tmp).unlink(missing_ok=True)
     return Path(f"{prefix}.model")
+
+
+def _reorder_by_frequency(model_path, vocab_path, lines, vocab_size, prefix, num_threads):
+    """Rewrites a trained model (and its `.vocab`) in place with its pieces ordered by their
+    frequency in `lines` (`frequency_ordered`), recording the final `prefix` in it."""
+    trained = load_tokenizer(model_path)
+    counts = np.bincount(
+        encode_lines(trained, lines, num_threads=num_threads, desc="counting pieces").ids,
+        minlength=vocab_size,
+    )
+    proto = frequency_ordered(
+        sentencepiece_model_pb2.ModelProto.FromString(Path(model_path).read_bytes()), counts
+    )
+    # The model records its prefix: store the final one, so that the same training gives the
+    # same bytes (and SHA-256) whatever the temporary name was.
+    proto.trainer_spec.model_prefix = prefix
+    Path(model_path).write_bytes(proto.SerializeToString())
+    Path(vocab_path).write_text(
+        "".join(f"{piece.piece}\t{piece.score:g}\n" for piece in proto.pieces), encoding="utf-8"
+    )
 
 
 def frequency_ordered(
