@@ -19,6 +19,7 @@ from absl import app, flags
 import par_xl.runtime.lean_imports  # noqa: F401  (TensorFlow without jax, matplotlib, scipy: memory)
 import par_xl.runtime.quiet  # noqa: F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.configs import (
+    ARCH_OPTIMIZERS,
     OPTIMIZERS,
     PRESETS,
     TAU_SCHEDULES,
@@ -26,6 +27,7 @@ from par_xl.configs import (
     ModelConfig,
     TrainConfig,
 )
+from par_xl.cost.objective import COSTS, FORMS
 from par_xl.layers.choices import CHOICES, DEFAULT_CHOICES, legend
 from par_xl.layers.stochastic_block import SEARCHES
 
@@ -194,6 +196,53 @@ flags.DEFINE_float(
     "Stop when the training loss exceeds this multiple of log(vocabulary size), the loss of a "
     "uniform guess, or is not finite (0: only when not finite).",
 )
+flags.DEFINE_enum(
+    "arch_optimizer",
+    DEFAULT["arch_optimizer"],
+    ARCH_OPTIMIZERS,
+    "The choice logits' own optimizer (PAR, DARTS, FBNet): adam (betas (--arch_beta_1, 0.999)) "
+    "or sgd (momentum 0.9); none: the logits train with the weights' optimizer and schedule.",
+)
+flags.DEFINE_float("arch_lr", DEFAULT["arch_lr"], "The choice logits' learning rate (constant).")
+flags.DEFINE_float("arch_beta_1", DEFAULT["arch_beta_1"], "The logits' Adam beta_1.")
+flags.DEFINE_float(
+    "arch_weight_decay", DEFAULT["arch_weight_decay"], "The logits' decoupled weight decay."
+)
+flags.DEFINE_integer(
+    "arch_start_step",
+    None,
+    "The logits stay exactly as initialised before this global step (default: --warmup_steps, "
+    "the weights' warm-up).",
+)
+flags.DEFINE_float(
+    "arch_fraction",
+    DEFAULT["arch_fraction"],
+    "Bilevel search: this share of the batches after --arch_start_step (evenly spread, e.g. 0.2: "
+    "every 5th) updates only the logits, the others only the weights; 0: both on every batch.",
+)
+flags.DEFINE_enum(
+    "cost",
+    DEFAULT["cost"],
+    COSTS,
+    "The search's cost term: the expected FLOPs per token of the sampled architecture (flops, "
+    "from the choice registry) or its latency on a device (latency, --latency_table).",
+)
+flags.DEFINE_float("cost_weight", DEFAULT["cost_weight"], "w: the cost term's weight.")
+flags.DEFINE_float(
+    "cost_target",
+    DEFAULT["cost_target"],
+    "T, as a multiple of the cost of the standard Transformer-XL of the same depth (AFAF...).",
+)
+flags.DEFINE_enum(
+    "cost_form",
+    DEFAULT["cost_form"],
+    FORMS,
+    "additive: CE + w (E[cost] - T) / T (ProxylessNAS); multiplicative: CE (E[cost] / T)^w "
+    "(FBNet, MnasNet).",
+)
+flags.DEFINE_string(
+    "latency_table", None, "--cost=latency: a JSON table of latency_table.py at this shape."
+)
 flags.DEFINE_string("eval_directory", None, "--mode=evaluate: split directory (default: test).")
 flags.DEFINE_string("checkpoint", None, "--mode=evaluate: checkpoint file (default: latest).")
 FLAGS = flags.FLAGS
@@ -262,9 +311,12 @@ def train(strategy, jit_compile):
         **{
             f.name: getattr(FLAGS, f.name)
             for f in dataclasses.fields(TrainConfig)
-            if f.name not in ("jit_compile", "log_dir", "eval_steps")
+            if f.name not in ("jit_compile", "log_dir", "eval_steps", "arch_start_step")
         },
         eval_steps=tuple(FLAGS.eval_steps or ()),
+        arch_start_step=(
+            FLAGS.warmup_steps if FLAGS.arch_start_step is None else FLAGS.arch_start_step
+        ),
         jit_compile=jit_compile,
         log_dir=FLAGS.log_dir or "runs",
     )

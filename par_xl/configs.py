@@ -6,8 +6,10 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
+from par_xl.cost.objective import COSTS, FORMS
 from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.choices import DEFAULT_CHOICES, validate_architecture, validate_choices
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
@@ -17,6 +19,9 @@ from par_xl.models.par_transformer_xl import validate_knn, validate_shape
 # The --opt_name values; `par_xl.training.optimizers` builds each (its test checks they agree).
 OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
 TAU_SCHEDULES = ("exponential", "linear")
+# The --arch_optimizer values (par_xl.training.search_optimizer); "none": the choice logits
+# train with the weights' optimizer (joint, as before the architecture optimizer).
+ARCH_OPTIMIZERS = ("adam", "sgd", "none")
 
 
 class ConfigError(ValueError):
@@ -133,6 +138,49 @@ class TrainConfig:
     tail_capacity: bool = True  # score adaptive-softmax tails sparsely (exact either way)
     unigram_bias_init: bool = True  # start the output biases at the training unigram
     divergence_factor: float = 3.0  # stop when the loss exceeds this x log(V); 0: non-finite only
+    # The architecture search (par_xl.training.search_optimizer, par_xl.cost.objective).
+    arch_optimizer: str = "adam"  # the choice logits' own optimizer; "none": the weights'
+    arch_lr: float = 1e-2
+    arch_beta_1: float = 0.5
+    arch_weight_decay: float = 1e-3
+    arch_start_step: int = 4000  # the logits stay as initialised before this step
+    arch_fraction: float = 0.0  # share of batches that update only the logits; 0: joint
+    cost: str = "none"  # the search's cost term: "none", "flops" or "latency"
+    cost_weight: float = 0.1
+    cost_target: float = 1.0  # T, a multiple of the standard AFAF... model's cost
+    cost_form: str = "additive"  # or "multiplicative"
+    latency_table: str | None = None  # latency_table.py's JSON, for --cost=latency
+
+    def _validate_search(self):
+        for name, allowed in (("arch_optimizer", ARCH_OPTIMIZERS), ("cost", COSTS),
+                              ("cost_form", FORMS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"--{name} must be one of {allowed}, received {getattr(self, name)!r}."
+                )
+        for name in ("arch_lr", "cost_target"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")
+        for name in ("arch_weight_decay", "cost_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"--{name} must be >= 0, received {getattr(self, name)}.")
+        if not 0 <= self.arch_beta_1 < 1:
+            raise ConfigError(f"--arch_beta_1 must be in [0, 1), received {self.arch_beta_1}.")
+        if not 0 <= self.arch_fraction < 1:
+            raise ConfigError(
+                f"--arch_fraction must be in [0, 1), received {self.arch_fraction}."
+            )
+        if self.arch_start_step < 0:
+            raise ConfigError(f"--arch_start_step must be >= 0, received {self.arch_start_step}.")
+        if self.arch_fraction and self.arch_optimizer == "none":
+            raise ConfigError(
+                f"--arch_fraction={self.arch_fraction} needs an --arch_optimizer: with 'none' the "
+                "logits train with the weights on every batch."
+            )
+        if self.cost == "latency" and not self.latency_table:
+            raise ConfigError(
+                "--cost=latency needs --latency_table (a table from latency_table.py)."
+            )
 
     @property
     def run_directory(self):
@@ -163,6 +211,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--opt_name must be one of {OPTIMIZERS}, received {self.opt_name!r}."
             )
+        self._validate_search()
         if self.tau_schedule not in TAU_SCHEDULES:
             raise ConfigError(
                 f"--tau_schedule must be one of {TAU_SCHEDULES}, received {self.tau_schedule!r}."
@@ -185,4 +234,5 @@ def from_json(text):
     model["knn_layers"] = tuple(model.get("knn_layers", ()))  # a run from before the field
     train = dict(document["train"])
     train["eval_steps"] = tuple(train.get("eval_steps", ()))  # a run from before the field
+    train.setdefault("arch_optimizer", "none")  # a run from before it: logits with the weights
     return ModelConfig(**model), TrainConfig(**train)

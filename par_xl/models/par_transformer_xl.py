@@ -297,6 +297,9 @@ class PARTransformerXL(CarriedState, keras.Model):
             for i in range(num_layers)
         ]
         self.lm_metrics = LanguageModelMetrics()
+        # The search's cost term in the training loss (`par_xl.cost.objective.CostObjective`),
+        # set by the trainer; None: cross-entropy alone. Not part of the configuration.
+        self.cost_objective = None
         # The state variables `call` carries (see the module docstring), set in build.
         self.xl_memory = {}  # {block name: (B, M, D)} per block in `memory_blocks`
         self.valid_length = None  # (B,) valid memory slots per row
@@ -450,10 +453,14 @@ class PARTransformerXL(CarriedState, keras.Model):
         return self.output_layer.log_probs(hidden)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Mean adaptive-softmax NLL of the labels `y` given the hidden states `y_pred`."""
+        """Mean adaptive-softmax NLL of the labels `y` given the hidden states `y_pred`; in
+        training, with the search's cost term when `cost_objective` is set."""
         token_nll = self.output_layer.loss(y_pred, _with_batch(y, y_pred.shape[0]))  # (B, T)
         self.lm_metrics.update_state(token_nll)
         loss = ops.mean(token_nll)
+        if training and self.cost_objective is not None:
+            cost = self.cost_objective.expected_cost(self)
+            loss = ops.cast(self.cost_objective.loss(loss, cost, self.num_layers), loss.dtype)
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
         return replicas.scale_loss(loss)  # the mean over this replica's rows, / replicas
@@ -463,6 +470,12 @@ class PARTransformerXL(CarriedState, keras.Model):
     @property
     def choice_layers(self):
         return [block.gumbel for block in self.blocks if block.choice is None]
+
+    @property
+    def architecture_variables(self):
+        """What the search learns: each supernet block's choice logits (and its tau, when
+        trainable); `par_xl.training.search_optimizer` gives them an optimizer of their own."""
+        return [v for layer in self.choice_layers for v in layer.trainable_variables]
 
     def set_tau(self, value):
         """Sets the Gumbel-softmax temperature of every supernet block."""

@@ -28,6 +28,7 @@ from par_xl.layers.choices import CHOICES, in_registry_order
 from par_xl.reporting.run_events import read_scalars
 
 CHOICE_TAG = re.compile(r"choice/block_(\d+)/(\w)$")  # block index, letter
+COST_TAG = "cost/expected"  # TrainingLogger's expected cost, a multiple of the standard model's
 
 
 class NoSearchHistory(ValueError):
@@ -45,6 +46,9 @@ class SearchHistory:
             letter a block does not offer).
         tau: `(S,)` float32 Gumbel temperature (NaN for a fixed architecture).
         loss: `(S,)` float32 training loss (NaN where not logged), or None if never logged.
+        cost: `(S,)` float32 expected cost of the architecture, as a multiple of the standard
+            Transformer-XL's (`par_xl.cost.objective`; NaN where not logged), or None if never
+            logged (runs from before the cost objective).
     """
 
     steps: np.ndarray
@@ -52,6 +56,7 @@ class SearchHistory:
     probabilities: np.ndarray
     tau: np.ndarray
     loss: np.ndarray | None
+    cost: np.ndarray | None = None
 
     @property
     def architecture(self) -> str:
@@ -66,7 +71,9 @@ def read_search_history(run_dir: str | os.PathLike) -> SearchHistory:
     may be cut short in a file still being written). Raises `NoSearchHistory` if there are none.
     """
     train = Path(run_dir) / "train"
-    scalars = read_scalars(train, lambda tag: tag.startswith("choice/") or tag in ("tau", "loss"))
+    scalars = read_scalars(
+        train, lambda tag: tag.startswith("choice/") or tag in ("tau", "loss", COST_TAG)
+    )
     logged = [CHOICE_TAG.match(tag) for tag in scalars]
     letters = in_registry_order({m[2] for m in logged if m})
     layers = 0
@@ -85,13 +92,14 @@ def read_search_history(run_dir: str | os.PathLike) -> SearchHistory:
         [[scalars[f"choice/block_{i}/{c}"][s] for c in letters] for i in range(layers)]
         for s in steps
     ]
-    loss = scalars.get("loss")
+    loss, cost = scalars.get("loss"), scalars.get(COST_TAG)
     return SearchHistory(
         steps=np.array(steps, "int64"),
         letters=letters,
         probabilities=np.array(probabilities, "float32"),
         tau=np.array([scalars["tau"][s] for s in steps], "float32"),
         loss=None if loss is None else np.array([loss.get(s, np.nan) for s in steps], "float32"),
+        cost=None if cost is None else np.array([cost.get(s, np.nan) for s in steps], "float32"),
     )
 
 
@@ -161,12 +169,14 @@ def choice_figure(probabilities, letters, step, tau):
 
 def draw_probabilities_over_steps(history: SearchHistory, path: str | os.PathLike) -> None:
     """Writes a PNG to `path` (atomically): per block, each choice's probability over the
-    steps; below, tau and the training loss; the final architecture in the title."""
+    steps; below, tau and the training loss, and the expected cost when it was logged; the
+    final architecture in the title."""
     layers = history.probabilities.shape[1]
     columns = min(layers, 3)
     rows = -(-layers // columns)
-    figure = _figure(4.5 * columns, 2.2 * rows + 2.6)
-    grid = figure.add_gridspec(rows + 1, columns)
+    with_cost = history.cost is not None
+    figure = _figure(4.5 * columns, 2.2 * rows + 2.6 + 2.0 * with_cost)
+    grid = figure.add_gridspec(rows + 1 + with_cost, columns)
     first = None
     for layer in range(layers):
         ax = figure.add_subplot(grid[divmod(layer, columns)], sharex=first, sharey=first)
@@ -188,6 +198,13 @@ def draw_probabilities_over_steps(history: SearchHistory, path: str | os.PathLik
         lines += twin.plot(history.steps, history.loss, color="tab:red", label="training loss")
         twin.set_ylabel("training loss")
     below.legend(handles=lines, loc="upper right")
+    if with_cost:
+        cost = figure.add_subplot(grid[rows + 1, :], sharex=first)
+        cost.plot(history.steps, history.cost, color="tab:purple")
+        cost.axhline(1.0, color="gray", lw=1, ls="--")
+        cost.set_ylabel("expected cost\n(x standard)")
+        cost.set_xlabel("step")
+        cost.grid(alpha=0.3)
     figure.legend(*first.get_legend_handles_labels(), loc="outside lower center",
                   ncols=len(history.letters))  # fmt: skip
     figure.suptitle(

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from par_xl.cost.objective import standard_architecture
 from par_xl.reporting.search_picture import choice_figure
 from par_xl.runtime.log_files import format_metrics
 from par_xl.training.evaluation import evaluate_split
@@ -57,15 +58,18 @@ class LossWindow:
     Keras logs `loss` as the running mean of the epoch. This reads the sums behind it, the
     `total` and `count` of the loss tracker (a `keras.metrics.Mean` that `fit` resets at each
     epoch start), and differences them: exact over any window, also when one compiled call
-    trains several steps (--steps_per_execution).
+    trains several steps (--steps_per_execution). `metric` names the tracker: "loss", what
+    the optimizer minimises (with a search's cost term), or "language_model_metrics", the
+    cross-entropy per token alone.
     """
 
-    def __init__(self):
+    def __init__(self, metric="loss"):
+        self.metric = metric
         self.tracker = None
         self.start = (0.0, 0.0)
 
     def restart(self, model):
-        self.tracker = next(m for m in model.metrics if m.name == "loss")
+        self.tracker = next(m for m in model.metrics if m.name == self.metric)
         self.start = self._totals()
 
     def mean(self):
@@ -208,21 +212,26 @@ class Checkpointer(keras.callbacks.Callback):
 class TrainingLogger(keras.callbacks.Callback):
     """One line every `every` steps in the log file, with TensorBoard scalars beside it.
 
-    The line: step, mean loss over the interval, its perplexity, learning rate, tau, ms/step,
-    tokens/s, model GFLOP/s and the architecture (the search's argmax). TensorBoard
-    (`<run>/train`): the same scalars, each block's choice probabilities, and once per epoch a
-    blocks x choices heat map of them, so the architecture search can be watched as it
-    happens. A fixed architecture has no search: no tau, no probabilities, no heat map.
+    The line: step, mean cross-entropy over the interval (the loss without a search's cost
+    term), its perplexity, learning rate, tau, ms/step,
+    tokens/s, model GFLOP/s, the architecture (the search's argmax) and, with a `cost`
+    (`par_xl.cost.objective.CostObjective`), the expected cost and the argmax's, as multiples
+    of the standard model's. TensorBoard (`<run>/train`): the same scalars (`cost/expected`,
+    `cost/derived`), each block's choice probabilities, and once per epoch a blocks x choices
+    heat map of them, so the architecture search can be watched as it happens. A fixed
+    architecture has no search: no tau, no probabilities, no heat map, no cost.
     """
 
-    def __init__(self, run_directory, every, tokens_per_step, flops_per_token, steps_per_epoch):
+    def __init__(self, run_directory, every, tokens_per_step, flops_per_token, steps_per_epoch,
+                 cost=None):  # fmt: skip
         super().__init__()
+        self.cost = cost
         self.interval = Interval(every)
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.steps_per_epoch = steps_per_epoch
         self.writer = tf.summary.create_file_writer(f"{run_directory}/train")
-        self.window = LossWindow()
+        self.window = LossWindow("language_model_metrics")  # the cross-entropy, cost or not
         self.interval_start = (0, 0.0)  # (step, time) where the current interval began
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -244,12 +253,14 @@ class TrainingLogger(keras.callbacks.Callback):
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         probabilities, architecture = self.model.choice_probabilities()
         tau = self._tau() if self.model.choice_layers else None
+        costs = self._costs(architecture)
         log.info(
             "step %d | loss %.4f | ppl %.2f | lr %.3e%s | %.1f ms/step | %.0f tok/s | "
-            "%.1f GFLOP/s | %s",
+            "%.1f GFLOP/s | %s%s",
             step, loss, math.exp(min(loss, 50.0)), lr, "" if tau is None else f" | tau {tau:.4f}",
             1000 * elapsed / steps,
             tokens_per_second, tokens_per_second * self.flops_per_token / 1e9, architecture,
+            "" if costs is None else " | cost {:.3f}x, argmax {:.3f}x".format(*costs),
         )  # fmt: skip
         with self.writer.as_default(step=step):
             tf.summary.scalar("loss", loss)
@@ -261,6 +272,9 @@ class TrainingLogger(keras.callbacks.Callback):
                 for layer, row in enumerate(probabilities):
                     for letter, value in zip(self.model.choice_letters, row):
                         tf.summary.scalar(f"choice/block_{layer}/{letter}", float(value))
+            if costs is not None:
+                tf.summary.scalar("cost/expected", costs[0])
+                tf.summary.scalar("cost/derived", costs[1])
 
     def on_epoch_end(self, epoch, logs=None):
         step = global_step(self.model)
@@ -280,6 +294,15 @@ class TrainingLogger(keras.callbacks.Callback):
 
     def _tau(self):
         return float(ops.convert_to_numpy(self.model.choice_layers[0].tau))
+
+    def _costs(self, architecture):
+        """`(expected, argmax architecture's)` cost as multiples of the standard model's, or
+        None without a cost (a fixed architecture)."""
+        if self.cost is None:
+            return None
+        standard = self.cost.architecture_cost(standard_architecture(self.model.num_layers))
+        expected = float(ops.convert_to_numpy(self.cost.expected_cost(self.model)))
+        return expected / standard, self.cost.architecture_cost(architecture) / standard
 
 
 EVALUATION_SCALARS = (

@@ -33,6 +33,11 @@ from par_xl.runtime.native_logs import quiet_native_logs
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
 from par_xl.training.optimizers import make_optimizer
 from par_xl.training.schedules import WarmupCosine
+from par_xl.training.search_optimizer import (
+    SearchOptimizer,
+    count_architecture_steps,
+    make_architecture_optimizer,
+)
 
 LOCK_FILE = ".lock"
 # Metadata fields that say where the data lies or how it is stored, not what it is.
@@ -259,9 +264,10 @@ def check_resume(checkpoint_dir, model_config, metadata):
 
 def build_model(model_config, train_config, batch_shape, total_steps, capacity=None,
                 strategy=None):  # fmt: skip
-    """A compiled PARTransformerXL with its warmup-cosine optimizer, for `batch_shape` (B, T)
-    global batches. Under a tf.distribute `strategy` it is created in the strategy's scope and
-    built for the B / R rows each of its R replicas trains on (`par_xl.distribution.strategies`).
+    """A compiled PARTransformerXL with its optimizer (`make_training_optimizer`), for
+    `batch_shape` (B, T) global batches. Under a tf.distribute `strategy` it is created in the
+    strategy's scope and built for the B / R rows each of its R replicas trains on
+    (`par_xl.distribution.strategies`).
     """
     if train_config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -273,8 +279,7 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
             tail_capacities=capacity,
             seed=train_config.seed,
         )
-        schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, total_steps)
-        optimizer = make_optimizer(train_config.opt_name, schedule)
+        optimizer = make_training_optimizer(model, model_config, train_config, total_steps)
         quiet_native_logs()  # XLA's C++ "Compiled cluster" line under jit_compile
         model.compile(
             optimizer=optimizer,
@@ -286,6 +291,27 @@ def build_model(model_config, train_config, batch_shape, total_steps, capacity=N
     if strategy is not None:
         adapt_model(model, strategy)
     return model
+
+
+def make_training_optimizer(model, model_config, train_config, total_steps):
+    """The run's optimizer: `--opt_name` with its warm-up-cosine schedule for the weights, and,
+    for a supernet with an `--arch_optimizer`, the choice logits' own (`SearchOptimizer`). The
+    weights' schedule then spans the weight updates only (`--arch_fraction` takes some steps)."""
+    search = model_config.architecture is None and train_config.arch_optimizer != "none"
+    start, fraction = train_config.arch_start_step, train_config.arch_fraction
+    weight_steps = total_steps - (
+        count_architecture_steps(0, total_steps, start, fraction) if search else 0
+    )
+    schedule = WarmupCosine(train_config.max_lr, train_config.warmup_steps, weight_steps)
+    weights = make_optimizer(train_config.opt_name, schedule)
+    if not search:
+        return weights
+    architecture = make_architecture_optimizer(
+        train_config.arch_optimizer, train_config.arch_lr, train_config.arch_beta_1,
+        train_config.arch_weight_decay,
+    )  # fmt: skip
+    return SearchOptimizer(weights, architecture, lambda: model.architecture_variables, start,
+                           fraction)  # fmt: skip
 
 
 def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None,

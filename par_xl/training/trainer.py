@@ -26,6 +26,8 @@ import tensorflow as tf
 
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, to_json
 from par_xl.cost.flops import training_flops_per_token
+from par_xl.cost.latency import read_latency_table
+from par_xl.cost.objective import CostObjective, flops_costs, standard_architecture
 from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata
 from par_xl.data.label_statistics import max_tail_labels_per_batch
 from par_xl.data.unigram import read_unigram_file
@@ -100,6 +102,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, strategy=None):
         model, plan = build_and_restore(
             model_config, train_config, metadata["train"], checkpoints, strategy
         )
+        cost = search_cost(model, model_config, train_config, plan)
+        if train_config.cost != "none":
+            model.cost_objective = cost
         write_run_config(checkpoints.directory, model_config, train_config, metadata)
         log_start(model, model_config, train_config, plan, strategy)
         evaluation = cb.PeriodicEvaluation(
@@ -107,7 +112,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, strategy=None):
         )
         checkpointer = cb.Checkpointer(checkpoints, train_config.checkpoint_every)
         callbacks = make_callbacks(model, model_config, train_config, plan, evaluation,
-                                   checkpointer)  # fmt: skip
+                                   checkpointer, cost)  # fmt: skip
         fit_epochs(model, train_config, plan, callbacks, checkpointer, strategy)
         return write_results(model, train_config, evaluation)
 
@@ -231,6 +236,30 @@ def initialize_from(model, model_config, checkpoint_dir):
              checkpoint_dir, cb.global_step(source))  # fmt: skip
 
 
+def search_cost(model, model_config, train_config, plan):
+    """A supernet's cost (`CostObjective`), which the logs show and `--cost` adds to the loss:
+    the latency table's (`--cost=latency`) or the registry's FLOPs per token at the run's
+    shape; its weight is 0 without `--cost`. None for a fixed architecture (no search)."""
+    if model_config.architecture is not None:
+        return None
+    batch, segment = plan.batch_shape
+    if train_config.cost == "latency":
+        path = train_config.latency_table
+        costs = read_latency_table(path, model_config, segment, model_config.mem_len)
+        unit = "ms per batch"
+    else:
+        path, unit = None, "FLOPs per token"
+        costs = flops_costs(model, segment, model_config.mem_len, batch)
+    needed = {*model.choice_letters, *standard_architecture(2)}
+    if not needed <= set(costs):
+        raise ConfigError(
+            f"--latency_table={path} has no latency for {sorted(needed - set(costs))}: measure "
+            f"the letters {''.join(sorted(needed))} with latency_table.py."
+        )
+    weight = train_config.cost_weight if train_config.cost != "none" else 0.0
+    return CostObjective(costs, weight, train_config.cost_target, train_config.cost_form, unit)
+
+
 def log_start(model, model_config, train_config, plan, strategy=None):
     model.summary(print_fn=lambda line, **_: log.info(line))
     log.info("config:\n%s", to_json(model_config, train_config))
@@ -241,16 +270,17 @@ def log_start(model, model_config, train_config, plan, strategy=None):
              plan.first_step, plan.last_step, plan.total_steps)  # fmt: skip
 
 
-def make_callbacks(model, model_config, train_config, plan, evaluation, checkpointer):
+def make_callbacks(model, model_config, train_config, plan, evaluation, checkpointer, cost=None):
     """The run's callbacks, in order: the divergence guard before the evaluation and the
-    checkpointer, so a diverged state is neither evaluated nor saved."""
+    checkpointer, so a diverged state is neither evaluated nor saved. `cost` (a supernet's
+    `search_cost`) is logged beside the choice probabilities."""
     run = train_config.run_directory
     batch, segment = plan.batch_shape
     flops = training_flops_per_token(model, segment, batch)
     callbacks = [
         cb.MemoryReset(plan.steps_per_epoch),
         cb.TrainingLogger(
-            run, train_config.log_every, batch * segment, flops, plan.steps_per_epoch
+            run, train_config.log_every, batch * segment, flops, plan.steps_per_epoch, cost
         ),  # fmt: skip
         cb.DivergenceGuard(
             checkpointer.checkpoints, train_config.divergence_factor, model_config.vocab_size

@@ -1,0 +1,117 @@
+"""A cost term for the architecture search: the expected cost of the sampled architecture.
+
+Each block choice has a cost per block (`choice_costs`): its inference FLOPs per token from the
+choice registry (`--cost=flops`), or its forward latency measured on the target device
+(`--cost=latency`, a table from `latency_table.py`, `par_xl.cost.latency`). The expected cost
+of a supernet is differentiable in the choice logits (FBNet, ProxylessNAS):
+
+    E[cost] = sum over blocks b, letters c of softmax(logits_b)_c * cost_c
+
+(a fixed block adds its own letter's cost). With a target T (`--cost_target`, a fraction of the
+standard Transformer-XL of the same depth, `AFAF...`) and a weight w (`--cost_weight`) the loss
+becomes, for the cross-entropy CE:
+
+    additive        CE + w (E[cost] - T) / T          (ProxylessNAS, its lambda = w)
+    multiplicative  CE * (E[cost] / T) ** w           (FBNet's and MnasNet's form: in logs,
+                                                       log CE + w log(E[cost] / T))
+
+The additive term's gradient reaches only the logits; the multiplicative one also rescales the
+weights' gradient by (E/T)^w, close to 1 near the target. Both push the cost down with a
+strength w that does not depend on the cost's unit; neither stops at T (it sets the scale).
+"""
+
+import dataclasses
+
+import numpy as np
+from keras import ops
+
+from par_xl.layers.choices import CHOICES
+
+COSTS = ("none", "flops", "latency")
+FORMS = ("additive", "multiplicative")
+REFERENCE = "AF"  # the standard Transformer-XL's blocks, repeated to the model's depth
+
+
+def standard_architecture(num_layers):
+    """`AFAF...` of `num_layers` letters: the reference of `--cost_target`."""
+    return (REFERENCE * num_layers)[:num_layers]
+
+
+def flops_costs(model, segment_length, mem_len, batch_size):
+    """`{letter: forward FLOPs per token}` of one block with each letter the model's blocks
+    offer, and of A and F (the reference), at `(B, T)` batches over M memory positions."""
+    costs = {}
+    for block in model.blocks:
+        for letter in {*block.offered, *REFERENCE}:
+            if letter not in costs:
+                macs = CHOICES[letter].macs_per_token(block, segment_length, mem_len, batch_size,
+                                                      True)  # fmt: skip
+                costs[letter] = 2.0 * macs
+    return costs
+
+
+@dataclasses.dataclass(frozen=True)
+class CostObjective:
+    """The cost term of the search loss (module docstring).
+
+    Attributes:
+        costs: `{letter: cost of one block with it}`, covering every letter a block offers
+            and the reference's A and F.
+        weight: w, >= 0 (0: the cost is only measured, as the logs do without --cost).
+        target_fraction: T as a fraction of `standard_architecture`'s cost, > 0.
+        form: "additive" or "multiplicative".
+        unit: what a cost counts ("FLOPs per token", "ms per batch"), for logs.
+    """
+
+    costs: dict
+    weight: float
+    target_fraction: float
+    form: str = "additive"
+    unit: str = ""
+
+    def __post_init__(self):
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, received {self.form!r}.")
+        if not (np.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"weight must be a number >= 0, received {self.weight!r}.")
+        if not (np.isfinite(self.target_fraction) and self.target_fraction > 0):
+            raise ValueError(
+                f"target_fraction must be a positive number, received {self.target_fraction!r}."
+            )
+        for letter, cost in self.costs.items():
+            if not (np.isfinite(cost) and cost >= 0):
+                raise ValueError(f"the cost of {letter!r} must be >= 0, received {cost!r}.")
+
+    def architecture_cost(self, architecture):
+        """The cost of a fixed architecture string, e.g. `"AFAFAF"`."""
+        missing = sorted(set(architecture) - set(self.costs))
+        if missing:
+            raise ValueError(f"no cost for the letters {missing} (costs of {sorted(self.costs)}).")
+        return float(sum(self.costs[letter] for letter in architecture))
+
+    def target(self, num_layers):
+        """T: `target_fraction` of the standard architecture's cost."""
+        return self.target_fraction * self.architecture_cost(standard_architecture(num_layers))
+
+    def expected_cost(self, model):
+        """E[cost] of the model under its choice probabilities: a float32 scalar tensor,
+        differentiable in the choice logits."""
+        missing = sorted({c for b in model.blocks for c in b.offered} - set(self.costs))
+        if missing:
+            raise ValueError(f"no cost for the letters {missing} (costs of {sorted(self.costs)}).")
+        total = ops.zeros((), "float32")
+        for block in model.blocks:
+            if block.choice is not None:
+                total = total + self.costs[block.choice]
+            else:
+                costs = ops.convert_to_tensor([self.costs[c] for c in block.choices], "float32")
+                total = total + ops.sum(block.gumbel.probabilities() * costs)
+        return total
+
+    def loss(self, cross_entropy, expected_cost, num_layers):
+        """The search loss from the mean cross-entropy and `expected_cost`."""
+        cross_entropy = ops.cast(cross_entropy, "float32")
+        ratio = expected_cost / self.target(num_layers)
+        if self.form == "additive":
+            return cross_entropy + self.weight * (ratio - 1.0)
+        return cross_entropy * ops.power(ratio, self.weight)
