@@ -27,10 +27,12 @@ the trainer gives the weights' schedule the number of weight updates (`weight_st
 `iterations` is the global step. The state is the inner optimizers' variables after the
 global step's, so checkpoints hold it and `--resume` continues exactly.
 
-A conditional update differs by backend. TensorFlow: `ops.cond` around the inner `apply`
-(Keras's own gradient accumulation does the same, tf.distribute included). JAX, whose
-conditionals cannot assign state: both branches' values are computed and the step's kept with
-`ops.where` (Keras's JAX optimizer does the same for gradient accumulation).
+A conditional update differs by backend. TensorFlow on one device: `ops.cond` around the
+inner `apply`. JAX, whose conditionals cannot assign state, and TensorFlow under a tf.distribute
+strategy, where the inner update is a merge call that no conditional may hold: the inner
+`apply` always runs and every variable it wrote (weights, slots, its step) gets its old value
+back where the condition fails (`ops.where`; Keras's JAX optimizer does the same for gradient
+accumulation). That costs one more optimizer update on the steps it is undone.
 """
 
 import math
@@ -148,16 +150,42 @@ class SearchOptimizer(keras.optimizers.Optimizer):
         """`optimizer.apply(grads, variables)` where `condition` (a boolean scalar) holds."""
         if not variables:
             return
-        if keras.backend.backend() != "jax":
-            ops.cond(condition, lambda: optimizer.apply(grads, variables), lambda: None)
-            return
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.distribute.has_strategy():
+                ops.cond(condition, lambda: optimizer.apply(grads, variables), lambda: None)
+                return
         state = list(variables) + optimizer.variables
-        before = [v.value for v in state]
+        before = [ops.copy(v.value) for v in state]
         optimizer.apply(grads, variables)
-        for variable, old in zip(state, before):
-            variable.assign(ops.where(condition, variable.value, old))
+        _keep_where(condition, state, before)
 
     @property
     def learning_rate(self):
         """The weights' learning rate (what the logs show as `learning_rate`)."""
         return self.weights_optimizer.learning_rate
+
+
+def _keep_where(condition, variables, before):
+    """Each variable keeps its new value where `condition` holds, else gets `before` back.
+
+    JAX: plain assignments (inside the trainer's stateless scope). TensorFlow under a
+    tf.distribute strategy, where the optimizer updates in a merge call that no conditional may
+    hold (`merge_call` inside `tf.cond` fails): a merge call of its own, which writes every
+    device's copy of a mirrored variable with that device's values.
+    """
+    if keras.backend.backend() != "tensorflow":
+        for variable, old in zip(variables, before):
+            variable.assign(ops.where(condition, variable.value, old))
+        return
+    import tensorflow as tf
+
+    def restore(strategy, condition, before):
+        for variable, old in zip(variables, before):
+            strategy.extended.update(
+                variable.value, lambda v, c, o: v.assign(tf.where(c, v, o)), args=(condition, old),
+                group=False,
+            )  # fmt: skip
+
+    tf.distribute.get_replica_context().merge_call(restore, args=(condition, before))
