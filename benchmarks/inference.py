@@ -1,7 +1,7 @@
 """Inference throughput: evaluation (batch 32) and generation (batch 1); prints JSON.
 
     python benchmarks/inference.py [--models supernet,AAFFFF,AFAFAF,supernet_argmax]
-        [--shapes 32x16,128x128] [--parts evaluation,generation] [--notail_capacity] [--repeats 5]
+        [--reference AFAFAF] [--shapes 32x16,128x128] [--parts evaluation,generation] [--notail_capacity] [--repeats 5]
 
 Models: the base supernet (every block computes attention and feed-forward, weighted by its
 choice probabilities), a derived architecture (`derive("AAFFFF")`: each block holds only its
@@ -25,8 +25,8 @@ at M, XLA on; the sampling loop is timed alone, after a prompt of T tokens and a
 the long prompt on its own.
 
 Models take turns within each of `--repeats` rounds, so that a change of the machine's load
-touches all of them; figures are medians of the rounds, speed-ups medians of the per-round
-ratios. FLOPs per token (`par_xl.cost.flops`), the utilization of this machine's fp32 matmul peak
+touches all of them; figures are medians of the rounds, speed-ups (over `--reference`, by
+default the supernet) medians of the per-round ratios. FLOPs per token (`par_xl.cost.flops`), the utilization of this machine's fp32 matmul peak
 (measured in the same run, before and after) and the load average come with them.
 """
 
@@ -56,6 +56,9 @@ flags.DEFINE_list(
     "takes minutes to compile with XLA).",
 )
 flags.DEFINE_string("preferred", "AAFFFF", "The architecture the supernet's choices prefer.")
+flags.DEFINE_string(
+    "reference", "supernet", "The model of --models the others' speed-ups are measured against."
+)
 flags.DEFINE_list("shapes", ["32x16", "128x128"], "Segment x memory lengths, TxM.")
 flags.DEFINE_list("parts", ["evaluation", "generation"], "Which of evaluation, generation.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds; in each, every model runs once.")
@@ -87,7 +90,8 @@ def rounds(functions):
 
 def build_models(segment, mem_len, capacity):
     """The base supernet for (B, T) batches with memory M, its choices preferring
-    `--preferred` (as after a search), and the other models asked for."""
+    `--preferred` (as after a search), and the models asked for: `(supernet, {name: model})`
+    (the supernet is the source of every derived model, asked for or not)."""
     import keras
     import numpy as np
 
@@ -110,7 +114,7 @@ def build_models(segment, mem_len, capacity):
             models[name].set_weights(supernet.get_weights())
         else:
             models[name] = supernet.derive(name)
-    return models
+    return supernet, models
 
 
 def evaluation(models, segment, data, tokens):
@@ -181,11 +185,11 @@ def generation(models, segment):
 
 
 def speedups(times):
-    """Median over rounds of supernet time / model time, per model."""
+    """Median over rounds of the `--reference` model's time / model time, per other model."""
     return {
-        name: round(median([a / b for a, b in zip(times["supernet"], own)]), 2)
+        name: round(median([a / b for a, b in zip(times[FLAGS.reference], own)]), 2)
         for name, own in times.items()
-        if name != "supernet"
+        if name != FLAGS.reference
     }
 
 
@@ -201,10 +205,10 @@ def measure_shape(segment, mem_len):
     capacity = None
     if FLAGS.tail_capacity:  # as train.py's validation: the most any batch needs
         capacity = max_tail_labels_per_batch(labels, cutoffs, vocab_size)
-    models = build_models(segment, mem_len, capacity)
+    supernet, models = build_models(segment, mem_len, capacity)
     result = {"parameters": {name: model.count_params() for name, model in models.items()}}
     if "evaluation" in FLAGS.parts:  # what every model computes alike: embedding and softmax
-        shared = next(iter(models.values())).derive("I" * PRESETS["base"].num_layers)
+        shared = supernet.derive("I" * PRESETS["base"].num_layers)
         result["evaluation_softmax_flops_per_token"] = evaluation_flops_per_token(
             shared, segment, FLAGS.eval_batch_size
         )
@@ -216,12 +220,12 @@ def measure_shape(segment, mem_len):
         result["evaluation"], times = evaluation(models, segment, data, tokens)
         result["evaluation_batches"] = batches
         result["tail_capacities"] = capacity
-        if "supernet" in models:
-            result["evaluation_speedup_over_supernet"] = speedups(times)
+        if FLAGS.reference in models:
+            result[f"evaluation_speedup_over_{FLAGS.reference}"] = speedups(times)
     if "generation" in FLAGS.parts:
         result["generation"], times = generation(models, segment)
-        if "supernet" in models:
-            result["generation_speedup_over_supernet"] = speedups(times)
+        if FLAGS.reference in models:
+            result[f"generation_speedup_over_{FLAGS.reference}"] = speedups(times)
     return result
 
 

@@ -101,6 +101,9 @@ class ModelConfig:
 PRESETS = {
     # The original PAR base_model.sh.
     "base": ModelConfig(),
+    # The base width over long segments, where attention is a real share of the cost (the
+    # search-mechanics runs): data built with --seq_len=128, memory as long.
+    "base128": ModelConfig(mem_len=128),
     # Trains in seconds on a CPU: tests, the notebook, the smoke run.
     "tiny": ModelConfig(d_model=32, num_heads=2, d_ffn=64, num_layers=3, mem_len=8),
 }

@@ -1,5 +1,6 @@
 """Pictures of the search: the history read back from TrainingLogger's events, PNG, GIF, CLI."""
 
+import dataclasses
 import os
 import struct
 from pathlib import Path
@@ -45,6 +46,8 @@ def write_logs(train, history, last_step_cut=False):
             tf.summary.scalar("learning_rate", 1e-4)
             tf.summary.scalar("tau", t)
             tf.summary.scalar("tokens_per_second", 1000.0)
+            if history.cost is not None:
+                tf.summary.scalar("cost/expected", history.cost[list(steps).index(step)])
             if last_step_cut and step == steps[-1]:
                 break
             for layer, row in enumerate(rows):
@@ -115,6 +118,27 @@ def test_reads_and_draws_the_letters_the_run_logged(tmp_path):
     assert set(history.architecture) <= set("AI")
     draw_probabilities_over_steps(history, tmp_path / "search.png")
     draw_search_animation(history, tmp_path / "search.gif", frames=2)
+
+
+def test_reads_and_draws_the_expected_cost_when_logged(tmp_path):
+    """A run with a search cost logs `cost/expected`: read back, and drawn in a panel of its
+    own (a taller picture); a run from before it reads as cost None."""
+    rng = np.random.default_rng(4)
+    cost = np.float32([0.67, 0.6, 0.55])
+    logged = SearchHistory(np.array([10, 20, 30]), LETTERS, random_probabilities(rng, 3),
+                           np.float32([0.9, 0.8, 0.7]), np.float32([5, 4, 3.5]), cost)  # fmt: skip
+    write_logs(tmp_path / "with" / "train", logged)
+    history = read_search_history(tmp_path / "with")
+    np.testing.assert_array_equal(history.cost, cost)
+    without = dataclasses.replace(logged, cost=None)
+    write_logs(tmp_path / "without" / "train", without)
+    assert read_search_history(tmp_path / "without").cost is None
+    heights = []
+    for name, drawn in (("with", history), ("without", without)):
+        draw_probabilities_over_steps(drawn, tmp_path / f"{name}.png")
+        with Image.open(tmp_path / f"{name}.png") as png:
+            heights.append(png.height)
+    assert heights[0] > heights[1] + 150  # the cost panel
 
 
 def test_reads_tf1_simple_values(tmp_path):
