@@ -4,6 +4,7 @@ evaluation and generation on a tiny model trained on generated text."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -302,6 +303,8 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     log = (trained_run / "training_log.log").read_text()
     assert "Total params" in log and '"max_lr": 0.003' in log
     assert "step 60 | loss" in log and "ms/step" in log and "| tau 0." in log
+    # The supernet's expected cost and its argmax's, as multiples of the standard model's.
+    assert re.search(r"step 60 \| .* \| cost \d+\.\d{3}x, argmax \d+\.\d{3}x", log)
     assert sorted(p.name for p in (trained_run / "checkpoints").glob("ckpt-*")) == [
         "ckpt-00000050.state.npz", "ckpt-00000050.weights.h5",
         "ckpt-00000060.state.npz", "ckpt-00000060.weights.h5"]  # fmt: skip
