@@ -238,7 +238,7 @@ flags.DEFINE_enum(
     DEFAULT["cost_form"],
     FORMS,
     "additive: CE + w (E[cost] - T) / T (ProxylessNAS); multiplicative: CE (E[cost] / T)^w "
-    "(FBNet, MnasNet).",
+    "(FBNet, MnasNet); hinge: CE + w max(E[cost] - T, 0) / T (no pressure at or below T).",
 )
 flags.DEFINE_string(
     "latency_table", None, "--cost=latency: a JSON table of latency_table.py at this shape."

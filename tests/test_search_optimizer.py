@@ -239,13 +239,14 @@ def test_expected_cost_is_the_probability_weighted_sum():
     assert float(objective.expected_cost(fixed)) == objective.architecture_cost("AFI") == 5.0
 
 
-@pytest.mark.parametrize("form", ["additive", "multiplicative"])
-def test_cost_term_gradient_matches_finite_differences(form):
+@pytest.mark.parametrize("form,target", [("additive", 0.8), ("multiplicative", 0.8),
+                                         ("hinge", 0.8), ("hinge", 5.0)])  # fmt: skip
+def test_cost_term_gradient_matches_finite_differences(form, target):
     model = tiny_supernet()
     rng = np.random.default_rng(2)
     for layer in model.choice_layers:
         layer.logits.assign(rng.normal(size=3).astype("float32"))
-    objective = CostObjective({"A": 3.0, "F": 2.0, "I": 0.5}, 0.3, 0.8, form)
+    objective = CostObjective({"A": 3.0, "F": 2.0, "I": 0.5}, 0.3, target, form)
     cross_entropy = tf.constant(4.0)
 
     def loss():
@@ -270,8 +271,11 @@ def test_cost_term_gradient_matches_finite_differences(form):
             np.testing.assert_allclose(gradient.numpy()[k], (values[0] - values[1]) / (2 * eps),
                                        rtol=1e-2, atol=1e-5)  # fmt: skip
     ratio = float(objective.expected_cost(model)) / objective.target(3)
-    expected = 4.0 + 0.3 * (ratio - 1) if form == "additive" else 4.0 * ratio**0.3
+    expected = {"additive": 4.0 + 0.3 * (ratio - 1), "multiplicative": 4.0 * ratio**0.3,
+                "hinge": 4.0 + 0.3 * max(ratio - 1, 0)}[form]  # fmt: skip
     np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+    if form == "hinge" and ratio < 1:  # below the target: no pressure at all
+        assert all(not np.any(g.numpy()) for g in gradients)
 
 
 def test_the_cost_term_enters_the_training_loss_only():

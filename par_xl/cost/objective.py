@@ -14,10 +14,13 @@ becomes, for the cross-entropy CE:
     additive        CE + w (E[cost] - T) / T          (ProxylessNAS, its lambda = w)
     multiplicative  CE * (E[cost] / T) ** w           (FBNet's and MnasNet's form: in logs,
                                                        log CE + w log(E[cost] / T))
+    hinge           CE + w max(E[cost] - T, 0) / T    (MnasNet's hard constraint: no pressure
+                                                       once the cost is at or below T)
 
-The additive term's gradient reaches only the logits; the multiplicative one also rescales the
-weights' gradient by (E/T)^w, close to 1 near the target. Both push the cost down with a
-strength w that does not depend on the cost's unit; neither stops at T (it sets the scale).
+The additive and hinge terms' gradients reach only the logits; the multiplicative one also
+rescales the weights' gradient by (E/T)^w, close to 1 near the target. All push the cost down
+with a strength w that does not depend on the cost's unit; additive and multiplicative never
+stop (T sets the scale), hinge stops at T, so that it is the one that targets a cost.
 """
 
 import dataclasses
@@ -28,7 +31,7 @@ from keras import ops
 from par_xl.layers.choices import CHOICES
 
 COSTS = ("none", "flops", "latency")
-FORMS = ("additive", "multiplicative")
+FORMS = ("additive", "multiplicative", "hinge")
 REFERENCE = "AF"  # the standard Transformer-XL's blocks, repeated to the model's depth
 
 
@@ -59,7 +62,7 @@ class CostObjective:
             and the reference's A and F.
         weight: w, >= 0 (0: the cost is only measured, as the logs do without --cost).
         target_fraction: T as a fraction of `standard_architecture`'s cost, > 0.
-        form: "additive" or "multiplicative".
+        form: "additive", "multiplicative" or "hinge".
         unit: what a cost counts ("FLOPs per token", "ms per batch"), for logs.
     """
 
@@ -114,4 +117,6 @@ class CostObjective:
         ratio = expected_cost / self.target(num_layers)
         if self.form == "additive":
             return cross_entropy + self.weight * (ratio - 1.0)
+        if self.form == "hinge":
+            return cross_entropy + self.weight * ops.maximum(ratio - 1.0, 0.0)
         return cross_entropy * ops.power(ratio, self.weight)
