@@ -1,7 +1,8 @@
 """Inference throughput: evaluation (batch 32) and generation (batch 1); prints JSON.
 
     python benchmarks/inference.py [--models supernet,AAFFFF,AFAFAF,supernet_argmax]
-        [--reference AFAFAF] [--shapes 32x16,128x128] [--parts evaluation,generation] [--notail_capacity] [--repeats 5]
+        [--reference AFAFAF] [--shapes 32x16,128x128] [--parts evaluation,generation]
+        [--notail_capacity] [--repeats 5]
 
 Models: the base supernet (every block computes attention and feed-forward, weighted by its
 choice probabilities), a derived architecture (`derive("AAFFFF")`: each block holds only its
@@ -26,8 +27,9 @@ the long prompt on its own.
 
 Models take turns within each of `--repeats` rounds, so that a change of the machine's load
 touches all of them; figures are medians of the rounds, speed-ups (over `--reference`, by
-default the supernet) medians of the per-round ratios. FLOPs per token (`par_xl.cost.flops`), the utilization of this machine's fp32 matmul peak
-(measured in the same run, before and after) and the load average come with them.
+default the supernet) medians of the per-round ratios. FLOPs per token (`par_xl.cost.flops`),
+the utilization of this machine's fp32 matmul peak (measured in the same run, before and after)
+and the load average come with them.
 """
 
 import json

@@ -1,0 +1,169 @@
+r"""The search-mechanics runs side by side (issue 28): when the search moves, what it derives,
+what that costs and how good it is after fine-tuning; prints JSON (or Markdown).
+
+    python benchmarks/search_mechanics.py --runs_dir=runs/t128 \
+        --latency_table=runs/t128/latency_base128.json [--inference=inference.json] [--markdown]
+
+Reads every run directory under `--runs_dir` that has a results.json: a search (a supernet), a
+fine-tune of a derived architecture (`ft_<search>`, trained with `--init_from` the search) or a
+model trained from scratch. For a search:
+    moved_at        the first logged step at which some block's choice probabilities are more
+                    than `--moved` from uniform (1/K each), and the argmax architecture there;
+    probabilities   each block's final probabilities, registry letters;
+    derived         the argmax architecture at the end, its latency (the table's forward ms,
+                    summed over blocks) and FLOPs per token as multiples of the standard
+                    AFAF... model's;
+    seconds         the training time (steps x ms/step of the log, evaluations excluded).
+For every run its valid and test perplexity per token and per word, and for a fine-tune the
+total steps and seconds of search plus fine-tune. With `--inference` (the JSON of
+`benchmarks/inference.py --models <derived...>,AFAFAF --reference AFAFAF --shapes 128x128`),
+each derived architecture's measured evaluation tokens/s and its speed-up over AFAFAF.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from par_xl.cost.objective import standard_architecture  # noqa: E402
+from par_xl.reporting.run_events import training_seconds  # noqa: E402
+from par_xl.reporting.search_picture import NoSearchHistory, read_search_history  # noqa: E402
+from par_xl.training.runs import read_run_config  # noqa: E402
+
+flags.DEFINE_string("runs_dir", "runs/t128", "The directory holding the run directories.")
+flags.DEFINE_string("latency_table", None, "latency_table.py's JSON at the runs' shape.")
+flags.DEFINE_string("inference", None, "benchmarks/inference.py's JSON for the derived models.")
+flags.DEFINE_float("moved", 0.05, "How far from uniform a probability must be to have moved.")
+flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
+FLAGS = flags.FLAGS
+
+
+def search_figures(run, moved):
+    """When the search moved, its final probabilities and architecture, from its events."""
+    history = read_search_history(run)
+    offered = history.probabilities[0] > 0  # (L, C): the letters each block offers
+    uniform = offered / offered.sum(axis=1, keepdims=True)
+    distance = abs(history.probabilities - uniform).max(axis=(1, 2))  # (S,)
+    first = next((i for i, d in enumerate(distance) if d > moved), None)
+    return {
+        "moved_at": None if first is None else int(history.steps[first]),
+        "architecture_when_moved": None if first is None else "".join(
+            history.letters[j] for j in history.probabilities[first].argmax(axis=1)),
+        "probabilities": {
+            f"block_{i}": {c: round(float(p), 3) for c, p in zip(history.letters, row) if p > 0}
+            for i, row in enumerate(history.probabilities[-1])
+        },
+        "derived": history.architecture,
+    }  # fmt: skip
+
+
+def relative_costs(architecture, table, flops):
+    """`architecture`'s latency (the table's) and FLOPs as multiples of the standard model's."""
+    standard = standard_architecture(len(architecture))
+    result = {}
+    if table is not None:
+        latency = table["forward_ms"]
+        result["latency_x_standard"] = round(
+            sum(latency[c] for c in architecture) / sum(latency[c] for c in standard), 3
+        )
+    if flops is not None:
+        result["flops_x_standard"] = round(
+            sum(flops[c] for c in architecture) / sum(flops[c] for c in standard), 3
+        )
+    return result
+
+
+def run_figures(run):
+    results = json.loads((run / "results.json").read_text())
+    model_config, train_config, data = read_run_config(run / "checkpoints")
+    tokens_per_step = data["train"]["batch_size"] * data["train"]["seq_len"]
+    figures = {
+        "architecture": model_config.architecture or "supernet",
+        "search": model_config.search if model_config.architecture is None else None,
+        "steps": results["step"],
+        "seconds": round(training_seconds(run, tokens_per_step)),
+        "init_from": train_config.init_from,
+    }
+    for split in ("valid", "test"):
+        if split in results:
+            figures[split] = {k: round(results[split][k], 3) for k in
+                              ("perplexity", "word_perplexity", "bits_per_character")}  # fmt: skip
+    settings = ("arch_optimizer", "arch_lr", "arch_start_step", "arch_fraction", "cost",
+                "cost_weight", "cost_target", "cost_form")  # fmt: skip
+    if model_config.architecture is None:
+        figures["settings"] = {name: getattr(train_config, name) for name in settings}
+    return figures
+
+
+def flops_table(run):
+    """FLOPs per token of each letter at the run's shape (from its model)."""
+    from par_xl.cost.objective import flops_costs
+    from par_xl.models import PARTransformerXL
+
+    model_config, _, data = read_run_config(run / "checkpoints")
+    model = PARTransformerXL(**model_config.model_kwargs())
+    batch, segment = data["train"]["batch_size"], data["train"]["seq_len"]
+    model.build((batch, segment))
+    return flops_costs(model, segment, model_config.mem_len, batch)
+
+
+def collect(runs_dir, table, inference, moved):
+    runs = sorted(p.parent for p in Path(runs_dir).glob("*/results.json"))
+    report, flops = {}, None
+    for run in runs:
+        figures = run_figures(run)
+        if figures["architecture"] == "supernet":
+            flops = flops or flops_table(run)
+            try:
+                figures.update(search_figures(run, moved))
+            except NoSearchHistory:
+                pass
+            figures.update(relative_costs(figures["derived"], table, flops))
+        report[run.name] = figures
+    for name, figures in report.items():
+        search = report.get(name.removeprefix("ft_")) if name.startswith("ft_") else None
+        if search is not None:
+            figures["total_steps"] = search["steps"] + figures["steps"]
+            figures["total_seconds"] = search["seconds"] + figures["seconds"]
+    if inference is not None:
+        for shape in (v for k, v in inference.items() if k.startswith("T")):  # e.g. T128_M128
+            speedups = shape.get("evaluation_speedup_over_AFAFAF", {})
+            for figures in report.values():
+                architecture = figures.get("derived") or figures["architecture"]
+                if architecture in shape.get("evaluation", {}):
+                    figures["eval_tokens_per_second"] = shape["evaluation"][architecture][
+                        "tokens_per_second"]
+                    figures["eval_speedup_over_AFAFAF"] = speedups.get(architecture, 1.0)
+    return report
+
+
+def markdown(report):
+    lines = ["| run | search | settings | moved at | derived | latency / FLOPs x std | valid "
+             "word ppl | test word ppl | steps | seconds |", "|" + "---|" * 10]  # fmt: skip
+    for name, f in report.items():
+        settings = f.get("settings", {})
+        lines.append(
+            f"| {name} | {f.get('search') or '-'} | "
+            + (", ".join(f"{k}={v}" for k, v in settings.items()) or f["architecture"])
+            + f" | {f.get('moved_at', '-')} | {f.get('derived', f['architecture'])} | "
+            f"{f.get('latency_x_standard', '-')} / {f.get('flops_x_standard', '-')} | "
+            f"{f.get('valid', {}).get('word_perplexity', '-')} | "
+            f"{f.get('test', {}).get('word_perplexity', '-')} | "
+            f"{f.get('total_steps', f['steps'])} | {f.get('total_seconds', f['seconds'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    table = json.loads(Path(FLAGS.latency_table).read_text()) if FLAGS.latency_table else None
+    inference = json.loads(Path(FLAGS.inference).read_text()) if FLAGS.inference else None
+    report = collect(FLAGS.runs_dir, table, inference, FLAGS.moved)
+    print(markdown(report) if FLAGS.markdown else json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
