@@ -65,7 +65,9 @@ flags.DEFINE_string(
     "architecture",
     None,
     f"Train a fixed architecture, one letter of {''.join(CHOICES)} per block, e.g. AAFAFF (no "
-    "search).",
+    "search), or a rule that expands to --num_layers letters (par_xl/models/rules.py): standard "
+    "(AFAF...), par_rule:p=5 (PAR: num_layers/p attention blocks in the first two-thirds), "
+    "late_rule:p=5 (as many, in the last third), sandwich:k=3 (k A, then AF pairs, then k F).",
 )
 flags.DEFINE_enum(
     "search",
@@ -257,7 +259,16 @@ def model_config_from_flags():
         overrides["cutoffs"] = tuple(c for c in overrides["cutoffs"] if c != 0)
     if "knn_layers" in overrides:
         overrides["knn_layers"] = tuple(overrides["knn_layers"])
-    return dataclasses.replace(PRESETS[FLAGS.preset], **overrides)
+    config = dataclasses.replace(PRESETS[FLAGS.preset], **overrides)
+    if config.architecture is not None:  # a rule becomes its letters, which config.json records
+        from par_xl.models.rules import expand_architecture
+
+        try:
+            letters = expand_architecture(config.architecture, config.num_layers)
+        except ValueError as error:
+            raise ConfigError(f"--{error}") from None
+        config = dataclasses.replace(config, architecture=letters)
+    return config
 
 
 def default_jit_compile():

@@ -29,7 +29,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from par_xl.cost.objective import standard_architecture  # noqa: E402
+from par_xl.models.rules import standard_architecture  # noqa: E402
 from par_xl.reporting.run_events import training_seconds  # noqa: E402
 from par_xl.reporting.search_picture import NoSearchHistory, read_search_history  # noqa: E402
 from par_xl.training.runs import read_run_config  # noqa: E402

@@ -146,7 +146,7 @@ class TrainConfig:
     arch_lr: float = 1e-2
     arch_beta_1: float = 0.5
     arch_weight_decay: float = 1e-3
-    arch_start_step: int = 4000  # the logits stay as initialised before this step
+    arch_start_step: int = 4000  # logits frozen before this step (train.py: --warmup_steps)
     arch_fraction: float = 0.0  # share of batches that update only the logits; 0: joint
     cost: str = "none"  # the search's cost term: "none", "flops" or "latency"
     cost_weight: float = 0.1

@@ -125,3 +125,23 @@ def run_on_jax(script_text: str, directory: Path, *args: str) -> dict:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_data(small_text_dir, tmp_path_factory) -> Path:
+    """The generated corpus built with a 400-piece vocabulary into 4 x 16 batches:
+    `<root>/tf/{train,valid,test}`, `<root>/sp.model`."""
+    from par_xl.data import BuildConfig, build_data
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    build_data(
+        BuildConfig(
+            input_text=str(small_text_dir),
+            tfrecords_directory=str(root / "tf"),
+            sp_model_prefix=str(root / "sp"),
+            vocab_size=400,
+            batch_size=4,
+            seq_len=16,
+        )
+    )
+    return root

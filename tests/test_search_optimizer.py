@@ -22,9 +22,10 @@ from par_xl.cost.latency import (
     read_latency_table,
     write_latency_table,
 )
-from par_xl.cost.objective import CostObjective, flops_costs, standard_architecture
+from par_xl.cost.objective import CostObjective, flops_costs
 from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.models import PARTransformerXL
+from par_xl.models.rules import standard_architecture
 from par_xl.training.search_optimizer import count_architecture_steps, is_architecture_step
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from keras import ops
 from scripts import run_script
 
 from par_xl.configs import PRESETS, ConfigError, ModelConfig, TrainConfig
-from par_xl.data import BuildConfig, build_data, load_dataset, read_metadata
+from par_xl.data import load_dataset, read_metadata
 from par_xl.distribution import replicas
 from par_xl.models import PARTransformerXL
 from par_xl.models.compiled import compiled_function
@@ -30,23 +30,6 @@ from par_xl.training.runs import check_data
 from par_xl.training.schedules import WarmupCosine, tau_at
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(small_text_dir, tmp_path_factory):
-    """The generated corpus built with a 400-piece vocabulary into 4 x 16 batches."""
-    root = tmp_path_factory.mktemp("tiny_data")
-    build_data(
-        BuildConfig(
-            input_text=str(small_text_dir),
-            tfrecords_directory=str(root / "tf"),
-            sp_model_prefix=str(root / "sp"),
-            vocab_size=400,
-            batch_size=4,
-            seq_len=16,
-        )
-    )
-    return root
 
 
 def train_args(data, run_dir, name, *extra):

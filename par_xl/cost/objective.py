@@ -29,15 +29,11 @@ import numpy as np
 from keras import ops
 
 from par_xl.layers.choices import CHOICES
+from par_xl.models.rules import standard_architecture
 
 COSTS = ("none", "flops", "latency")
 FORMS = ("additive", "multiplicative", "hinge")
-REFERENCE = "AF"  # the standard Transformer-XL's blocks, repeated to the model's depth
-
-
-def standard_architecture(num_layers):
-    """`AFAF...` of `num_layers` letters: the reference of `--cost_target`."""
-    return (REFERENCE * num_layers)[:num_layers]
+REFERENCE = standard_architecture(2)  # the letters of the standard model, the cost reference
 
 
 def flops_costs(model, segment_length, mem_len, batch_size):

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from par_xl.cost.objective import standard_architecture
+from par_xl.models.rules import standard_architecture
 from par_xl.reporting.search_picture import choice_figure
 from par_xl.runtime.log_files import format_metrics
 from par_xl.training.evaluation import evaluate_split

@@ -27,7 +27,7 @@ import tensorflow as tf
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, to_json
 from par_xl.cost.flops import training_flops_per_token
 from par_xl.cost.latency import read_latency_table
-from par_xl.cost.objective import CostObjective, flops_costs, standard_architecture
+from par_xl.cost.objective import CostObjective, flops_costs
 from par_xl.data import UNIGRAM_FILE, DataError, load_dataset, read_metadata
 from par_xl.data.label_statistics import max_tail_labels_per_batch
 from par_xl.data.unigram import read_unigram_file
@@ -46,6 +46,7 @@ from par_xl.files import (
     remove_temporaries,
     reporting_full_disk,
 )
+from par_xl.models.rules import standard_architecture
 from par_xl.reporting.search_picture import NoSearchHistory, draw_search
 from par_xl.runtime.log_files import format_metrics, log_to_file
 from par_xl.training import callbacks as cb
