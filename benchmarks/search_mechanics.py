@@ -141,14 +141,31 @@ def collect(runs_dir, table, inference, moved):
     return report
 
 
+def short_settings(figures):
+    """A search's settings in a few words (the cost ones only with a cost), or the
+    architecture of a fixed model."""
+    settings = figures.get("settings")
+    if settings is None:
+        return figures["architecture"] + (" (fine-tuned)" if figures["init_from"] else "")
+    if settings["arch_optimizer"] == "none":
+        words = ["joint (weights' optimizer)"]
+    else:
+        words = [f"{settings['arch_optimizer']} {settings['arch_lr']:g} from "
+                 f"{settings['arch_start_step']}"]  # fmt: skip
+    if settings["arch_fraction"]:
+        words.append(f"fraction {settings['arch_fraction']:g}")
+    if settings["cost"] != "none":
+        words.append(f"{settings['cost']} {settings['cost_form']} w {settings['cost_weight']:g} "
+                     f"T {settings['cost_target']:g}")  # fmt: skip
+    return ", ".join(words)
+
+
 def markdown(report):
     lines = ["| run | search | settings | moved at | derived | latency / FLOPs x std | valid "
              "word ppl | test word ppl | steps | seconds |", "|" + "---|" * 10]  # fmt: skip
     for name, f in report.items():
-        settings = f.get("settings", {})
         lines.append(
-            f"| {name} | {f.get('search') or '-'} | "
-            + (", ".join(f"{k}={v}" for k, v in settings.items()) or f["architecture"])
+            f"| {name} | {f.get('search') or '-'} | {short_settings(f)}"
             + f" | {f.get('moved_at', '-')} | {f.get('derived', f['architecture'])} | "
             f"{f.get('latency_x_standard', '-')} / {f.get('flops_x_standard', '-')} | "
             f"{f.get('valid', {}).get('word_perplexity', '-')} | "
