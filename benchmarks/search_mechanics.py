@@ -1,8 +1,18 @@
 r"""The search-mechanics runs side by side (issue 28): when the search moves, what it derives,
 what that costs and how good it is after fine-tuning; prints JSON (or Markdown).
 
+    python benchmarks/search_mechanics.py --run    # the series below first (hours; resumable)
     python benchmarks/search_mechanics.py --runs_dir=runs/t128 \
         --latency_table=runs/t128/latency_base128.json [--inference=inference.json] [--markdown]
+
+The series (`--run`, `SERIES`, `benchmarks/series.py`): the base width at T = M = 128 (preset
+base128, data built with `--seq_len=128` in `--data_dir`), 4 epochs per search with the weights'
+warm-up and the architecture's start at step 1,000; the latency table first
+(`latency_table.py`); for each search setting, single path and all branches: the architecture
+optimizer's defaults; with a latency cost (hinge, target 0.7x the standard model, weight 1);
+joint updates with the weights' optimizer (par-xl before the architecture optimizer); a
+bilevel fraction of 0.2. Then each derived architecture fine-tuned for 4 epochs from its
+supernet, and the standard AFAFAF trained from scratch for 8 epochs: equal total steps.
 
 Reads every run directory under `--runs_dir` that has a results.json: a search (a supernet), a
 fine-tune of a derived architecture (`ft_<search>`, trained with `--init_from` the search) or a
@@ -22,6 +32,7 @@ each derived architecture's measured evaluation tokens/s and its speed-up over A
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,17 +40,57 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.series import Run, run_series  # noqa: E402
 from par_xl.models.rules import standard_architecture  # noqa: E402
 from par_xl.reporting.run_events import training_seconds  # noqa: E402
 from par_xl.reporting.search_picture import NoSearchHistory, read_search_history  # noqa: E402
 from par_xl.training.runs import read_run_config  # noqa: E402
 
 flags.DEFINE_string("runs_dir", "runs/t128", "The directory holding the run directories.")
-flags.DEFINE_string("latency_table", None, "latency_table.py's JSON at the runs' shape.")
+flags.DEFINE_string("latency_table", "runs/t128/latency_base128.json",
+                    "latency_table.py's JSON at the runs' shape (--run measures it if missing).")
+flags.DEFINE_bool("run", False, "Run (or resume) the series of runs first.")
+flags.DEFINE_string("data_dir", "data/tfrecords_t128", "--run: the T = 128 splits.")
+flags.DEFINE_string("sp_model_prefix", "data/sp12k", "--run: their SentencePiece model.")
 flags.DEFINE_string("inference", None, "benchmarks/inference.py's JSON for the derived models.")
 flags.DEFINE_float("moved", 0.05, "How far from uniform a probability must be to have moved.")
 flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
 FLAGS = flags.FLAGS
+
+
+def series(latency_table):
+    """The runs of `--run`, in order of importance (module docstring)."""
+    cost = ("--cost=latency", f"--latency_table={latency_table}", "--cost_form=hinge",
+            "--cost_target=0.7", "--cost_weight=1.0")  # fmt: skip
+    searches = {"cost": cost, "arch": (), "joint": ("--arch_optimizer=none",),
+                "frac": ("--arch_fraction=0.2",)}  # fmt: skip
+    runs = []
+    for search, flag in (("sp", ("--search=single_path",)), ("ab", ())):
+        runs += [Run(f"s_{search}_{name}", (*flag, "--epochs=4", *extra))
+                 for name, extra in searches.items()]  # fmt: skip
+    runs.insert(1, Run("std_AFAFAF", ("--architecture=AFAFAF", "--epochs=8")))
+    runs.insert(2, Run("ft_s_sp_cost", ("--epochs=4",), after="s_sp_cost"))
+    return runs + [Run(f"ft_{r.name}", ("--epochs=4",), after=r.name) for r in runs
+                   if r.name.startswith("s_") and r.name != "s_sp_cost"]  # fmt: skip
+
+
+def run_all():
+    """Measures the latency table if missing, then runs the series; a failed run stops it."""
+    table = Path(FLAGS.latency_table)
+    if not table.is_file():
+        command = [sys.executable, "latency_table.py", "--preset=base128", "--seq_len=128",
+                   f"--output={table}"]  # fmt: skip
+        table.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).parents[1])
+    common = [f"--train_directory={FLAGS.data_dir}/train",
+              f"--valid_directory={FLAGS.data_dir}/valid",
+              f"--test_directory={FLAGS.data_dir}/test",
+              f"--sp_model_prefix={FLAGS.sp_model_prefix}",
+              "--preset=base128", "--warmup_steps=1000", "--log_every=50",
+              "--checkpoint_every=500"]  # fmt: skip
+    failed = run_series(series(table), FLAGS.runs_dir, common)
+    if failed is not None:
+        raise SystemExit(f"search_mechanics.py: the run {failed} failed; see its .out file.")
 
 
 def search_figures(run, moved):
@@ -176,6 +227,8 @@ def markdown(report):
 
 
 def main(argv):
+    if FLAGS.run:
+        run_all()
     table = json.loads(Path(FLAGS.latency_table).read_text()) if FLAGS.latency_table else None
     inference = json.loads(Path(FLAGS.inference).read_text()) if FLAGS.inference else None
     report = collect(FLAGS.runs_dir, table, inference, FLAGS.moved)
