@@ -1,0 +1,40 @@
+"""A resumable series of training runs (benchmarks/series.py): which flags each run gets, and
+running a real series of two tiny runs, the second fine-tuning what the first derived."""
+
+import json
+
+import pytest
+
+from benchmarks.series import Run, run_flags, run_series
+
+
+def test_a_run_resumes_once_it_has_a_checkpoint_and_fine_tunes_what_its_search_derived(tmp_path):
+    search, fine_tune = Run("search", ("--epochs=4",)), Run("ft", ("--epochs=2",), "search")
+    assert run_flags(search, tmp_path) == [f"--log_dir={tmp_path}", "--model_name=search",
+                                           "--epochs=4"]  # fmt: skip
+    assert run_flags(fine_tune, tmp_path) is None  # its search has no results yet
+    (tmp_path / "search/checkpoints").mkdir(parents=True)
+    (tmp_path / "search/checkpoints/ckpt-00000010.weights.h5").write_bytes(b"")
+    assert run_flags(search, tmp_path)[-1] == "--resume"
+    (tmp_path / "search/results.json").write_text(json.dumps({"architecture": "AFI"}))
+    assert run_flags(fine_tune, tmp_path)[-2:] == [
+        "--architecture=AFI", f"--init_from={tmp_path}/search/checkpoints"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_series_runs_what_is_missing_and_stops_at_a_failure(tiny_data, tmp_path):
+    common = [f"--train_directory={tiny_data}/tf/train", f"--valid_directory={tiny_data}/tf/valid",
+              f"--sp_model_prefix={tiny_data}/sp", "--preset=tiny", "--cutoffs=20",
+              "--max_steps=3", "--warmup_steps=1", "--arch_start_step=1"]  # fmt: skip
+    runs = [Run("search", ("--search=single_path",)), Run("ft", (), after="search"),
+            Run("bad", ("--max_lr=-1",)), Run("never", ())]  # fmt: skip
+    assert run_series(runs, tmp_path, common) == "bad"
+    derived = json.loads((tmp_path / "search/results.json").read_text())["architecture"]
+    config = json.loads((tmp_path / "ft/checkpoints/config.json").read_text())
+    assert config["model"]["architecture"] == derived
+    assert config["train"]["init_from"] == f"{tmp_path}/search/checkpoints"
+    assert not (tmp_path / "never").exists()
+    log = (tmp_path / "series.log").read_text()
+    assert "end search exit 0" in log and "end bad exit 2" in log
+    assert run_series(runs[:2], tmp_path, common) is None  # done: nothing runs again
+    assert log == (tmp_path / "series.log").read_text()
