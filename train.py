@@ -322,12 +322,9 @@ def train(strategy, jit_compile):
         **{
             f.name: getattr(FLAGS, f.name)
             for f in dataclasses.fields(TrainConfig)
-            if f.name not in ("jit_compile", "log_dir", "eval_steps", "arch_start_step")
+            if f.name not in ("jit_compile", "log_dir", "eval_steps")
         },
         eval_steps=tuple(FLAGS.eval_steps or ()),
-        arch_start_step=(
-            FLAGS.warmup_steps if FLAGS.arch_start_step is None else FLAGS.arch_start_step
-        ),
         jit_compile=jit_compile,
         log_dir=FLAGS.log_dir or "runs",
     )

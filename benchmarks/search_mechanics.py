@@ -147,6 +147,7 @@ def run_figures(run):
                 "cost_weight", "cost_target", "cost_form")  # fmt: skip
     if model_config.architecture is None:
         figures["settings"] = {name: getattr(train_config, name) for name in settings}
+        figures["settings"]["arch_start_step"] = train_config.architecture_start
     return figures
 
 

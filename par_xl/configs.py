@@ -146,7 +146,7 @@ class TrainConfig:
     arch_lr: float = 1e-2
     arch_beta_1: float = 0.5
     arch_weight_decay: float = 1e-3
-    arch_start_step: int = 4000  # logits frozen before this step (train.py: --warmup_steps)
+    arch_start_step: int | None = None  # logits frozen before it; None: warmup_steps
     arch_fraction: float = 0.0  # share of batches that update only the logits; 0: joint
     cost: str = "none"  # the search's cost term: "none", "flops" or "latency"
     cost_weight: float = 0.1
@@ -173,7 +173,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--arch_fraction must be in [0, 1), received {self.arch_fraction}."
             )
-        if self.arch_start_step < 0:
+        if self.arch_start_step is not None and self.arch_start_step < 0:
             raise ConfigError(f"--arch_start_step must be >= 0, received {self.arch_start_step}.")
         if self.arch_fraction and self.arch_optimizer == "none":
             raise ConfigError(
@@ -184,6 +184,12 @@ class TrainConfig:
             raise ConfigError(
                 "--cost=latency needs --latency_table (a table from latency_table.py)."
             )
+
+    @property
+    def architecture_start(self):
+        """The step from which the choice logits train: `arch_start_step`, else the end of
+        the weights' warm-up."""
+        return self.warmup_steps if self.arch_start_step is None else self.arch_start_step
 
     @property
     def run_directory(self):

@@ -298,7 +298,7 @@ def make_training_optimizer(model, model_config, train_config, total_steps):
     for a supernet with an `--arch_optimizer`, the choice logits' own (`SearchOptimizer`). The
     weights' schedule then spans the weight updates only (`--arch_fraction` takes some steps)."""
     search = model_config.architecture is None and train_config.arch_optimizer != "none"
-    start, fraction = train_config.arch_start_step, train_config.arch_fraction
+    start, fraction = train_config.architecture_start, train_config.arch_fraction
     weight_steps = total_steps - (
         count_architecture_steps(0, total_steps, start, fraction) if search else 0
     )
