@@ -91,6 +91,16 @@ flags.DEFINE_list(
     ["all_branches", "single_path"],
     "par-xl's supernet searches to time (train.py --search), each in every round.",
 )
+flags.DEFINE_enum(
+    "arch_optimizer", "adam", ["adam", "sgd", "none"], "par-xl's --arch_optimizer (issue 28)."
+)
+flags.DEFINE_integer(
+    "arch_start_step",
+    0,
+    "par-xl's --arch_start_step: 0 (default) updates the choice logits with the architecture "
+    "optimizer on every timed step, so that its cost is in the figures.",
+    lower_bound=0,
+)
 flags.DEFINE_integer("runs", 3, "Rounds; each runs the original, then par-xl.", lower_bound=1)
 flags.DEFINE_integer("warmup", 100, "Untimed steps first (tracing, caches).", lower_bound=1)
 flags.DEFINE_integer("steps", 500, "Timed steps per run.", lower_bound=1)
@@ -249,6 +259,8 @@ def run_par_xl(directory, total_steps, data, search):
         f"--log_every={FLAGS.log_every}",
         *command_flags(BASE_CONFIG),
         f"--search={search}",
+        f"--arch_optimizer={FLAGS.arch_optimizer}",
+        f"--arch_start_step={FLAGS.arch_start_step}",
     ]
     wall, rss = run_process(command, directory)
     log_text = (directory / "side_by_side" / "training_log.log").read_text()
@@ -382,6 +394,10 @@ def main(argv):
         "benchmark": "original_side_by_side",
         "machine": machine(),
         "config": {**BASE_CONFIG, "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len},
+        "par_xl_architecture_optimizer": {
+            "arch_optimizer": FLAGS.arch_optimizer,
+            "arch_start_step": FLAGS.arch_start_step,
+        },
         "warmup": FLAGS.warmup,
         "timed_steps": FLAGS.steps,
         "runs": FLAGS.runs,

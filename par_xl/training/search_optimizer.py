@@ -135,7 +135,6 @@ class SearchOptimizer(keras.optimizers.Optimizer):
             self.build(list(trainable_variables))
         weight_grads, weights, logit_grads, logits = self._split(grads, trainable_variables)
         step = self._iterations
-        active = step >= self.start_step
         if self.arch_fraction:
             arch_step = is_architecture_step(step, self.start_step, self.arch_fraction)
             weight_step = ops.logical_not(arch_step)
@@ -143,6 +142,7 @@ class SearchOptimizer(keras.optimizers.Optimizer):
             self._apply_if(arch_step, self.architecture_optimizer, logit_grads, logits)
         else:
             self.weights_optimizer.apply(weight_grads, weights)
+            active = step >= self.start_step
             self._apply_if(active, self.architecture_optimizer, logit_grads, logits)
         self._iterations.assign_add(1)
 
