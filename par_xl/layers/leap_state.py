@@ -12,7 +12,7 @@ forms compute the same focus:
 
 - `focus` (training, evaluation, prompt reading): the segment's prefix sums at once, by a
   cumulative sum over T, added to the carried sums; at a document start the sums restart (a
-  segmented cumulative sum, `keras.ops.associative_scan`).
+  cumulative sum that restarts, in log2(T) doubling steps).
 - `focus_step` (generation): one position, the recurrence `s <- s + f k`.
 
 They agree to float rounding. The functions use `keras.ops` only, on fixed shapes, without side
@@ -67,11 +67,25 @@ def _unpacked(sums, head_size):
     return key_sum, value_sum, weight_sum
 
 
-def _restart_sum(first, second):
-    """The segmented sum's operator on `(restart flag, sums)` pairs: the later pair's sums, plus
-    the earlier's unless the later restarts. Associative."""
-    (flag_a, sums_a), (flag_b, sums_b) = first, second
-    return ops.maximum(flag_a, flag_b), sums_b + (1.0 - flag_b) * sums_a
+def _restarting_cumsum(values, restarts):
+    """Inclusive prefix sums of `values` `(B, L, ...)` along axis 1 that restart at each
+    position where `restarts` `(B, L, 1, ...)` is 1 (that position's value included).
+
+    Hillis and Steele's doubling scan (1986): after the step of shift s, each position holds the
+    sum since the later of its last restart and s - 1 positions back, with the operator
+    `(restart, sum) . (restart', sum') = (restart or restart', sum' + (1 - restart') sum)`. Its
+    log2(L) steps only add: no difference of two large sums, whose rounding would swamp a
+    document's small ones (LEAP's weights span e^-2c ... 1).
+    """
+    length = values.shape[1]
+    shift = 1
+    while shift < length:
+        padding = [[0, 0], [shift, 0]] + [[0, 0]] * (len(values.shape) - 2)
+        earlier = ops.pad(values[:, :-shift], padding)  # position - shift, 0 before the start
+        values = values + (1.0 - restarts) * earlier
+        restarts = ops.maximum(restarts, ops.pad(restarts[:, :-shift], padding))
+        shift *= 2
+    return values
 
 
 def focus(state, weights, keys, values, document_starts=None):
@@ -96,12 +110,8 @@ def focus(state, weights, keys, values, document_starts=None):
         sums = carried + ops.cumsum(added, axis=1)
     else:  # the carried sums as position -1, never a start
         starts = ops.cast(document_starts, "float32")[:, :, None, None]  # (B, T, 1, 1)
-        flags = ops.concatenate([ops.zeros_like(starts[:, :1]), starts], axis=1)
-        flags = ops.broadcast_to(flags, (*flags.shape[:2], *added.shape[2:]))
-        _, sums = ops.associative_scan(
-            _restart_sum, (flags, ops.concatenate([carried, added], axis=1)), axis=1
-        )
-        sums = sums[:, 1:]  # (B, T, N, 2H + 1)
+        restarts = ops.concatenate([ops.zeros_like(starts[:, :1]), starts], axis=1)
+        sums = _restarting_cumsum(ops.concatenate([carried, added], axis=1), restarts)[:, 1:]
     key_sum, value_sum, weight_sum = _unpacked(sums, keys.shape[-1])
     last = LeapState(key_sum[:, -1], value_sum[:, -1], weight_sum[:, -1])
     return key_sum / weight_sum[..., None], value_sum / weight_sum[..., None], last

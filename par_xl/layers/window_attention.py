@@ -108,11 +108,12 @@ class WindowAttention(RelativeAttention):
         bias = t5_bias(self.relative_attention_bias, window, window, 2 * window)  # (N, W, 2W)
         scores = content + ops.cast(bias, content.dtype)[None, :, None]  # (B, N, n, W, 2W)
         # Query i's key b (of 2W) is `[W memory slots; segment]` position (i // W) W + b,
-        # i.e. column M + (i // W) W + b of the mask padded with W hidden columns before it.
-        padded = ops.pad(mask, [[0, 0], [0, 0], [window, 0]])  # (B, T, W + M + T)
+        # i.e. column M + (i // W) W + b of the mask padded with W hidden columns before it
+        # (and the padded queries' columns after it).
+        padded = ops.pad(mask, [[0, 0], [0, 0], [window, extra]])  # (B, T, W + M + T + extra)
         rows = ops.arange(segment)
         columns = mem_len + (rows // window * window)[:, None] + ops.arange(2 * window)[None]
-        flat = ops.reshape(padded, (-1, segment * padded.shape[2]))  # (B, T (W + M + T))
+        flat = ops.reshape(padded, (-1, segment * padded.shape[2]))  # (B, T (W + M + nW))
         visible = ops.take(flat, rows[:, None] * padded.shape[2] + columns, axis=1)  # (B,T,2W)
         visible = ops.pad(visible, [[0, 0], [0, extra], [0, 0]])
         visible = ops.reshape(visible, (-1, chunks, window, 2 * window))  # (B, n, W, 2W)

@@ -5,8 +5,9 @@ How a sample is made
 `read_prompt` reads the prompt, but for its last token, through `forward` in chunks of
 `chunk_length` positions, filling a `ModelState` whose XL memory has a fixed shape `(B, M, D)`
 per attention-capable block, as its kNN stores `(B, N, C, H)` per block with memorizing
-attention and its LEAP sums per block with LEAP attention have (the loop carries them; a ScaNN memory, `knn_backend="scann"`, goes beside the
-state, filled in place on the host, without XLA). Then `sample` runs one compiled loop
+attention and its LEAP sums per block with LEAP attention have (the loop carries them; a ScaNN
+memory, `knn_backend="scann"`, goes beside the state, filled in place on the host, without
+XLA). Then `sample` runs one compiled loop
 (`keras.ops.fori_loop` inside `tf.function` or `jax.jit`), a step per new token: one position
 through `forward` over the state, the full distribution (`log_probs`), temperature / top-k /
 nucleus filtering, an inverse-CDF draw, and the sampled id fed back. The memory keeps its
