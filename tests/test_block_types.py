@@ -115,10 +115,11 @@ def test_a_document_start_forgets_the_context_before_it():
     assert np.abs(without - numpy(fresh)).max() > 1e-4  # the context did matter
 
 
-def test_cached_generation_equals_recomputing_the_prefix():
+@pytest.mark.parametrize("architecture", ["LGL", "WGW"])  # L: no XL memory, only its state
+def test_cached_generation_equals_recomputing_the_prefix(architecture):
     """The compiled loop (LEAP's recurrent form, one position a step; W over its memory) against
     a Python loop over `forward`, the prompt read in chunks: the same tokens and scores."""
-    model = make_model(architecture="WLW", window=3)
+    model = make_model(architecture=architecture, window=3)
     prompt = np.random.default_rng(10).integers(0, VOCAB, 9).tolist()  # 8 read: 2 + 2 chunks
     settings = dict(temperature=0.9, top_k=0, top_p=1.0)
     ids, scores = generate(model, prompt, 10, seed=3, chunk_length=3, jit_compile=False,
@@ -154,14 +155,14 @@ def test_saved_and_loaded_with_its_state(tmp_path):
                                   state.recurrent["block_2"].key_sum)  # fmt: skip
 
 
-@pytest.mark.slow  # two compilations of a training step: ~30 s on 2 cores
+@pytest.mark.slow  # two compilations of a training step
 def test_fit_with_and_without_xla_agree():
     x, y = tokens((3, B, T), 12), tokens((3, B, T), 13)
     losses, sums = [], []
     for jit in (False, True):
-        model = make_model(seed=3, num_layers=2, choices="WLG", position="t5", window=2)
+        model = make_model(seed=3, num_layers=3, architecture="WLG", window=2)
         model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit)
-        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
+        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=1, verbose=0)
         losses.append(history.history["loss"])
         sums.append(numpy(model.recurrent_state["block_1"].value_sum))
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
@@ -260,7 +261,9 @@ def test_replicas_keep_their_rows_of_the_state_and_checkpoint_all_of_them(tmp_pa
     one, two = report["one"], report["two"]
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
     for name in ("key_sum", "memory"):  # per stream: never averaged across the replicas
-        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-5)
+        # The all-reduce's order of sums changes the weights by ~1e-7; LEAP's exp(c x)
+        # focus weights (c = 10) amplify it: 1e-4.
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-4)
     assert np.abs(np.array(one["key_sum"])[:2] - np.array(one["key_sum"])[2:]).max() > 1e-3
     np.testing.assert_allclose(report["restored_key_sum"], two["key_sum"], rtol=0, atol=0)
 
