@@ -300,12 +300,18 @@ def test_a_window_needs_a_static_segment_length_and_follows_it():
         PARTransformerXL(**TINY, architecture="WWW").blocks[0].build((2, None, 16))
 
 
-def test_flops_count_the_windows_chunks():
+def test_flops_count_the_windows_chunks_and_the_positions():
     """W < T: chunks of W queries over 2W keys, T padded to whole chunks (T = 5, W = 2: 6
-    queries per 5 tokens); the projections over min(W, M) + T positions."""
-    d = TINY["d_model"]
-    chunks = make_model(architecture="III", segment=T)
-    window = make_model(architecture="WWW", window=2, segment=T)
+    queries per 5 tokens); the projections over min(W, M) + T positions. A with rotary or T5
+    positions: no position scores, no projection of the relative positions."""
+    d, m = TINY["d_model"], TINY["mem_len"]
+    identity = evaluation_flops_per_token(make_model(architecture="III"), T, B)
+    window = make_model(architecture="WWW", window=2)
     macs = 2 * d * d + 2 * d * d * (2 + T) / T + 2 * (2 * 2) * d * 6 / T
-    extra = evaluation_flops_per_token(window, T, B) - evaluation_flops_per_token(chunks, T, B)
-    np.testing.assert_allclose(extra, 3 * 2 * macs, rtol=1e-12)
+    np.testing.assert_allclose(evaluation_flops_per_token(window, T, B) - identity,
+                               3 * 2 * macs, rtol=1e-12)  # fmt: skip
+    for position in ("rotary", "t5"):
+        attention = make_model(architecture="AAA", position=position)
+        macs = 2 * d * d + 2 * d * d * (m + T) / T + 2 * (m + T) * d
+        np.testing.assert_allclose(evaluation_flops_per_token(attention, T, B) - identity,
+                                   3 * 2 * macs, rtol=1e-12)  # fmt: skip
