@@ -155,6 +155,20 @@ def test_saved_and_loaded_with_its_state(tmp_path):
                                   state.recurrent["block_2"].key_sum)  # fmt: skip
 
 
+@pytest.mark.slow  # the switch's graph: ~20 s on 2 idle cores
+def test_a_single_path_search_switches_between_the_new_branches():
+    """GDAS's switch carries L's state out of the branch computed (the others pass it through):
+    a fitted single-path supernet over W, L, G keeps the sums of the batches L ran on."""
+    model = make_model(num_layers=2, choices="WLG", search="single_path", window=2)
+    for block in model.blocks:  # L preferred, the others still drawn
+        block.gumbel.logits.assign([0.0, 2.0, 0.0])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    x, y = tokens((4, B, T), 16), tokens((4, B, T), 17)
+    history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert numpy(model.recurrent_state["block_1"].weight_sum).min() > 0
+
+
 @pytest.mark.slow  # two compilations of a training step
 def test_fit_with_and_without_xla_agree():
     x, y = tokens((3, B, T), 12), tokens((3, B, T), 13)
