@@ -155,7 +155,7 @@ def test_saved_and_loaded_with_its_state(tmp_path):
                                   state.recurrent["block_2"].key_sum)  # fmt: skip
 
 
-@pytest.mark.slow  # the switch's graph: ~20 s on 2 idle cores
+@pytest.mark.slow  # TensorFlow's graph of the switch
 def test_a_single_path_search_switches_between_the_new_branches():
     """GDAS's switch carries L's state out of the branch computed (the others pass it through):
     a fitted single-path supernet over W, L, G keeps the sums of the batches L ran on."""
