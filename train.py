@@ -116,9 +116,9 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
     "window",
     None,
-    "W: each position of a sliding-window attention block (letter W) sees the W before it, its "
-    "cache being the block's XL memory (--mem_len >= W for all W everywhere). Default: the "
-    "segment length.",
+    "W: each position of a sliding-window attention block (letter W) sees the W positions "
+    "before it, the last segment's from the block's XL memory (all W where --mem_len >= W; "
+    "otherwise the first W - M of a segment see fewer). Default: the segment length.",
 )
 flags.DEFINE_enum(
     "position",

@@ -21,10 +21,10 @@ non-trainable variables (`CarriedState`), `memory_<i>` per block in `memory_bloc
 `knn_blocks`, and the recurrent states' `recurrent_<field>_<i>` per block in `recurrent_blocks`
 (L: `recurrent_{key_sum,value_sum,weight_sum}_<i>`), created in `build` from the (static) batch
 size of the data; checkpoints hold them, so a resumed run continues with the same stores and
-sums. `call` reads them into a `ModelState`,
-calls `forward`, and assigns the new state, exactly like a BatchNormalization layer updates its
-moving statistics: TensorFlow assigns the variables inside the compiled step, JAX's stateless
-training loop returns them as updated non-trainable state. The memory is written through
+sums. `call` reads them into a `ModelState`, calls `forward`, and assigns the new state, exactly
+like a BatchNormalization layer updates its moving statistics: TensorFlow assigns the
+variables inside the compiled step, JAX's stateless training loop returns them as updated
+non-trainable state. The memory is written through
 `stop_gradient`, so it never receives gradients. Other designs fail one of the three
 requirements: Python-side caches do not survive `tf.function`/`jax.jit`, and passing the state
 as model inputs/outputs does not fit `fit`'s `(inputs, labels)` data contract.
