@@ -313,7 +313,7 @@ CHOICES = {
         ),
         Choice(
             letter="L",
-            name="LEAP attention",
+            name="LEAP",  # short: the heat map's column labels
             color="tab:pink",
             sublayers={"leap_attention": _leap_attention, "leap_attention_norm": _layer_norm},
             attends=False,  # its state is its own sums, not the XL memory
