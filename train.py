@@ -29,6 +29,8 @@ from par_xl.configs import (
 )
 from par_xl.cost.objective import COSTS, FORMS
 from par_xl.layers.choices import CHOICES, DEFAULT_CHOICES, legend
+from par_xl.layers.gated_feed_forward import FFN_ACTIVATIONS
+from par_xl.layers.positions import POSITIONS
 from par_xl.layers.stochastic_block import SEARCHES
 
 MODEL_FLAGS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
@@ -110,6 +112,27 @@ flags.DEFINE_enum(
     "The kNN search of evaluation and generation: exact (default; any backend, XLA included) "
     "or scann (ScaNN on the host, for large stores; TensorFlow without XLA). Training always "
     "searches exactly. With --mode=evaluate it replaces the run's.",
+)
+flags.DEFINE_integer(
+    "window",
+    None,
+    "W: each position of a sliding-window attention block (letter W) sees the W positions "
+    "before it, the last segment's from the block's XL memory (all W where --mem_len >= W; "
+    "otherwise the first W - M of a segment see fewer). Default: the segment length.",
+)
+flags.DEFINE_enum(
+    "position",
+    None,
+    list(POSITIONS),
+    "The position term of attention (A) and memorizing attention (M): xl (Transformer-XL's, "
+    "the default), rotary, or t5 (a learned bias per head and distance bucket).",
+)
+flags.DEFINE_enum(
+    "ffn_activation",
+    None,
+    list(FFN_ACTIVATIONS),
+    "The gated feed-forward's (letter G): swiglu (the default) or geglu, gated, with the inner "
+    "width set for F's parameter count; gelu or relu: F's form with that activation.",
 )
 flags.DEFINE_float("max_lr", DEFAULT["max_lr"], "Peak learning rate.")
 flags.DEFINE_integer(

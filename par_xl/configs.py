@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from par_xl.cost.objective import COSTS, FORMS
 from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.choices import DEFAULT_CHOICES, validate_architecture, validate_choices
+from par_xl.layers.gated_feed_forward import validate_ffn_activation
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
+from par_xl.layers.positions import validate_position
 from par_xl.layers.stochastic_block import validate_search
 from par_xl.models.par_transformer_xl import validate_knn, validate_shape
 
@@ -64,6 +66,9 @@ class ModelConfig:
     knn_memory_size: int = 2048  # C: kNN store entries per stream and head
     knn_neighbors: int = 32  # k: entries retrieved per query and head
     knn_backend: str = "exact"  # evaluation and generation: "exact" or "scann"
+    window: int | None = None  # W of sliding-window attention (W); None: the segment length
+    position: str = "xl"  # attention's (A, M) position term: "xl", "rotary" or "t5"
+    ffn_activation: str = "swiglu"  # the gated feed-forward's (G)
 
     def model_kwargs(self):
         """The configuration as `PARTransformerXL` keyword arguments."""
@@ -96,6 +101,13 @@ class ModelConfig:
         _as_flag_error(validate_knn, self.num_layers, self.architecture, self.choices,
                        self.knn_layers, self.knn_memory_size, self.knn_neighbors,
                        self.knn_backend)  # fmt: skip
+        if self.window is not None and not (isinstance(self.window, int) and self.window >= 1):
+            raise ConfigError(
+                f"--window must be a positive integer (default: the segment length), received "
+                f"{self.window!r}."
+            )
+        _as_flag_error(validate_position, self.position, self.d_model // self.num_heads)
+        _as_flag_error(validate_ffn_activation, self.ffn_activation)
 
 
 PRESETS = {

@@ -27,6 +27,7 @@ C, K = 6, 2  # the kNN store's slots and neighbours
 TINY = dict(vocab_size=40, d_model=D, num_heads=2, d_ffn=D_FFN, mem_len=M, cutoffs=[10],
             dropout_rate=0.0, knn_memory_size=C, knn_neighbors=K)  # fmt: skip
 ATTENTION_MACS = D * D * (1 + 2 * (M + T) / T + 1) + 3 * (M + T) * D + (M + T) * D * D / (B * T)
+GATED_INNER = 16  # round(D_FFN (2 D + 1) / (3 D + 2)) = round(15.84): F's parameter count
 
 # Multiply-adds per token of each letter's branch over (B, T) batches and M memory positions,
 # with the position projection, counted by hand. A new registry entry needs its line here.
@@ -36,6 +37,12 @@ EXPECTED_MACS = {
     "I": 0.0,
     # A's, plus per head (N * H = D per token) a score per store slot and 2 per neighbour.
     "M": ATTENTION_MACS + (C + 2 * K) * D,
+    # The window W = T (the default) reaches all M memory slots: A's projections, content
+    # scores and values over M + T keys; no position scores or projection (T5's is a lookup).
+    "W": D * D * (1 + 2 * (M + T) / T + 1) + 2 * (M + T) * D,
+    # Query, focus, key, value and output projections; five products over H per head.
+    "L": 5 * D * D + 5 * D,
+    "G": 3 * D * GATED_INNER,  # SwiGLU (the default): gate, up, down
 }
 # The sublayers each letter's block holds (and `derive()` copies), by attribute name.
 EXPECTED_SUBLAYERS = {
@@ -43,6 +50,9 @@ EXPECTED_SUBLAYERS = {
     "F": ["feed_forward", "feed_forward_norm"],
     "I": [],
     "M": ["memorizing_attention", "memorizing_attention_norm"],
+    "W": ["window_attention", "window_attention_norm"],
+    "L": ["leap_attention", "leap_attention_norm"],
+    "G": ["gated_feed_forward", "gated_feed_forward_norm"],
 }
 
 
@@ -68,8 +78,10 @@ def sublayer_names(block):
 
 
 def test_default_is_what_par_searches():
-    assert DEFAULT_CHOICES == "AFI" and list(CHOICES) == ["A", "F", "I", "M"]  # M added last
+    # Each new letter after the others: the old weights and choice columns keep their places.
+    assert DEFAULT_CHOICES == "AFI" and list(CHOICES) == ["A", "F", "I", "M", "W", "L", "G"]
     assert [c.letter for c in CHOICES.values() if c.remembers] == ["M"]  # one store per block
+    assert [c.letter for c in CHOICES.values() if c.recurrent_state] == ["L"]  # one state too
     assert in_registry_order("IFA") == "AFI" and in_registry_order("IA") == "AI"
 
 
@@ -88,6 +100,8 @@ def test_every_entry_is_consistent(letter):
     assert fixed.memory_blocks == ([0, 1, 2] if choice.attends else [])
     assert block.remembers is choice.remembers
     assert fixed.knn_blocks == ([0, 1, 2] if choice.remembers else [])
+    assert block.recurs is (choice.recurrent_state is not None)
+    assert fixed.recurrent_blocks == ([0, 1, 2] if block.recurs else [])
     # Its cost: the registry's, counted by hand, and what par_xl.cost.flops adds per block.
     cost = choice.macs_per_token(block, T, M, B, True)
     np.testing.assert_allclose(cost, EXPECTED_MACS[letter], rtol=1e-12)

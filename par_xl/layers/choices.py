@@ -3,12 +3,13 @@
 A `StochasticBlock` offers some of these letters: a supernet block mixes or samples them, a
 derived block holds one. Everything that depends on a letter reads its entry here: which
 sublayers a block builds for it (and `derive()` copies), how its residual branch is applied,
-whether it attends (so the block keeps XL memory) or remembers (so the block keeps a kNN store),
-its cost per token (`par_xl.cost.flops`), and its name and colour in logs and pictures. Adding a
-choice is adding one entry.
+whether it attends (so the block keeps XL memory), remembers (so the block keeps a kNN store)
+or carries a recurrent state of its own (LEAP's sums), its cost per token (`par_xl.cost.flops`),
+and its name and colour in logs and pictures. Adding a choice is adding one entry.
 
 Shape letters as in `par_xl.layers.relative_attention` (B, T, M, K, D, N, H), plus C the kNN
-store's capacity (`knn_memory_size`) and k its neighbours per query (`knn_neighbors`).
+store's capacity (`knn_memory_size`), k its neighbours per query (`knn_neighbors`) and W the
+window of sliding-window attention (`window`).
 """
 
 import dataclasses
@@ -16,9 +17,13 @@ from collections.abc import Callable, Mapping
 
 import keras
 
+from par_xl.layers import leap_state
 from par_xl.layers.feed_forward import FeedForward
+from par_xl.layers.gated_feed_forward import GATED, GatedFeedForward, matching_inner_size
+from par_xl.layers.leap_attention import LeapAttention
 from par_xl.layers.memorizing_attention import MemorizingAttention
 from par_xl.layers.relative_attention import RelativeAttention
+from par_xl.layers.window_attention import WindowAttention
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,14 +42,19 @@ class Choice:
             keeps one: a `KNNState`, see `par_xl.memory.exact_state`). At most one letter of a
             block may remember: its branch's store is the block's new store.
         apply: `apply(block, inputs, memory, position_encoding, mask, training, knn_state,
-            document_starts)` -> `(output, knn_state)`: the branch's `(B, T, D)` output from
-            `(B, T, D)` inputs, and the block's kNN store after it (`None` in a block without
-            one; a branch that does not remember returns the store it was given). See
-            `StochasticBlock.call`.
+            document_starts, recurrent_state)` -> `(output, knn_state, recurrent_state)`: the
+            branch's `(B, T, D)` output from `(B, T, D)` inputs, and the block's kNN store and
+            recurrent state after it (`None` in a block without one; a branch that does not
+            use one returns it as given). See `StochasticBlock.call`.
         macs_per_token: `macs_per_token(block, segment_length, mem_len, batch_size,
             position_projection)` -> matrix multiply-adds per input token of the branch over
             `(B, T)` batches and M memory positions; `position_projection` counts the
             projection of the K relative positions, shared by the batch (see `par_xl.cost.flops`).
+        recurrent_state: `None`, or for a branch that carries a state of its own from segment
+            to segment (besides the XL memory and the kNN store), `recurrent_state(block,
+            batch_size)` -> its state in an empty stream: a NamedTuple of float32 zeros whose
+            first axis is the B streams (L: `LeapState`). The model carries it like the XL
+            memory (`par_xl.models.state`). At most one letter of a block may have one.
     """
 
     letter: str
@@ -55,6 +65,7 @@ class Choice:
     remembers: bool
     apply: Callable
     macs_per_token: Callable
+    recurrent_state: Callable | None = None
 
 
 def _layer_norm(block, name):
@@ -69,12 +80,43 @@ def _relative_attention(block, name, layer_class=RelativeAttention, **extra):
         kernel_initializer=block.kernel_initializer,
         name=name,
         dtype=block.dtype_policy,
-        **extra,
+        **{"position": block.position, **extra},
     )
 
 
 def _memorizing_attention(block, name):
     return _relative_attention(block, name, MemorizingAttention, num_neighbors=block.knn_neighbors)
+
+
+def _window_attention(block, name):
+    return _relative_attention(block, name, WindowAttention, window=block.window_length,
+                               position="t5")  # fmt: skip
+
+
+def _leap_attention(block, name):
+    return LeapAttention(
+        block.num_heads,
+        block.head_size,
+        kernel_initializer=block.kernel_initializer,
+        name=name,
+        dtype=block.dtype_policy,
+    )
+
+
+def _gated_inner_size(block):
+    return matching_inner_size(block.num_heads * block.head_size, block.inner_size,
+                               block.ffn_activation)  # fmt: skip
+
+
+def _gated_feed_forward(block, name):
+    return GatedFeedForward(
+        _gated_inner_size(block),
+        activation=block.ffn_activation,
+        dropout_rate=block.dropout_rate,
+        kernel_initializer=block.kernel_initializer,
+        name=name,
+        dtype=block.dtype_policy,
+    )
 
 
 def _feed_forward(block, name):
@@ -93,41 +135,74 @@ def _post_norm(block, norm, inputs, transformed, training):
 
 
 def _apply_attention(block, inputs, memory, position_encoding, mask, training, knn_state=None,
-                     document_starts=None):  # fmt: skip
+                     document_starts=None, recurrent_state=None):  # fmt: skip
     attended = block.attention(inputs, memory, position_encoding, mask, training=training)
-    return _post_norm(block, block.attention_norm, inputs, attended, training), knn_state
+    output = _post_norm(block, block.attention_norm, inputs, attended, training)
+    return output, knn_state, recurrent_state
 
 
 def _apply_memorizing_attention(block, inputs, memory, position_encoding, mask, training,
-                                knn_state=None, document_starts=None):  # fmt: skip
+                                knn_state=None, document_starts=None,
+                                recurrent_state=None):  # fmt: skip
     attended, knn_state = block.memorizing_attention(
         inputs, memory, position_encoding, mask, knn_state, training=training,
         document_starts=document_starts,
     )  # fmt: skip
-    return _post_norm(block, block.memorizing_attention_norm, inputs, attended, training), knn_state
+    output = _post_norm(block, block.memorizing_attention_norm, inputs, attended, training)
+    return output, knn_state, recurrent_state
+
+
+def _apply_window_attention(block, inputs, memory, position_encoding, mask, training,
+                            knn_state=None, document_starts=None,
+                            recurrent_state=None):  # fmt: skip
+    attended = block.window_attention(inputs, memory, position_encoding, mask, training=training)
+    output = _post_norm(block, block.window_attention_norm, inputs, attended, training)
+    return output, knn_state, recurrent_state
+
+
+def _apply_leap_attention(block, inputs, memory, position_encoding, mask, training,
+                          knn_state=None, document_starts=None,
+                          recurrent_state=None):  # fmt: skip
+    attended, recurrent_state = block.leap_attention(
+        inputs, recurrent_state, training=training, document_starts=document_starts
+    )
+    output = _post_norm(block, block.leap_attention_norm, inputs, attended, training)
+    return output, knn_state, recurrent_state
 
 
 def _apply_feed_forward(block, inputs, memory, position_encoding, mask, training, knn_state=None,
-                        document_starts=None):  # fmt: skip
+                        document_starts=None, recurrent_state=None):  # fmt: skip
     transformed = block.feed_forward(inputs, training=training)
-    return _post_norm(block, block.feed_forward_norm, inputs, transformed, training), knn_state
+    output = _post_norm(block, block.feed_forward_norm, inputs, transformed, training)
+    return output, knn_state, recurrent_state
+
+
+def _apply_gated_feed_forward(block, inputs, memory, position_encoding, mask, training,
+                              knn_state=None, document_starts=None,
+                              recurrent_state=None):  # fmt: skip
+    transformed = block.gated_feed_forward(inputs, training=training)
+    output = _post_norm(block, block.gated_feed_forward_norm, inputs, transformed, training)
+    return output, knn_state, recurrent_state
 
 
 def _apply_identity(block, inputs, memory, position_encoding, mask, training, knn_state=None,
-                    document_starts=None):  # fmt: skip
-    return inputs, knn_state
+                    document_starts=None, recurrent_state=None):  # fmt: skip
+    return inputs, knn_state, recurrent_state
 
 
 def _attention_macs(block, segment_length, mem_len, batch_size, position_projection):
+    """Over `[memory; segment]`; the XL position term (`position="xl"`) adds the position scores
+    and the projection of the K relative positions; rotary and T5 add no products."""
     d, t = block.num_heads * block.head_size, segment_length
     k = mem_len + t  # keys per query
+    xl = block.position == "xl"
     macs = (
         d * d  # query projection
         + 2 * d * d * k / t  # key and value projections over [memory; segment]
-        + 3 * k * d  # content scores, position scores, probabilities x values
+        + (3 if xl else 2) * k * d  # content scores, (position scores,) probabilities x values
         + d * d  # output projection
     )
-    if position_projection:
+    if position_projection and xl:
         macs += k * d * d / (batch_size * t)  # shared by the batch
     return macs
 
@@ -142,8 +217,35 @@ def _memorizing_attention_macs(block, segment_length, mem_len, batch_size,
     return local + retrieval * block.num_heads * block.head_size
 
 
+def _window_attention_macs(block, segment_length, mem_len, batch_size, position_projection):
+    """The projections of `[min(W, M) memory slots; segment]`, and per query the scores and
+    values of `min(W, M) + T` keys (W >= T) or 2W keys (W < T: chunks of W queries, the
+    segment padded to whole chunks); the T5 bias is a lookup."""
+    d, t = block.num_heads * block.head_size, segment_length
+    window = block.window_length or t
+    read = min(window, mem_len)
+    keys, queries = (read + t, t) if window >= t else (2 * window, -(-t // window) * window)
+    return 2 * d * d + 2 * d * d * (read + t) / t + 2 * keys * d * queries / t
+
+
+def _leap_attention_macs(block, segment_length, mem_len, batch_size, position_projection):
+    """Five projections (query, focus, key, value, output) and per head five products over H:
+    focus logit, weighted key and value, alignment, gated value."""
+    d = block.num_heads * block.head_size
+    return 5 * d * d + 5 * d
+
+
 def _feed_forward_macs(block, segment_length, mem_len, batch_size, position_projection):
     return 2 * block.num_heads * block.head_size * block.inner_size  # two projections
+
+
+def _gated_feed_forward_macs(block, segment_length, mem_len, batch_size, position_projection):
+    projections = 3 if block.ffn_activation in GATED else 2  # gate, (up,) down
+    return projections * block.num_heads * block.head_size * _gated_inner_size(block)
+
+
+def _leap_state(block, batch_size):
+    return leap_state.empty_state(batch_size, block.num_heads, block.head_size)
 
 
 def _no_macs(block, segment_length, mem_len, batch_size, position_projection):
@@ -197,6 +299,41 @@ CHOICES = {
             remembers=True,
             apply=_apply_memorizing_attention,
             macs_per_token=_memorizing_attention_macs,
+        ),
+        # After M: the weights and choice columns of A, F, I, M keep their places.
+        Choice(
+            letter="W",
+            name="window attention",
+            color="tab:cyan",
+            sublayers={"window_attention": _window_attention, "window_attention_norm": _layer_norm},
+            attends=True,  # its window's cache is the XL memory
+            remembers=False,
+            apply=_apply_window_attention,
+            macs_per_token=_window_attention_macs,
+        ),
+        Choice(
+            letter="L",
+            name="LEAP",  # short: the heat map's column labels
+            color="tab:pink",
+            sublayers={"leap_attention": _leap_attention, "leap_attention_norm": _layer_norm},
+            attends=False,  # its state is its own sums, not the XL memory
+            remembers=False,
+            apply=_apply_leap_attention,
+            macs_per_token=_leap_attention_macs,
+            recurrent_state=_leap_state,
+        ),
+        Choice(
+            letter="G",
+            name="gated feed-forward",
+            color="tab:brown",
+            sublayers={
+                "gated_feed_forward": _gated_feed_forward,
+                "gated_feed_forward_norm": _layer_norm,
+            },
+            attends=False,
+            remembers=False,
+            apply=_apply_gated_feed_forward,
+            macs_per_token=_gated_feed_forward_macs,
         ),
     )
 }

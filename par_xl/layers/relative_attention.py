@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from par_xl.layers.initializers import default_initializer
+from par_xl.layers.positions import T5_BUCKETS, rotate, t5_bias, validate_position
 
 
 def sinusoid_positions(key_length, width, dtype="float32"):
@@ -96,16 +97,23 @@ class RelativeAttention(keras.layers.Layer):
     Keys and values are projected from `[memory; segment]`; queries from the segment only.
     Memory never receives gradients (the caller passes it through `stop_gradient`).
 
+    `position` replaces the position term (`par_xl.layers.positions`): "rotary" scores
+    `rot(q_i, M + i) . rot(k_j, j) / sqrt(H)`, queries and keys rotated by their positions in
+    `[memory; segment]` (no W_r, u, v); "t5" scores `q_i . k_j / sqrt(H) + b_n[bucket(M + i -
+    j)]` with a learned bias per head and distance bucket (`relative_attention_bias`, no W_r,
+    u, v). Both depend on the offset `M + i - j` only, as the XL term does.
+
     Args:
         num_heads: N.
         head_size: H.
         attention_dropout_rate: dropout rate on the attention probabilities.
         kernel_initializer: initializer of the projections and biases.
+        position: "xl" (the default, Transformer-XL's), "rotary" (H even) or "t5".
 
     Call arguments:
         inputs: `(B, T, D)` segment states.
         memory: `(B, M, D)` states of the previous segments, or `None` (M = 0).
-        position_encoding: `(K, D)` from `sinusoid_positions(K, D)`.
+        position_encoding: `(K, D)` from `sinusoid_positions(K, D)` (read by "xl" only).
         mask: `(B, T, K)` boolean (B may be 1), from `causal_memory_mask`.
         training: enables attention dropout.
 
@@ -119,6 +127,7 @@ class RelativeAttention(keras.layers.Layer):
         head_size,
         attention_dropout_rate=0.0,
         kernel_initializer=None,
+        position="xl",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -134,6 +143,7 @@ class RelativeAttention(keras.layers.Layer):
         self.num_heads = num_heads
         self.head_size = head_size
         self.attention_dropout_rate = attention_dropout_rate
+        self.position = validate_position(position, head_size)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or default_initializer()
         )
@@ -151,10 +161,15 @@ class RelativeAttention(keras.layers.Layer):
         self.query_kernel = weight("query_kernel", heads)  # (D, N, H)
         self.key_kernel = weight("key_kernel", heads)  # (D, N, H)
         self.value_kernel = weight("value_kernel", heads)  # (D, N, H)
-        self.position_kernel = weight("position_kernel", heads)  # (D, N, H)
-        self.content_bias = weight("content_bias", heads[1:])  # u: (N, H)
-        self.position_bias = weight("position_bias", heads[1:])  # v: (N, H)
+        if self.position == "xl":  # in this order: the checkpoints' layout
+            self.position_kernel = weight("position_kernel", heads)  # (D, N, H)
+            self.content_bias = weight("content_bias", heads[1:])  # u: (N, H)
+            self.position_bias = weight("position_bias", heads[1:])  # v: (N, H)
         self.output_kernel = weight("output_kernel", (self.num_heads, self.head_size, width))
+        if self.position == "t5":
+            self.relative_attention_bias = weight(
+                "relative_attention_bias", (T5_BUCKETS, self.num_heads)
+            )  # (buckets, N)
         self.built = True
 
     def call(self, inputs, memory, position_encoding, mask, training=None):
@@ -182,12 +197,28 @@ class RelativeAttention(keras.layers.Layer):
     def attend(self, query, key, value, position_encoding, mask, training=None):
         """Relative attention of `project`'s outputs: per head attended values `(B, T, N, H)`,
         before the output projection."""
+        probs = self.attention_probabilities(
+            self.scores(query, key, position_encoding), mask[:, None], training
+        )  # (B, N, T, K)
+        return ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
+
+    def scores(self, query, key, position_encoding):
+        """The `(B, N, T, K)` scores of the T queries `(B, T, N, H)` against the K keys `(B, K,
+        N, H)` of `[memory; segment]`, with the layer's `position` term, before the mask."""
+        segment, keys = query.shape[1], key.shape[1]
+        scale = 1.0 / math.sqrt(self.head_size)
+        if self.position == "rotary":  # query i at M + i, key j at j
+            query = rotate(query, ops.arange(keys - segment, keys))
+            key = rotate(key, ops.arange(keys))
+            return ops.einsum("btnh,bknh->bntk", query, key) * scale
+        if self.position == "t5":
+            content = ops.einsum("btnh,bknh->bntk", query, key) * scale
+            bias = t5_bias(self.relative_attention_bias, keys - segment, segment, keys)
+            return content + ops.cast(bias, content.dtype)[None]  # (N, T, K) per row
         position = ops.einsum("kd,dnh->knh", position_encoding, self.position_kernel)  # (K,N,H)
         content = ops.einsum("btnh,bknh->bntk", query + self.content_bias, key)  # (B, N, T, K)
         positional = ops.einsum("btnh,knh->bntk", query + self.position_bias, position)
-        scores = (content + relative_shift(positional)) * (1.0 / math.sqrt(self.head_size))
-        probs = self.attention_probabilities(scores, mask[:, None], training)  # (B, N, T, K)
-        return ops.einsum("bntk,bknh->btnh", probs, value)  # (B, T, N, H)
+        return (content + relative_shift(positional)) * scale
 
     def attention_probabilities(self, scores, mask, training=None):
         """Softmax over the last axis of `scores` where `mask` (broadcast to them) is True,
@@ -211,5 +242,6 @@ class RelativeAttention(keras.layers.Layer):
             head_size=self.head_size,
             attention_dropout_rate=self.attention_dropout_rate,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            position=self.position,
         )
         return config

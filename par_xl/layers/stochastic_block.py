@@ -10,8 +10,10 @@ from par_xl.layers.choices import (
     validate_architecture,
     validate_choices,
 )
+from par_xl.layers.gated_feed_forward import validate_ffn_activation
 from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.layers.initializers import default_initializer
+from par_xl.layers.positions import validate_position
 
 # How a supernet block trains: every branch, mixed by per-example Gumbel-softmax weights (PAR),
 # or one sampled branch per batch, the only one computed (GDAS).
@@ -35,10 +37,14 @@ class StochasticBlock(keras.layers.Layer):
         F: LayerNorm(x + Dropout(FeedForward(x)))
         I: x
         M: LayerNorm(x + Dropout(MemorizingAttention(x, memory, knn_state)))
+        W: LayerNorm(x + Dropout(WindowAttention(x, memory)))
+        L: LayerNorm(x + Dropout(LeapAttention(x, recurrent_state)))
+        G: LayerNorm(x + Dropout(GatedFeedForward(x)))
     A block that offers M (`remembers`) keeps a kNN store, given and returned by each call:
     the M branch searches it and adds the segment; the other branches pass it through. In
     "all_branches" the M branch always runs, so the store gets every segment; in "single_path"
-    (and argmax inference) only when M is the branch computed.
+    (and argmax inference) only when M is the branch computed. A block that offers L (`recurs`)
+    keeps L's recurrent state (`LeapState`) the same way.
     The supernet block (`choice=None`) trains in one of two ways (`search`):
         "all_branches": `sum_k w_k * branch_k` with per-example weights `w` from a
             `GumbelChoice` over `choices` (PAR); every branch is computed.
@@ -64,6 +70,11 @@ class StochasticBlock(keras.layers.Layer):
         kernel_initializer: initializer of every projection.
         knn_neighbors: k, the entries the M branch retrieves per query and head.
         knn_memory_size: C, the kNN store's entries per stream and head (the M branch's cost).
+        window: W, the predecessors the W branch sees; `None`: the segment length the block is
+            built with (`window_length` holds the value used).
+        position: the A and M branches' position term, "xl", "rotary" or "t5"
+            (`par_xl.layers.positions`).
+        ffn_activation: the G branch's, one of `gated_feed_forward.FFN_ACTIVATIONS`.
 
     Call arguments:
         inputs: `(B, T, D)`.
@@ -73,11 +84,15 @@ class StochasticBlock(keras.layers.Layer):
         knn_state: the block's kNN store (`KNNState` of B rows, N heads, C slots, size H, or a
             `KNNMemory`) if it `remembers`, else `None`.
         training: enables dropout and Gumbel noise.
-        document_starts: `None`, or `(B, T)` 0/1; the M branch's store forgets at a start.
+        document_starts: `None`, or `(B, T)` 0/1; the M branch's store and the L branch's
+            state forget at a start.
+        recurrent_state: the block's recurrent state (of its letter with a `recurrent_state`
+            in the registry: L's `LeapState` of B rows) if it `recurs`, else `None`.
 
     Returns:
-        `(B, T, D)`; a block that `remembers` returns `(output (B, T, D), knn_state)`, its
-        store after the call.
+        `(B, T, D)`; a block that `remembers` or `recurs` returns `(output (B, T, D),
+        knn_state, recurrent_state)` with the one(s) it keeps, after the call: `(output,
+        knn_state)`, `(output, recurrent_state)` or all three.
     """
 
     def __init__(
@@ -98,11 +113,16 @@ class StochasticBlock(keras.layers.Layer):
         kernel_initializer=None,
         knn_neighbors=32,
         knn_memory_size=2048,
+        window=None,
+        position="xl",
+        ffn_activation="swiglu",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if choice is not None:
             validate_architecture(choice, 1, name="choice")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be a positive integer or None, received {window!r}.")
         self.num_heads = num_heads
         self.head_size = head_size
         self.inner_size = inner_size
@@ -121,6 +141,16 @@ class StochasticBlock(keras.layers.Layer):
         )
         self.knn_neighbors = knn_neighbors
         self.knn_memory_size = knn_memory_size
+        self.window = window
+        self.window_length = window  # `window`, or the segment length once built
+        self.position = validate_position(position, head_size)
+        self.ffn_activation = validate_ffn_activation(ffn_activation)
+        recurrent = [c for c in self.offered if CHOICES[c].recurrent_state is not None]
+        if len(recurrent) > 1:
+            raise ValueError(
+                f"A block may offer one letter with a recurrent state, received "
+                f"{''.join(recurrent)!r} in {self.offered!r}."
+            )
         self.residual_dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     @property
@@ -138,7 +168,26 @@ class StochasticBlock(keras.layers.Layer):
         """Whether the block may search and fill a kNN store, hence keeps one."""
         return any(CHOICES[letter].remembers for letter in self.offered)
 
+    @property
+    def recurs(self):
+        """Whether the block may carry a recurrent state of its own (L's), hence keeps one."""
+        return any(CHOICES[letter].recurrent_state is not None for letter in self.offered)
+
+    def empty_recurrent_state(self, batch_size):
+        """The state of its recurrent letter in an empty stream, of `batch_size` rows (see
+        `Choice.recurrent_state`); `None` if the block does not `recurs`."""
+        for letter in self.offered:
+            if CHOICES[letter].recurrent_state is not None:
+                return CHOICES[letter].recurrent_state(self, batch_size)
+        return None
+
     def build(self, inputs_shape, *args, **kwargs):
+        if self.window is None and "W" in self.offered and inputs_shape[1] is None:
+            raise ValueError(
+                "window=None (the segment length) needs a static segment length, received "
+                f"inputs of shape {tuple(inputs_shape)}: give the window."
+            )
+        self.window_length = self.window or inputs_shape[1]
         # In registry order, whatever the order of `choices`: the weights' order is fixed.
         for letter, choice in CHOICES.items():
             if letter in self.offered:
@@ -169,45 +218,56 @@ class StochasticBlock(keras.layers.Layer):
         knn_state=None,
         training=None,
         document_starts=None,
+        recurrent_state=None,
     ):
         def branch(letter):
             apply = CHOICES[letter].apply
-            arguments = (memory, position_encoding, mask, training, knn_state, document_starts)
+            arguments = (memory, position_encoding, mask, training, knn_state, document_starts,
+                         recurrent_state)  # fmt: skip
             return lambda: apply(self, inputs, *arguments)
 
         if self.choice is not None:
-            output, knn_state = branch(self.choice)()
+            output, knn_state, recurrent_state = branch(self.choice)()
         else:
-            output, knn_state = self._search(inputs, branch, knn_state, training)
-        return (output, knn_state) if self.remembers else output
+            output, knn_state, recurrent_state = self._search(
+                inputs, branch, knn_state, recurrent_state, training
+            )
+        kept = [state for state, keeps in ((knn_state, self.remembers),
+                                           (recurrent_state, self.recurs)) if keeps]  # fmt: skip
+        return (output, *kept) if kept else output
 
-    def _search(self, inputs, branch, knn_state, training):
-        """The supernet's `(output, knn_state)`: one branch or every branch (see the class)."""
+    def _search(self, inputs, branch, knn_state, recurrent_state, training):
+        """The supernet's `(output, knn_state, recurrent_state)`: one branch or every branch
+        (see the class)."""
         branches = [branch(letter) for letter in self.choices]  # the choice logits' order
         one_branch = (
             self.search == "single_path" if training else self.choice_at_inference == "argmax"
         )
         if one_branch:
             index, gate = self.gumbel.single_choice(training)
-            output, knn_state = self._switch(index, branches, with_store=self.remembers)
-            return output * gate, knn_state
+            output, knn_state, recurrent_state = self._switch(index, branches)
+            return output * gate, knn_state, recurrent_state
         weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, C)
-        output, new_store = 0.0, knn_state
+        output, new_store, new_recurrent = 0.0, knn_state, recurrent_state
         for k, (letter, run) in enumerate(zip(self.choices, branches)):
-            transformed, store = run()
+            transformed, store, recurrent = run()
             output = output + weights[..., k] * transformed
             if CHOICES[letter].remembers:  # at most one letter: its store is the block's
                 new_store = store
-        return output, new_store
+            if CHOICES[letter].recurrent_state is not None:  # at most one letter, too
+                new_recurrent = recurrent
+        return output, new_store, new_recurrent
 
-    def _switch(self, index, branches, with_store):
-        """`branches[index]()`, `(output, knn_state)`, computing only that branch.
+    def _switch(self, index, branches):
+        """`branches[index]()`, `(output, knn_state, recurrent_state)`, computing only that
+        branch.
 
         The dropout layers' seed states go through the switch as explicit inputs and outputs:
         a branch that draws noise advances them inside it, which the JAX backend's stateless
         tracing cannot carry out of a `lax.switch` otherwise (a leaked tracer). The kNN store
-        goes through it `with_store` (every branch returns one of the same structure); without
-        a store only the output does (a switch cannot return `None`).
+        and the recurrent state go through it if the block keeps them (every branch returns
+        them with the same structure); the others as `None`, outside it (a switch cannot
+        return `None`).
         """
         states = [
             layer.seed_generator.state
@@ -216,12 +276,13 @@ class StochasticBlock(keras.layers.Layer):
         ]
         values = [ops.convert_to_tensor(state) for state in states]
 
+        keeps = (True, self.remembers, self.recurs)  # output, knn_state, recurrent_state
+
         def threaded(branch):
             def run():
                 for state, value in zip(states, values):
                     state.assign(value)
-                output, knn_state = branch()
-                result = (output, knn_state) if with_store else output
+                result = [x for x, keep in zip(branch(), keeps) if keep]
                 return result, [ops.convert_to_tensor(state) for state in states]
 
             return run
@@ -229,7 +290,8 @@ class StochasticBlock(keras.layers.Layer):
         result, values = ops.switch(index, [threaded(branch) for branch in branches])
         for state, value in zip(states, values):
             state.assign(value)
-        return result if with_store else (result, None)
+        kept = iter(result)
+        return tuple(next(kept) if keep else None for keep in keeps)
 
     def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return inputs_shape
@@ -253,5 +315,8 @@ class StochasticBlock(keras.layers.Layer):
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             knn_neighbors=self.knn_neighbors,
             knn_memory_size=self.knn_memory_size,
+            window=self.window,
+            position=self.position,
+            ffn_activation=self.ffn_activation,
         )
         return config

@@ -5,8 +5,9 @@ How a sample is made
 `read_prompt` reads the prompt, but for its last token, through `forward` in chunks of
 `chunk_length` positions, filling a `ModelState` whose XL memory has a fixed shape `(B, M, D)`
 per attention-capable block, as its kNN stores `(B, N, C, H)` per block with memorizing
-attention have (the loop carries them; a ScaNN memory, `knn_backend="scann"`, goes beside the
-state, filled in place on the host, without XLA). Then `sample` runs one compiled loop
+attention and its LEAP sums per block with LEAP attention have (the loop carries them; a ScaNN
+memory, `knn_backend="scann"`, goes beside the state, filled in place on the host, without
+XLA). Then `sample` runs one compiled loop
 (`keras.ops.fori_loop` inside `tf.function` or `jax.jit`), a step per new token: one position
 through `forward` over the state, the full distribution (`log_probs`), temperature / top-k /
 nucleus filtering, an inverse-CDF draw, and the sampled id fed back. The memory keeps its
@@ -188,8 +189,8 @@ class PromptState:
 
     Attributes:
         token: `(B,)` the prompt's last token, the loop's first input.
-        state: the `ModelState` after the rest of the prompt (its XL memory and kNN stores
-            empty for a model that never attends: its context cannot matter).
+        state: the `ModelState` after the rest of the prompt (empty for a model that neither
+            attends nor carries a recurrent state: its context cannot matter).
         whole_context: the memory holds the whole context and grows with the sample (a model
             without memory, or `mem_len=0`).
         single: the prompt was a list of ids (`sample` then returns lists).
@@ -255,7 +256,7 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
 
     jit_compile = _compile_with_xla(model, jit_compile)
     state, memories = model.inference_state(prompt.shape[0], mem_len)
-    if state.xl_memory and context.shape[1]:
+    if (state.xl_memory or state.recurrent) and context.shape[1]:
         # Left-padded to whole chunks, the prompt marked as a document starting after the
         # padding: one traced shape for every prompt length.
         padding = -context.shape[1] % chunk_length

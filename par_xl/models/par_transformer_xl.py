@@ -1,6 +1,7 @@
 """The PAR Transformer-XL language model: supernet and derived architectures.
 
-The model carries a recurrent state from segment to segment, the XL memory and the kNN stores:
+The model carries a recurrent state from segment to segment, the XL memory, the kNN stores and
+the recurrent states of blocks that offer L (LEAP's sums):
 `forward` is the stateless core (a segment and a `ModelState` in, hidden states and the new
 state out); `call`, which `fit` runs, keeps the state in variables between batches
 (`par_xl.models.state`: why variables, per replica, checkpointed). `derive` turns a supernet
@@ -9,7 +10,8 @@ into the fixed architecture it prefers (`par_xl.models.derivation`).
 Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document_starts"}`): no
 position attends across a document start, and a row's memory holds only the positions since its
 last start, so its valid count is cut there: a stream's memory is cleared at each document start,
-its kNN stores too (a query at or after a start retrieves nothing of earlier documents).
+its kNN stores too (a query at or after a start retrieves nothing of earlier documents), and
+LEAP's sums restart there.
 """
 
 import math
@@ -162,6 +164,13 @@ class PARTransformerXL(CarriedState, keras.Model):
         knn_backend: the store evaluation and generation search: "exact" (the training
             store's exact search, any backend, XLA included), or "scann" (ScaNN on the host, for
             large stores: TensorFlow without XLA only). Training always uses the exact store.
+        window: W, the predecessors a W block (sliding-window attention) sees; its cache is
+            the block's XL memory, so M >= W gives every position exactly W. `None`: the
+            segment length the model is built with.
+        position: the position term of attention (A) and memorizing attention (M): "xl"
+            (Transformer-XL's), "rotary" or "t5" (`par_xl.layers.positions`).
+        ffn_activation: the gated feed-forward's (G): "swiglu", "geglu" (gated, inner width
+            set for F's parameter count), "gelu" or "relu" (F's form).
 
     Call arguments:
         inputs: `(B, T)` int token ids, or a dict `{"token_ids": (B, T), "document_starts":
@@ -209,6 +218,9 @@ class PARTransformerXL(CarriedState, keras.Model):
         knn_memory_size=2048,
         knn_neighbors=32,
         knn_backend="exact",
+        window=None,
+        position="xl",
+        ffn_activation="swiglu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -250,6 +262,9 @@ class PARTransformerXL(CarriedState, keras.Model):
         self.knn_memory_size = knn_memory_size
         self.knn_neighbors = knn_neighbors
         self.knn_backend = knn_backend
+        self.window = window
+        self.position = position
+        self.ffn_activation = ffn_activation
 
         initializer = default_initializer(initializer_range)
         self.output_layer = AdaptiveSoftmax(
@@ -291,6 +306,9 @@ class PARTransformerXL(CarriedState, keras.Model):
                 kernel_initializer=initializer,
                 knn_neighbors=knn_neighbors,
                 knn_memory_size=knn_memory_size,
+                window=window,
+                position=position,
+                ffn_activation=ffn_activation,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -304,6 +322,7 @@ class PARTransformerXL(CarriedState, keras.Model):
         self.xl_memory = {}  # {block name: (B, M, D)} per block in `memory_blocks`
         self.valid_length = None  # (B,) valid memory slots per row
         self.knn_store = {}  # {block name: KNNState of variables} per block in `knn_blocks`
+        self.recurrent_state = {}  # {block name: its state, of variables} per `recurrent_blocks`
         self._knn_memories = {}  # batch size -> `inference_state`'s ScaNN stores
 
     def _block_choices(self, i):
@@ -323,6 +342,12 @@ class PARTransformerXL(CarriedState, keras.Model):
         """Indices of the blocks that keep a kNN store (those that may use memorizing
         attention, "M")."""
         return [i for i, block in enumerate(self.blocks) if block.remembers]
+
+    @property
+    def recurrent_blocks(self):
+        """Indices of the blocks that keep a recurrent state of their own (those that may use
+        LEAP attention, "L")."""
+        return [i for i, block in enumerate(self.blocks) if block.recurs]
 
     def build(self, inputs_shape):
         if isinstance(inputs_shape, dict):
@@ -367,8 +392,9 @@ class PARTransformerXL(CarriedState, keras.Model):
         """
         segment = inputs.shape[1]
         stateless = state is None
-        if stateless:  # no memory at all, and empty kNN stores
-            state = ModelState({}, 0, self.initial_state(inputs.shape[0], 0).knn)
+        if stateless:  # no memory at all, and empty kNN stores and recurrent states
+            empty = self.initial_state(inputs.shape[0], 0)
+            state = ModelState({}, 0, empty.knn, empty.recurrent)
         mem_len = _memory_length(state)
         hidden = self.embedding_dropout(self.embed(inputs), training=training)  # (B, T, D)
         positions = sinusoid_positions(mem_len + segment, self.d_model, self.compute_dtype)
@@ -377,7 +403,7 @@ class PARTransformerXL(CarriedState, keras.Model):
         if document_starts is not None:
             document_index = ops.cumsum(ops.cast(document_starts, "int32"), axis=1)  # (B, T)
         mask = causal_memory_mask(segment, mem_len, state.valid_length, document_index)
-        hidden, new_memory, new_knn = self._run_blocks(
+        hidden, new_memory, new_knn, new_recurrent = self._run_blocks(
             hidden, state, positions, mask, training, document_starts, knn_memories or {}
         )
         hidden = self.output_dropout(hidden, training=training)
@@ -385,35 +411,40 @@ class PARTransformerXL(CarriedState, keras.Model):
             return hidden, None
         new_length = _next_valid_length(state.valid_length, segment, mem_len, document_index)
         new_length = ops.broadcast_to(new_length, ops.shape(inputs)[:1])  # (B,)
-        return hidden, ModelState(new_memory, new_length, new_knn)
+        return hidden, ModelState(new_memory, new_length, new_knn, new_recurrent)
 
     def _run_blocks(self, hidden, state, positions, mask, training, document_starts, memories):
-        """The blocks over one segment: `(hidden (B, T, D), new XL memory, new kNN stores)`.
+        """The blocks over one segment: `(hidden (B, T, D), new XL memory, new kNN stores, new
+        recurrent states)`.
 
         `positions` `(K, D)` and `mask` `(B, T, K)` cover the K = M + T keys; `memories` are
         `forward`'s `knn_memories`, searched and filled in place instead of the state's stores.
         """
         mem_len = _memory_length(state)
-        new_memory, new_knn = {}, {}
+        new_memory, new_knn, new_recurrent = {}, {}, {}
         for block in self.blocks:
             block_memory = None
             if mem_len and block.uses_attention:
                 block_memory = ops.cast(state.xl_memory[block.name], hidden.dtype)
                 extended = ops.concatenate([block_memory, hidden], axis=1)  # (B, M + T, D)
                 new_memory[block.name] = ops.stop_gradient(extended[:, -mem_len:])  # (B, M, D)
-            if block.name in memories:  # a KNNMemory object: updated in place
-                hidden, _ = block(
-                    hidden, block_memory, positions, mask, knn_state=memories[block.name],
-                    training=training, document_starts=document_starts,
-                )  # fmt: skip
-            elif block.remembers:
-                hidden, new_knn[block.name] = block(
-                    hidden, block_memory, positions, mask, knn_state=state.knn[block.name],
-                    training=training, document_starts=document_starts,
-                )  # fmt: skip
-            else:
+            carried = {}
+            if block.remembers:  # a KNNMemory object of `memories` is updated in place
+                carried["knn_state"] = memories.get(block.name, state.knn.get(block.name))
+            if block.recurs:
+                carried["recurrent_state"] = state.recurrent[block.name]
+            if not carried:
                 hidden = block(hidden, block_memory, positions, mask, training=training)
-        return hidden, new_memory, new_knn
+                continue
+            hidden, *after = block(
+                hidden, block_memory, positions, mask, training=training,
+                document_starts=document_starts, **carried,
+            )  # fmt: skip
+            if block.remembers and block.name not in memories:
+                new_knn[block.name] = after[0]
+            if block.recurs:
+                new_recurrent[block.name] = after[-1]
+        return hidden, new_memory, new_knn, new_recurrent
 
     def split_inputs(self, inputs):
         """`(token_ids (B, T), document_starts (B, T) or None)` from `call`'s inputs: ids, or
@@ -540,5 +571,8 @@ class PARTransformerXL(CarriedState, keras.Model):
             knn_memory_size=self.knn_memory_size,
             knn_neighbors=self.knn_neighbors,
             knn_backend=self.knn_backend,
+            window=self.window,
+            position=self.position,
+            ffn_activation=self.ffn_activation,
         )
         return config

@@ -4,7 +4,12 @@ The state is a `ModelState`: the XL memory, `(B, M, D)` per block that may atten
 block name, its valid length per row, `(B,)`, and the kNN store (`KNNState`,
 `par_xl.memory.exact_state`) of each block that may use memorizing attention ("M",
 `knn_layers`): per row and head the keys and values of its last C positions, searched for the k
-nearest of each query (Wu et al. 2022, arXiv 2203.08913). The model's `forward` is stateless:
+nearest of each query (Wu et al. 2022, arXiv 2203.08913), and the recurrent state of each block
+that may use LEAP attention ("L"): per row and head its focus-weighted sums since the stream's
+start (`LeapState`, `par_xl.layers.leap_state`), O(1) in the context's length. A block of
+sliding-window attention ("W") keeps no state of its own: the keys and values of its window's
+last W positions are projections of its XL memory, which it reads like A does. The model's
+`forward` is stateless:
 one segment and a state in, hidden states and the new state out, any batch size and memory size
 M. Generation and evaluation carry the state themselves, as tensors through their compiled
 loops.
@@ -12,12 +17,14 @@ loops.
 `model.fit` over context-batched data must also give every batch the memory of the previous
 one, under `jit_compile=True` and on the JAX backend. For it the state is also kept in
 non-trainable variables (`CarriedState`), `memory_<i>` per block in `memory_blocks`,
-`valid_memory_length`, and the kNN stores' `knn_{keys,values,position,length}_<i>` per block in
-`knn_blocks`, created in `build` from the (static) batch size of the data; checkpoints hold
-them, so a resumed run continues with the same stores. `call` reads them into a `ModelState`,
-calls `forward`, and assigns the new state, exactly like a BatchNormalization layer updates its
-moving statistics: TensorFlow assigns the variables inside the compiled step, JAX's stateless
-training loop returns them as updated non-trainable state. The memory is written through
+`valid_memory_length`, the kNN stores' `knn_{keys,values,position,length}_<i>` per block in
+`knn_blocks`, and the recurrent states' `recurrent_<field>_<i>` per block in `recurrent_blocks`
+(L: `recurrent_{key_sum,value_sum,weight_sum}_<i>`), created in `build` from the (static) batch
+size of the data; checkpoints hold them, so a resumed run continues with the same stores and
+sums. `call` reads them into a `ModelState`, calls `forward`, and assigns the new state, exactly
+like a BatchNormalization layer updates its moving statistics: TensorFlow assigns the
+variables inside the compiled step, JAX's stateless training loop returns them as updated
+non-trainable state. The memory is written through
 `stop_gradient`, so it never receives gradients. Other designs fail one of the three
 requirements: Python-side caches do not survive `tf.function`/`jax.jit`, and passing the state
 as model inputs/outputs does not fit `fit`'s `(inputs, labels)` data contract.
@@ -43,6 +50,7 @@ XLA.
 
 from typing import NamedTuple
 
+import keras
 from keras import ops
 
 from par_xl.distribution import replicas
@@ -69,29 +77,35 @@ class ModelState(NamedTuple):
             keys and values `(B, N, C, H)` of its last C positions, with their ring-buffer
             `position` and valid `length` `(B,)` (`par_xl.memory.exact_state`); `{}` without
             (the default: a state made by hand for a model without kNN memory).
+        recurrent: `{block name: state}`, one entry per block that keeps a recurrent state of
+            its own (one that may use LEAP attention, `PARTransformerXL.recurrent_blocks`):
+            its `LeapState` of B rows, float32 (`par_xl.layers.leap_state`); `{}` without.
     """
 
     xl_memory: dict
     valid_length: object
     knn: dict = {}  # never mutated: every new state gets a new dict
+    recurrent: dict = {}  # the same
 
 
 class CarriedState:
     """The state variables of a `PARTransformerXL` (the module docstring): made, read, written,
     emptied, saved and loaded.
 
-    A mixin of the model, which provides `blocks`, `memory_blocks`, `knn_blocks`, `mem_len`,
-    `d_model`, `num_heads`, `knn_memory_size`, `knn_neighbors`, `knn_backend` and the dtypes,
-    and holds the variables in `xl_memory` (`{block name: (B, M, D)}`), `valid_length`
-    (`(B,)`) and `knn_store` (`{block name: KNNState}`), and `inference_state`'s ScaNN stores
-    per batch size in `_knn_memories`.
+    A mixin of the model, which provides `blocks`, `memory_blocks`, `knn_blocks`,
+    `recurrent_blocks`, `mem_len`, `d_model`, `num_heads`, `knn_memory_size`, `knn_neighbors`,
+    `knn_backend` and the dtypes, and holds the variables in `xl_memory` (`{block name: (B, M,
+    D)}`), `valid_length` (`(B,)`), `knn_store` (`{block name: KNNState}`) and
+    `recurrent_state` (`{block name: LeapState}`), and `inference_state`'s ScaNN stores per
+    batch size in `_knn_memories`.
     """
 
     def _build_state_variables(self, batch):
         """Creates the state variables for `batch` rows (per replica under tf.distribute: see
         `par_xl.distribution.replicas`; an ordinary variable otherwise). Created in this order,
-        the checkpoints' (the model's own variables); the kNN stores last, so that models
-        without them keep the layout they had before the stores existed."""
+        the checkpoints' (the model's own variables); the kNN stores, then the recurrent
+        states last, so that models without them keep the layout they had before these
+        existed."""
         self.xl_memory = {
             self.blocks[i].name: replicas.stream_variable(
                 f"memory_{i}", (batch, self.mem_len, self.d_model), self.variable_dtype
@@ -102,6 +116,19 @@ class CarriedState:
         self.knn_store = {
             self.blocks[i].name: self._knn_variables(i, batch) for i in self.knn_blocks
         }
+        self.recurrent_state = {
+            self.blocks[i].name: self._recurrent_variables(i, batch) for i in self.recurrent_blocks
+        }
+
+    def _recurrent_variables(self, i, batch):
+        """Block i's recurrent state as state variables `recurrent_<field>_<i>`: its empty
+        state's structure, shapes and dtypes (`StochasticBlock.empty_recurrent_state`)."""
+        empty = self.blocks[i].empty_recurrent_state(batch)
+        return type(empty)(
+            *(replicas.stream_variable(f"recurrent_{field}_{i}", value.shape,
+                                       keras.backend.standardize_dtype(value.dtype))
+              for field, value in zip(empty._fields, empty))
+        )  # fmt: skip
 
     def _read_state_variables(self):
         """The state variables as a `ModelState` for `forward`, without gradients."""
@@ -109,6 +136,7 @@ class CarriedState:
             {name: ops.stop_gradient(v) for name, v in self.xl_memory.items()},
             self.valid_length,
             {name: KNNState(*map(ops.stop_gradient, s)) for name, s in self.knn_store.items()},
+            {name: type(s)(*map(ops.stop_gradient, s)) for name, s in self.recurrent_state.items()},
         )
 
     def _assign_state_variables(self, state):
@@ -119,11 +147,16 @@ class CarriedState:
         for name, variables in self.knn_store.items():
             for variable, value in zip(variables, state.knn[name]):
                 variable.assign(ops.cast(value, variable.dtype))
+        for name, variables in self.recurrent_state.items():
+            for variable, value in zip(variables, state.recurrent[name]):
+                variable.assign(ops.cast(value, variable.dtype))
 
     @property
     def keeps_state(self):
-        """Whether `call` carries state from batch to batch: an XL memory or a kNN store."""
-        return bool(self.mem_len and self.memory_blocks or self.knn_blocks)
+        """Whether `call` carries state from batch to batch: an XL memory, a kNN store or a
+        recurrent state."""
+        return bool(self.mem_len and self.memory_blocks or self.knn_blocks
+                    or self.recurrent_blocks)  # fmt: skip
 
     def _knn_variables(self, i, batch):
         """Block i's kNN store as state variables: a `KNNState` of `knn_keys_<i>`,
@@ -139,8 +172,9 @@ class CarriedState:
 
     def initial_state(self, batch_size, mem_len=None):
         """The empty state for `forward`: `(B, M, D)` zeros per block in `memory_blocks`
-        (none if M is 0), no valid slot, and an empty exact kNN store per block in
-        `knn_blocks` (`(B, N, C, H)` keys and values in the compute dtype).
+        (none if M is 0), no valid slot, an empty exact kNN store per block in `knn_blocks`
+        (`(B, N, C, H)` keys and values in the compute dtype), and an empty recurrent state per
+        block in `recurrent_blocks`.
 
         Args:
             batch_size: B.
@@ -199,23 +233,30 @@ class CarriedState:
                 self.blocks[i].name: exact_state.empty_state(**knn_sizes, dtype=self.compute_dtype)
                 for i in self.knn_blocks
             }
-        return ModelState(xl_memory, ops.zeros((batch_size,), "int32"), knn)
+        recurrent = {
+            self.blocks[i].name: self.blocks[i].empty_recurrent_state(batch_size)
+            for i in self.recurrent_blocks
+        }
+        return ModelState(xl_memory, ops.zeros((batch_size,), "int32"), knn, recurrent)
 
     @property
     def state_variables(self):
         """The state variables `call` carries: `memory_i` `(B, M, D)` per block in
         `memory_blocks`, `valid_memory_length` `(B,)`, then per block in `knn_blocks` its kNN
         store's `knn_keys_i`, `knn_values_i` `(B, N, C, H)`, `knn_position_i`, `knn_length_i`
-        `(B,)`; empty without them. Per replica under tf.distribute (B rows per replica): read
-        and write them whole with `get_state` / `set_state`."""
+        `(B,)`, then per block in `recurrent_blocks` its recurrent state's variables (L:
+        `recurrent_key_sum_i`, `recurrent_value_sum_i` `(B, N, H)`, `recurrent_weight_sum_i`
+        `(B, N)`); empty without them. Per replica under tf.distribute (B rows per replica):
+        read and write them whole with `get_state` / `set_state`."""
         if self.valid_length is None:
             return []
         stores = [variable for store in self.knn_store.values() for variable in store]
-        return [*self.xl_memory.values(), self.valid_length, *stores]
+        recurrent = [variable for state in self.recurrent_state.values() for variable in state]
+        return [*self.xl_memory.values(), self.valid_length, *stores, *recurrent]
 
     def reset_state(self):
-        """Empties the state variables (start of an epoch, of a new text): the XL memory and
-        the kNN stores."""
+        """Empties the state variables (start of an epoch, of a new text): the XL memory, the
+        kNN stores and the recurrent states."""
         replicas.clear_streams(self.state_variables)
 
     def get_state(self):
@@ -227,16 +268,21 @@ class CarriedState:
             return None
         values = replicas.read_streams(self.state_variables)
         memory, valid_length = values[: len(self.xl_memory)], values[len(self.xl_memory)]
-        stores = values[len(self.xl_memory) + 1 :]
-        knn = {name: KNNState(*stores[4 * i : 4 * i + 4]) for i, name in enumerate(self.knn_store)}
-        return ModelState(dict(zip(self.xl_memory, memory)), valid_length, knn)
+        rest = iter(values[len(self.xl_memory) + 1 :])
+        knn = {name: KNNState(*(next(rest) for _ in store))
+               for name, store in self.knn_store.items()}  # fmt: skip
+        recurrent = {name: type(state)(*(next(rest) for _ in state))
+                     for name, state in self.recurrent_state.items()}  # fmt: skip
+        return ModelState(dict(zip(self.xl_memory, memory)), valid_length, knn, recurrent)
 
     def set_state(self, state):
         """Assigns a `ModelState` of arrays shaped as `get_state` returns them, all streams;
         each replica takes its rows."""
         memory = [state.xl_memory[name] for name in self.xl_memory]
         stores = [value for name in self.knn_store for value in state.knn[name]]
-        replicas.write_streams(self.state_variables, [*memory, state.valid_length, *stores])
+        recurrent = [value for name in self.recurrent_state for value in state.recurrent[name]]
+        replicas.write_streams(self.state_variables,
+                               [*memory, state.valid_length, *stores, *recurrent])  # fmt: skip
 
     def save_own_variables(self, store):
         # Keras's order (its `Layer.save_own_variables`), the state variables written as
