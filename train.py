@@ -150,6 +150,12 @@ flags.DEFINE_bool(
     "Continue the run in --checkpoint_dir from its newest intact checkpoint (same model flags "
     "and data, or a refusal).",
 )
+flags.DEFINE_bool(
+    "allow_changed_training_flags",
+    DEFAULT["allow_changed_training_flags"],
+    "--resume with training flags (schedule, optimizer, the search's) other than the run's: the "
+    "run continues with these, and its log records the change. Without it they are refused.",
+)
 flags.DEFINE_string(
     "init_from",
     None,
