@@ -340,6 +340,8 @@ def train(strategy, jit_compile):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+
     from par_xl.data import DataError
     from par_xl.distribution import strategies
     from par_xl.files import DiskFull
@@ -368,7 +370,21 @@ def main(argv):
     except (DiskFull, OSError) as error:  # a full disk, an unwritable or failing device
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
+    except (MemoryError, tf.errors.ResourceExhaustedError) as error:
+        print(f"train.py: error: {out_of_resources(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def out_of_resources(error):
+    """The message for TensorFlow's ResourceExhaustedError (memory, or a full disk under a
+    TensorFlow writer) or a MemoryError: what ran out, and which flags to lower."""
+    text = (getattr(error, "message", None) or str(error) or type(error).__name__).splitlines()[0]
+    if "No space left on device" in text:
+        return (f"no space left on a device ({text}). Free space there, then run again with "
+                "--resume.")  # fmt: skip
+    return (f"out of memory ({text}): lower --d_model, --d_ffn, --num_layers, --mem_len or "
+            "--knn_memory_size, or build the data with a smaller --batch_size.")  # fmt: skip
 
 
 if __name__ == "__main__":

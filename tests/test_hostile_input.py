@@ -414,5 +414,5 @@ def test_interrupted_build_exits_130_with_a_message(small_text_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True)  # fmt: skip
     assert result.returncode == 130, result.stderr[-3000:]
-    assert "build_data.py: interrupted" in result.stderr and "--overwrite" in result.stderr
+    assert "build_data.py: interrupted" in result.stderr and "run the build again" in result.stderr
     assert "Traceback" not in result.stderr
