@@ -337,6 +337,23 @@ def train(strategy, jit_compile):
     trainer.train(model_config, train_config, strategy)
 
 
+def check_flag_combinations():
+    """Refuses flags that the chosen --mode or --strategy would silently ignore."""
+    if FLAGS.tpu and FLAGS.strategy != "tpu":
+        raise ConfigError(
+            f"--tpu={FLAGS.tpu} is used only with --strategy=tpu, received "
+            f"--strategy={FLAGS.strategy}."
+        )
+    if FLAGS.mode == "train":
+        for name in ("checkpoint", "eval_directory"):
+            if getattr(FLAGS, name):
+                raise ConfigError(
+                    f"--{name} is used only with --mode=evaluate; training resumes from the "
+                    "newest checkpoint (--resume) and evaluates --valid_directory and "
+                    "--test_directory."
+                )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -349,6 +366,7 @@ def main(argv):
     from par_xl.training.checkpoints import CheckpointError
 
     try:
+        check_flag_combinations()
         # The strategy first: multi-worker and TPU set-up must precede any TensorFlow work.
         strategy = strategies.make_strategy(FLAGS.strategy, FLAGS.tpu)
         jit_compile = strategies.jit_compile_for(

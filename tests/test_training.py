@@ -188,7 +188,8 @@ def test_checkpoint_restores_every_variable_including_noise_states(tmp_path):
     manager.save(model, 2)
     manager.save(model, 3)
     assert manager.steps() == [3] and sorted(p.name for p in tmp_path.iterdir()) == [
-        "ckpt-00000003.state.npz", "ckpt-00000003.weights.h5", "latest.json"]  # fmt: skip
+        "ckpt-00000003.record.json", "ckpt-00000003.state.npz", "ckpt-00000003.weights.h5",
+        "latest.json"]  # fmt: skip
     fresh = tiny_model()
     assert manager.restore(fresh) == 3
     for saved, restored in zip(

@@ -68,6 +68,9 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.keep = keep
         self.owner = owner
+        # A run with an identity has a record for each checkpoint (a run from before them,
+        # resumed, has an identity from then on, and older checkpoints without records).
+        self.records_required = owner is not None
         self.restored = None  # path of the checkpoint the last `restore` loaded
 
     def steps(self):
@@ -152,7 +155,7 @@ class CheckpointManager:
             expected = {}  # latest.json lists this directory's checkpoints only
         else:
             expected = self.manifest() if manifest is None else manifest
-        if record is None and self.owner is not None and path.name not in expected:
+        if record is None and self.records_required and path.name not in expected:
             return (f"its record {self.record_path(path).name} is missing (the save did not "
                     "finish, or the file was removed)")  # fmt: skip
         for file in (path, self.state_path(path)):
@@ -286,7 +289,7 @@ class CheckpointManager:
                             file.replace(file.with_name(file.name + _DAMAGED))
         if self.owner is not None:
             record = self.record(path)[0] or {}
-            self.owner.check_checkpoint(path, record.get("run"), given)
+            self.owner.check_checkpoint(path, record.get("run"), self.directory, given)
         self._load(model, path)
         self.restored = path
         return int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0

@@ -89,10 +89,11 @@ class RunIdentity:
     def describe(self):
         return f"'{self.name}' (id {self.id[:8]}, checkpoints in {self.checkpoint_dir})"
 
-    def check_checkpoint(self, path, recorded, flag=None):
+    def check_checkpoint(self, path, recorded, directory, flag=None):
         """Raises CheckpointError unless the record's `run` (a dict, None for a checkpoint
-        from before records) is this run with this configuration. `flag` names the flag that
-        gave `path` (e.g. "--checkpoint"), None for a checkpoint found in the run's directory."""
+        from before records) is this run, whose config.json is in `directory`, with this
+        configuration. `flag` names the flag that gave `path` (e.g. "--checkpoint"), None for a
+        checkpoint found in the run's directory."""
         from par_xl.training.checkpoints import CheckpointError
 
         if not recorded:
@@ -107,14 +108,14 @@ class RunIdentity:
             )
             raise CheckpointError(
                 f"{given} belongs to the run {other.describe()}, not to the run of "
-                f"--checkpoint_dir={self.checkpoint_dir}: {self.describe()}. Its weights do not "
-                f"go with this run's configuration and tokenizer: {advice}."
+                f"--checkpoint_dir={directory}: '{self.name}' (id {self.id[:8]}). Its weights do "
+                f"not go with this run's configuration and tokenizer: {advice}."
             )
         if recorded.get("config_sha256") != self.config_sha256:
             raise CheckpointError(
-                f"{given} was written under another configuration than "
-                f"{self.checkpoint_dir}/config.json now holds (its model or data fields were "
-                "edited since?): restore that config.json, or use a checkpoint written under it."
+                f"{given} was written under another configuration than {directory}/config.json "
+                "now holds (its model or data fields were edited since?): restore that "
+                "config.json, or use a checkpoint written under it."
             )
 
 

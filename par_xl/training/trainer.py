@@ -175,8 +175,10 @@ def check_checkpoints(model_config, train_config, metadata):
     for stale_in in (directory, Path(train_config.run_directory)):
         for stale in remove_temporaries(stale_in):
             log.info("removed %s, left by an interrupted run", stale)
+    older = False  # a run from before run identities and checkpoint records
     if train_config.resume:
         owner = check_resume_of(directory, model_config, train_config, metadata)
+        older = owner is None
         owner = owner or RunIdentity.new(train_config, config_sha256)
     else:
         if CheckpointManager(directory).steps():
@@ -188,7 +190,9 @@ def check_checkpoints(model_config, train_config, metadata):
             read_run_config(train_config.init_from, "--init_from")
         owner = RunIdentity.new(train_config, config_sha256)
     make_directory(directory, "--checkpoint_dir")
-    return CheckpointManager(directory, owner=owner)
+    checkpoints = CheckpointManager(directory, owner=owner)
+    checkpoints.records_required = not older
+    return checkpoints
 
 
 def check_resume_of(directory, model_config, train_config, metadata):
