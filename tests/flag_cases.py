@@ -17,11 +17,13 @@ shows it. config.json values go through the same checks as the flags (`ModelConf
 DELETE = object()
 INT_MAX = 2**31 - 1
 
-# The short run's training flags (test_training.train_args), with placeholders.
+# The short run's training flags (test_training.train_args), with placeholders; one step at
+# most, should a case not be refused.
 TRAIN = ("--train_directory={data}/tf/train", "--valid_directory={data}/tf/valid",
          "--test_directory={data}/tf/test", "--sp_model_prefix={data}/sp", "--preset=tiny",
-         "--cutoffs=20", "--cutoffs=80", "--epochs=1", "--warmup_steps=10", "--max_lr=3e-3",
-         "--log_every=10", "--log_dir={tmp}/runs", "--model_name=fresh")  # fmt: skip
+         "--cutoffs=20", "--cutoffs=80", "--epochs=1", "--max_steps=1", "--warmup_steps=10",
+         "--max_lr=3e-3", "--log_every=10", "--log_dir={tmp}/runs",
+         "--model_name=fresh")  # fmt: skip
 EVALUATE = ("--mode=evaluate", "--checkpoint_dir={run}/checkpoints")
 GENERATE = ("--checkpoint_dir={run}/checkpoints",)
 BUILD = ("--input_text={text}", "--tfrecords_directory={tmp}/tf", "--sp_model_prefix={tmp}/sp")

@@ -111,12 +111,13 @@ def edited_split(tiny_data, destination):
 
 
 # The table: (script, arguments, exit code, what the message must say: a string or a tuple of
-# them). {data} is the tiny data, {other} the other builds, {run} a copy of the short run in
-# {runs}, {tmp} a scratch directory.
+# them[, an edit, a patch: see Case]). {data} is the tiny data, {other} the other builds, {run} a
+# copy of the short run in {runs}, {bpe} the BPE run, {text} the small corpus, {tmp} a scratch
+# directory. A case that is not refused trains one step at most (--max_steps=1).
 
 TRAIN = ("--train_directory={data}/tf/train", "--valid_directory={data}/tf/valid",
          "--sp_model_prefix={data}/sp", "--preset=tiny", "--cutoffs=20", "--cutoffs=80",
-         "--epochs=1", "--log_dir={tmp}/runs", "--model_name=short")  # fmt: skip
+         "--epochs=1", "--max_steps=1", "--log_dir={tmp}/runs", "--model_name=short")  # fmt: skip
 CASES = {
     "steps_per_execution_zero": (
         "train.py", (*TRAIN, "--steps_per_execution=0"), 2,
