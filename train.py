@@ -344,6 +344,11 @@ def check_flag_combinations():
             f"--tpu={FLAGS.tpu} is used only with --strategy=tpu, received "
             f"--strategy={FLAGS.strategy}."
         )
+    if FLAGS.allow_changed_training_flags and not FLAGS.resume:
+        raise ConfigError(
+            "--allow_changed_training_flags is used only with --resume: a new run takes any "
+            "training flags."
+        )
     if FLAGS.mode == "train":
         for name in ("checkpoint", "eval_directory"):
             if getattr(FLAGS, name):

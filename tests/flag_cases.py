@@ -142,6 +142,9 @@ FLAG_CASES = {
     "tpu_without_strategy_tpu": train(
         "tpu", "local", "--tpu=local is used only with --strategy=tpu, received "
         "--strategy=default."),
+    "allow_changed_training_flags_without_resume": (
+        "train.py", (*TRAIN, "--allow_changed_training_flags"), 2,
+        "--allow_changed_training_flags is used only with --resume"),
     "checkpoint_when_training": train(
         "checkpoint", "{run}/checkpoints/ckpt-00000020.weights.h5",
         "--checkpoint is used only with --mode=evaluate"),

@@ -39,6 +39,7 @@ from par_xl.training import callbacks as cb
 from par_xl.training import trainer
 from par_xl.training.checkpoints import CheckpointError, CheckpointNotSaved
 from par_xl.training.evaluation import perplexity
+from par_xl.training.run_identity import changed_training_flags
 from par_xl.training.runs import LOCK_FILE, load_run, lock_run, lock_run_directories
 
 
@@ -175,13 +176,19 @@ CASES = {
         "train.py", ("--mode=evaluate", "--checkpoint_dir={run}/checkpoints",
                      "--checkpoint={bpe}/checkpoints/ckpt-00000010.weights.h5"), 2,
         ("--checkpoint={bpe}/checkpoints/ckpt-00000010.weights.h5 belongs to the run 'bpe' (id ",
-         "not to the run of --checkpoint_dir={run}/checkpoints: 'short' (id ",
+         "not to the run in {run}/checkpoints: 'short' (id ",
          "use it with --checkpoint_dir=")),
     "generate_checkpoint_of_another_run": (
         "generate.py", ("--checkpoint_dir={run}/checkpoints",
                         "--checkpoint={bpe}/checkpoints/ckpt-00000010.weights.h5"), 2,
         ("--checkpoint={bpe}/checkpoints/ckpt-00000010.weights.h5 belongs to the run 'bpe' (id ",
-         "not to the run of --checkpoint_dir={run}/checkpoints: 'short' (id ")),
+         "not to the run in {run}/checkpoints: 'short' (id ")),
+    "evaluate_other_runs_checkpoint_in_a_run_without_identity": (
+        "train.py", ("--mode=evaluate", "--checkpoint_dir={run}/checkpoints",
+                     "--checkpoint={bpe}/checkpoints/ckpt-00000010.weights.h5"), 2,
+        ("--checkpoint={bpe}/checkpoints/ckpt-00000010.weights.h5 belongs to the run 'bpe' (id ",
+         "not to the run in {run}/checkpoints: a run whose config.json records no identity"),
+        ("config", {"run": DELETE})),
     "generate_after_config_json_edited": (
         "generate.py", ("--checkpoint_dir={run}/checkpoints",), 2,
         "the checkpoint {run}/checkpoints/ckpt-00000020.weights.h5 was written under another "
@@ -737,6 +744,16 @@ def test_a_run_stopped_in_its_final_evaluation_says_so_and_resume_finishes_it(
     assert ("--allow_changed_training_flags: the training flags change on this resume: max_lr "
             "0.003 -> 0.001") in (run / "training_log.log").read_text()  # fmt: skip
     assert json.loads((run / "checkpoints/config.json").read_text())["train"]["max_lr"] == 1e-3
+
+
+def test_resume_compares_the_architecture_start_by_its_effect():
+    """Runs from before arch_start_step's None default recorded the warm-up's end: resuming one
+    with the default changes nothing; another warm-up moves both."""
+    older = TrainConfig("train", "valid", warmup_steps=10, arch_start_step=10)
+    assert changed_training_flags(older, dataclasses.replace(older, arch_start_step=None)) == []
+    shorter = dataclasses.replace(older, warmup_steps=5, arch_start_step=None)
+    assert changed_training_flags(older, shorter) == [
+        ("warmup_steps", 10, 5), ("arch_start_step", 10, 5)]  # fmt: skip
 
 
 # 8. base_model.sh (through create_tfrecords.sh) on data built with other settings stops,

@@ -33,6 +33,7 @@ import numpy as np
 from keras import ops
 
 from par_xl.files import atomic_path, atomic_write_text, reporting_full_disk, sha256_file
+from par_xl.training.run_identity import check_checkpoint
 
 LATEST = "latest.json"
 CONFIG = "config.json"
@@ -61,7 +62,8 @@ class CheckpointManager:
         keep: how many of the newest intact checkpoints to keep.
         owner: the run the checkpoints belong to (a `run_identity.RunIdentity`), recorded in
             each record and checked on load; None for a run from before run identities
-            (checkpoints without a record are then checked by reading them whole).
+            (checkpoints without a record are then checked by reading them whole, and one
+            that records a run is another run's).
     """
 
     def __init__(self, directory, keep=2, owner=None):
@@ -287,9 +289,8 @@ class CheckpointManager:
                     for file in self.files(bad):
                         if file.exists():
                             file.replace(file.with_name(file.name + _DAMAGED))
-        if self.owner is not None:
-            record = self.record(path)[0] or {}
-            self.owner.check_checkpoint(path, record.get("run"), self.directory, given)
+        record = self.record(path)[0] or {}
+        check_checkpoint(self.owner, path, record.get("run"), self.directory, given)
         self._load(model, path)
         self.restored = path
         return int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0

@@ -89,42 +89,50 @@ class RunIdentity:
     def describe(self):
         return f"'{self.name}' (id {self.id[:8]}, checkpoints in {self.checkpoint_dir})"
 
-    def check_checkpoint(self, path, recorded, directory, flag=None):
-        """Raises CheckpointError unless the record's `run` (a dict, None for a checkpoint
-        from before records) is this run, whose config.json is in `directory`, with this
-        configuration. `flag` names the flag that gave `path` (e.g. "--checkpoint"), None for a
-        checkpoint found in the run's directory."""
-        from par_xl.training.checkpoints import CheckpointError
 
-        if not recorded:
-            return
-        given = f"{flag}={path}" if flag else f"the checkpoint {path}"
-        if recorded.get("id") != self.id:
-            other = RunIdentity(**{k: str(recorded.get(k, "?")) for k in self.as_record()})
-            advice = (
-                f"use it with --checkpoint_dir={other.checkpoint_dir}"
-                if flag
-                else f"move it out of {Path(path).parent}"
-            )
-            raise CheckpointError(
-                f"{given} belongs to the run {other.describe()}, not to the run of "
-                f"--checkpoint_dir={directory}: '{self.name}' (id {self.id[:8]}). Its weights do "
-                f"not go with this run's configuration and tokenizer: {advice}."
-            )
-        if recorded.get("config_sha256") != self.config_sha256:
-            raise CheckpointError(
-                f"{given} was written under another configuration than {directory}/config.json "
-                "now holds (its model or data fields were edited since?): restore that "
-                "config.json, or use a checkpoint written under it."
-            )
+def check_checkpoint(owner, path, recorded, directory, flag=None):
+    """Raises CheckpointError unless a checkpoint's recorded `run` (a dict; None for a
+    checkpoint from before records) is `owner`, the run whose config.json is in `directory`,
+    with its configuration. `owner` None is a run that records no identity (from before them):
+    no recorded run is its. `flag` names the flag that gave `path` (e.g. "--checkpoint"), None
+    for a checkpoint found in the run's directory."""
+    from par_xl.training.checkpoints import CheckpointError
+
+    if not recorded:
+        return
+    given = f"{flag}={path}" if flag else f"the checkpoint {path}"
+    if owner is None or recorded.get("id") != owner.id:
+        other = RunIdentity(**{f.name: str(recorded.get(f.name, "?"))
+                               for f in dataclasses.fields(RunIdentity)})  # fmt: skip
+        this = (f"'{owner.name}' (id {owner.id[:8]})" if owner else
+                "a run whose config.json records no identity (from before them, or edited)")
+        advice = (f"use it with --checkpoint_dir={other.checkpoint_dir}" if flag
+                  else f"move it out of {Path(path).parent}")  # fmt: skip
+        raise CheckpointError(
+            f"{given} belongs to the run {other.describe()}, not to the run in {directory}: "
+            f"{this}. Its weights do not go with this run's configuration and tokenizer: "
+            f"{advice}."
+        )
+    if recorded.get("config_sha256") != owner.config_sha256:
+        raise CheckpointError(
+            f"{given} was written under another configuration than {directory}/config.json "
+            "now holds (its model or data fields were edited since?): restore that "
+            "config.json, or use a checkpoint written under it."
+        )
 
 
 def changed_training_flags(previous, current):
-    """`[(name, previous value, current value)]` of the training flags that differ."""
+    """`[(name, previous value, current value)]` of the training flags that differ, by their
+    effect: `arch_start_step` None is the warm-up's end (`TrainConfig.architecture_start`), as
+    runs before that default recorded it."""
+
+    def value(config, name):
+        return config.architecture_start if name == "arch_start_step" else getattr(config, name)
+
     return [
-        (name, getattr(previous, name), getattr(current, name))
+        (name, value(previous, name), value(current, name))
         for name in training_flags()
-        if getattr(previous, name) != getattr(current, name)
+        if value(previous, name) != value(current, name)
     ]
 
 
