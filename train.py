@@ -147,8 +147,9 @@ flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default <log_dir>/<nam
 flags.DEFINE_bool(
     "resume",
     DEFAULT["resume"],
-    "Continue the run in --checkpoint_dir from its newest intact checkpoint (same model flags "
-    "and data, or a refusal).",
+    "Continue the run in --checkpoint_dir from its newest intact checkpoint (same data, model "
+    "and training flags, or a refusal); a run that reached its last step finishes its final "
+    "evaluation.",
 )
 flags.DEFINE_bool(
     "allow_changed_training_flags",

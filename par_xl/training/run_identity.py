@@ -104,8 +104,11 @@ def check_checkpoint(owner, path, recorded, directory, flag=None):
     if owner is None or recorded.get("id") != owner.id:
         other = RunIdentity(**{f.name: str(recorded.get(f.name, "?"))
                                for f in dataclasses.fields(RunIdentity)})  # fmt: skip
-        this = (f"'{owner.name}' (id {owner.id[:8]})" if owner else
-                "a run whose config.json records no identity (from before them, or edited)")
+        this = (
+            f"'{owner.name}' (id {owner.id[:8]})"
+            if owner
+            else "a run whose config.json records no identity (from before them, or edited)"
+        )
         advice = (f"use it with --checkpoint_dir={other.checkpoint_dir}" if flag
                   else f"move it out of {Path(path).parent}")  # fmt: skip
         raise CheckpointError(
