@@ -342,7 +342,7 @@ def text_dir(small_text_dir, tmp_path) -> Path:
         (dict(batch_size=-1), "--batch_size=-1: expected a positive integer"),
         (dict(seq_len=0), "--seq_len=0: expected a positive integer"),
         (dict(shards=0), "--shards=0: expected a positive integer"),
-        (dict(num_threads=-2), "--num_threads=-2: expected a positive count, or 0"),
+        (dict(num_threads=-2), "--num_threads=-2: expected a positive count up to 1024, or 0"),
         (dict(model_type="word"), "--model_type=word: expected one of"),
         (dict(input_text=""), "--input_text is required"),
         (dict(sp_model_prefix=""), "--sp_model_prefix is required"),
