@@ -14,6 +14,8 @@
 # published table, "2700 8500 14100 28300 48100"; "" for none)
 # RESUME JIT_COMPILE (true/false; default: on with a GPU), EXTRA_FLAGS (passed as they
 # are), and create_tfrecords.sh's DATA_DIR WIKITEXT2_DIR VOCAB_SIZE BATCH_SIZE SEQ_LEN PYTHON.
+# Data already built with other settings (e.g. BATCH_SIZE=8 on data built with 32) stop it
+# before training, naming the difference: REBUILD=1 builds them again.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")" && pwd)

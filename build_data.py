@@ -23,6 +23,7 @@ import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its 
 from par_xl.data import BuildConfig, DataError, build_data  # noqa: E402
 from par_xl.data.documents import WIKITEXT_DOCUMENT_START  # noqa: E402
 from par_xl.data.tokenizer import MODEL_TYPES  # noqa: E402
+from par_xl.files import DiskFull  # noqa: E402
 
 flags.DEFINE_string(
     "input_text",
@@ -119,14 +120,13 @@ def main(argv: list[str]) -> int:
     )
     try:
         report = build_data(config)
-    except DataError as e:
+    except (DataError, DiskFull, OSError) as e:  # OSError: a failing or unwritable device
         print(f"build_data.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(
-            "build_data.py: interrupted; every file is written under a temporary name first, so "
-            "no half-written file is left, but a split without metadata.json is not built: run "
-            "the build again (with --overwrite).",
+            "build_data.py: interrupted; every file is written under a temporary name first, and "
+            "what the build had written is removed: run the build again.",
             file=sys.stderr,
         )
         return 130

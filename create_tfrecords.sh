@@ -6,9 +6,11 @@
 #      there; else copies it from $WIKITEXT2_DIR if set; else downloads the official release.
 #   2. Runs build_data.py into $DATA_DIR/tfrecords/, the model at $DATA_DIR/sp12k.{model,vocab}.
 #
-# Idempotent: when all three splits have a metadata.json of the current format, it says so and
-# stops; REBUILD=1 builds again. Otherwise (nothing built, an interrupted build, or data of an
-# older format) it builds with --overwrite: the script owns $TFRECORDS_DIR and $SP_MODEL_PREFIX.*.
+# Idempotent: when all three splits have a metadata.json of the current format, built with the
+# settings below and $SP_MODEL_PREFIX.model, it says so and stops; built with other settings, it
+# stops with an error naming each difference (the data are not replaced behind a run's back);
+# REBUILD=1 builds again. Otherwise (nothing built, an interrupted build, or data of an older
+# format) it builds with --overwrite: the script owns $TFRECORDS_DIR and $SP_MODEL_PREFIX.*.
 #
 # Environment (default): DATA_DIR (data/ in the repository), WIKITEXT2_DIR (unset),
 # WIKITEXT2_URLS (the release), TFRECORDS_DIR ($DATA_DIR/tfrecords), SP_MODEL_PREFIX
@@ -68,28 +70,27 @@ except (OSError, ValueError) as error:
   rm -rf "$tmp"
 }
 
-# Splits that read with this version's format (a build from an older par-xl is built again).
-current_splits() {
-  "$PYTHON" - "$TFRECORDS_DIR" <<'PY' 2>/dev/null
-import sys
-import par_xl.runtime.quiet  # noqa: F401
-from par_xl.data import DataError, read_metadata
-try:
-    for split in ("train", "valid", "test"):
-        read_metadata(f"{sys.argv[1]}/{split}")
-except DataError:
-    sys.exit(1)
-PY
+# Whether the splits are built, of this version's format, with the settings asked for:
+# 0 yes, 1 not built (or older, damaged), 2 a setting that cannot work, 3 other settings.
+built_settings() {
+  PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m par_xl.data.build_settings \
+    "$TFRECORDS_DIR" "$SP_MODEL_PREFIX.model" VOCAB_SIZE="${VOCAB_SIZE:-12000}" \
+    MODEL_TYPE="${MODEL_TYPE:-unigram}" LOWERCASE="${LOWERCASE:-true}" \
+    BATCH_SIZE="${BATCH_SIZE:-32}" SEQ_LEN="${SEQ_LEN:-32}" SHARDS="${SHARDS:-4}"
 }
 
 if [[ "${REBUILD:-0}" != 1 && -f "$TFRECORDS_DIR/train/metadata.json" \
     && -f "$TFRECORDS_DIR/valid/metadata.json" && -f "$TFRECORDS_DIR/test/metadata.json" ]]; then
-  if current_splits; then
-    echo "TFRecords already built in $TFRECORDS_DIR (all splits have metadata.json); skipping." \
-      "Set REBUILD=1 to build them again."
-    exit 0
-  fi
-  echo "TFRecords in $TFRECORDS_DIR are of an older format (or damaged); building them again."
+  status=0
+  built_settings || status=$?
+  case $status in
+    0)
+      echo "TFRecords already built in $TFRECORDS_DIR with these settings; skipping." \
+        "Set REBUILD=1 to build them again."
+      exit 0 ;;
+    1) echo "TFRecords in $TFRECORDS_DIR are of an older format (or damaged); building them again." ;;
+    *) exit 1 ;;  # the check said why
+  esac
 fi
 
 mkdir -p "$TEXT_DIR"

@@ -8,6 +8,7 @@ read in chunks into the XL memory, and the new tokens are sampled in one compile
 forward step over the memory each (`par_xl.models.generation`).
 """
 
+import math
 import sys
 
 from absl import app, flags
@@ -46,18 +47,27 @@ FLAGS = flags.FLAGS
 
 def check_flags():
     """Raises ConfigError naming the first sampling flag whose value cannot work."""
+    from par_xl.checks import INT_MAX
     from par_xl.configs import ConfigError
 
     if FLAGS.num_tokens < 1:
         raise ConfigError(f"--num_tokens must be positive, received {FLAGS.num_tokens}.")
-    if not FLAGS.temperature > 0:
-        raise ConfigError(f"--temperature must be positive, received {FLAGS.temperature}.")
+    if not (math.isfinite(FLAGS.temperature) and FLAGS.temperature > 0):
+        raise ConfigError(
+            f"--temperature must be positive and finite, received {FLAGS.temperature}."
+        )
     if FLAGS.top_k < 0:
         raise ConfigError(f"--top_k must be >= 0 (0: all tokens), received {FLAGS.top_k}.")
     if not 0 < FLAGS.top_p <= 1:
         raise ConfigError(f"--top_p must be in (0, 1], received {FLAGS.top_p}.")
     if FLAGS.mem_len is not None and FLAGS.mem_len < 0:
         raise ConfigError(f"--mem_len must be >= 0, received {FLAGS.mem_len}.")
+    if not 0 <= FLAGS.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2**32), received {FLAGS.seed}.")
+    for name in ("num_tokens", "top_k", "mem_len"):
+        value = getattr(FLAGS, name)
+        if (value or 0) > INT_MAX:
+            raise ConfigError(f"--{name} must be at most {INT_MAX}, received {value}.")
     if not FLAGS.checkpoint_dir:
         raise ConfigError("--checkpoint_dir is required.")
 
@@ -65,6 +75,8 @@ def check_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+
     from par_xl.configs import ConfigError
     from par_xl.data import DataError, decode_lines, load_tokenizer
     from par_xl.models.generation import generate
@@ -90,11 +102,19 @@ def main(argv):
     except (ConfigError, DataError, OSError, ValueError) as error:
         print(f"generate.py: error: {error}", file=sys.stderr)
         return 2
+    except (MemoryError, tf.errors.ResourceExhaustedError) as error:
+        print(f"generate.py: error: out of memory ({_first_line(error)}): lower --num_tokens, or "
+              "give --mem_len a limit (0 keeps the whole context).", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print("generate.py: interrupted", file=sys.stderr)
         return 130
     print(decode_lines(tokenizer, prompt + ids))  # end-of-line ids end lines, as in the text
     return 0
+
+
+def _first_line(error):
+    return (getattr(error, "message", None) or str(error) or type(error).__name__).splitlines()[0]
 
 
 if __name__ == "__main__":

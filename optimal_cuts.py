@@ -138,16 +138,13 @@ def recommendation(comparison):
 def main(argv):
     del argv  # unused
     try:
-        model = cutoffs.CostModel(
-            batch_tokens=FLAGS.batch_tokens,
-            d_model=FLAGS.d_model,
-            proj_factor=FLAGS.proj_factor,
-            c_us=FLAGS.c_us,
-            tflops=FLAGS.tflops,
-            k0=FLAGS.k0,
-            b0=FLAGS.b0,
-        )
+        model = cost_model_from_flags()
         frequencies = read_unigram_file(FLAGS.filename)
+        if FLAGS.clusters > frequencies.size:
+            raise ValueError(
+                f"--clusters={FLAGS.clusters}: {FLAGS.filename} has {frequencies.size} entries, "
+                f"so at most {frequencies.size} clusters."
+            )
         began = time.perf_counter()
         comparison = cutoffs.compare_cutoffs(frequencies, FLAGS.clusters, model)
         seconds = time.perf_counter() - began
@@ -156,6 +153,22 @@ def main(argv):
         return 1
     print(format_comparison(comparison, FLAGS.filename, model, seconds, FLAGS.verbose))
     return 0
+
+
+def cost_model_from_flags():
+    """The cost model of the flags; a ValueError names the flag whose value cannot work."""
+    try:
+        return cutoffs.CostModel(
+            batch_tokens=FLAGS.batch_tokens,
+            d_model=FLAGS.d_model,
+            proj_factor=FLAGS.proj_factor,
+            c_us=FLAGS.c_us,
+            tflops=FLAGS.tflops,
+            k0=FLAGS.k0,
+            b0=FLAGS.b0,
+        )
+    except ValueError as e:  # CostModel names the argument first: the flag of the same name
+        raise ValueError(f"--{e}") from None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the TensorBoard scalars in `<run_dir>/train/`. The work is
 """
 
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
@@ -25,10 +26,22 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from par_xl.reporting.search_picture import NoSearchHistory, draw_search
 
+    if not Path(FLAGS.run_dir).is_dir():
+        print(f"plot_search.py: error: --run_dir={FLAGS.run_dir} is not a directory; expected a "
+              "run directory of train.py (<log_dir>/<model_name>).", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         paths = draw_search(FLAGS.run_dir, FLAGS.output_dir, FLAGS.frames)
     except NoSearchHistory as error:
         print(f"plot_search.py: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file in the way, a read-only or full filesystem
+        given = (f"--output_dir={FLAGS.output_dir}" if FLAGS.output_dir
+                 else f"--run_dir={FLAGS.run_dir}")  # fmt: skip
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"plot_search.py: error: {given}: cannot write search.png and search.gif there: "
+              f"{error.strerror or error}{where}; expected a writable directory.",
+              file=sys.stderr)  # fmt: skip
         return 2
     for path in paths:
         print(path)

@@ -170,8 +170,15 @@ flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default <log_dir>/<nam
 flags.DEFINE_bool(
     "resume",
     DEFAULT["resume"],
-    "Continue the run in --checkpoint_dir from its newest intact checkpoint (same model flags "
-    "and data, or a refusal).",
+    "Continue the run in --checkpoint_dir from its newest intact checkpoint (same data, model "
+    "and training flags, or a refusal); a run that reached its last step finishes its final "
+    "evaluation.",
+)
+flags.DEFINE_bool(
+    "allow_changed_training_flags",
+    DEFAULT["allow_changed_training_flags"],
+    "--resume with training flags (schedule, optimizer, the search's) other than the run's: the "
+    "run continues with these, and its log records the change. Without it they are refused.",
 )
 flags.DEFINE_string(
     "init_from",
@@ -354,9 +361,33 @@ def train(strategy, jit_compile):
     trainer.train(model_config, train_config, strategy)
 
 
+def check_flag_combinations():
+    """Refuses flags that the chosen --mode or --strategy would silently ignore."""
+    if FLAGS.tpu and FLAGS.strategy != "tpu":
+        raise ConfigError(
+            f"--tpu={FLAGS.tpu} is used only with --strategy=tpu, received "
+            f"--strategy={FLAGS.strategy}."
+        )
+    if FLAGS.allow_changed_training_flags and not FLAGS.resume:
+        raise ConfigError(
+            "--allow_changed_training_flags is used only with --resume: a new run takes any "
+            "training flags."
+        )
+    if FLAGS.mode == "train":
+        for name in ("checkpoint", "eval_directory"):
+            if getattr(FLAGS, name):
+                raise ConfigError(
+                    f"--{name} is used only with --mode=evaluate; training resumes from the "
+                    "newest checkpoint (--resume) and evaluates --valid_directory and "
+                    "--test_directory."
+                )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+
     from par_xl.data import DataError
     from par_xl.distribution import strategies
     from par_xl.files import DiskFull
@@ -364,6 +395,7 @@ def main(argv):
     from par_xl.training.checkpoints import CheckpointError
 
     try:
+        check_flag_combinations()
         # The strategy first: multi-worker and TPU set-up must precede any TensorFlow work.
         strategy = strategies.make_strategy(FLAGS.strategy, FLAGS.tpu)
         jit_compile = strategies.jit_compile_for(
@@ -385,7 +417,21 @@ def main(argv):
     except (DiskFull, OSError) as error:  # a full disk, an unwritable or failing device
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
+    except (MemoryError, tf.errors.ResourceExhaustedError) as error:
+        print(f"train.py: error: {out_of_resources(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def out_of_resources(error):
+    """The message for TensorFlow's ResourceExhaustedError (memory, or a full disk under a
+    TensorFlow writer) or a MemoryError: what ran out, and which flags to lower."""
+    text = (getattr(error, "message", None) or str(error) or type(error).__name__).splitlines()[0]
+    if "No space left on device" in text:
+        return (f"no space left on a device ({text}). Free space there, then run again with "
+                "--resume.")  # fmt: skip
+    return (f"out of memory ({text}): lower --d_model, --d_ffn, --num_layers, --mem_len or "
+            "--knn_memory_size, or build the data with a smaller --batch_size.")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from par_xl.checks import INT_MAX, bad_field
 from par_xl.cost.objective import COSTS, FORMS
 from par_xl.cutoffs import validate_cutoffs
 from par_xl.layers.choices import DEFAULT_CHOICES, validate_architecture, validate_choices
@@ -28,6 +29,19 @@ ARCH_OPTIMIZERS = ("adam", "sgd", "none")
 
 class ConfigError(ValueError):
     """A flag or configuration value that cannot work; the message names it."""
+
+
+def _check_types(config, unbounded=()):
+    """Each field of `config` of its annotated type, finite, and (an integer) at most INT_MAX
+    except the `unbounded` ones: config.json is edited by hand, and absl parses --x=inf."""
+    bad = bad_field(config)
+    if bad:
+        raise ConfigError(f"--{bad.name} must be {bad.expected}, received {bad.value!r}.")
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if field.name not in unbounded and any(type(v) is int and v > INT_MAX for v in values):
+            raise ConfigError(f"--{field.name} must be at most {INT_MAX}, received {value!r}.")
 
 
 def _as_flag_error(check, *args):
@@ -80,6 +94,7 @@ class ModelConfig:
 
     def validate(self):
         """Raises ConfigError naming the first flag whose value cannot work."""
+        _check_types(self)
         for name in ("vocab_size", "d_model", "num_heads", "d_ffn", "proj_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")
@@ -149,6 +164,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     seed: int = 0
     resume: bool = False
+    allow_changed_training_flags: bool = False  # --resume with other schedule, optimizer, search
     init_from: str | None = None  # a run's checkpoint directory to take the weights from
     tail_capacity: bool = True  # score adaptive-softmax tails sparsely (exact either way)
     unigram_bias_init: bool = True  # start the output biases at the training unigram
@@ -213,6 +229,12 @@ class TrainConfig:
 
     def validate(self):
         """Raises ConfigError naming the first flag whose value cannot work."""
+        _check_types(self, unbounded=("seed",))
+        for name in ("train_directory", "valid_directory", "model_name", "log_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} must not be empty.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be in [0, 2**32), received {self.seed}.")
         for name in ("max_lr", "tau_start", "tau_end"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be positive, received {getattr(self, name)}.")

@@ -111,7 +111,18 @@ def reporting_full_disk(path: str | os.PathLike, needed_bytes: int = 0, advice: 
             free = "unknown"
         need = f"about {megabytes(needed_bytes)}" if needed_bytes else "a little space"
         raise DiskFull(
-            f"no space left on the device of {directory} while writing {Path(path).name}: it "
-            f"needs {need}, {free} are free. Free space in {directory} (or on its device)"
+            f"no space left on the device of {directory} (the filesystem mounted at "
+            f"{mount_point(directory)}) while writing {Path(path).name}: it needs {need}, {free} "
+            f"are free. Free space in {directory} (or on its device)"
             + (f"; {advice}" if advice else ".")
         ) from error
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the filesystem `path` (or its nearest existing parent) is on."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    while not os.path.ismount(path):
+        path = path.parent
+    return path

@@ -342,7 +342,7 @@ def text_dir(small_text_dir, tmp_path) -> Path:
         (dict(batch_size=-1), "--batch_size=-1: expected a positive integer"),
         (dict(seq_len=0), "--seq_len=0: expected a positive integer"),
         (dict(shards=0), "--shards=0: expected a positive integer"),
-        (dict(num_threads=-2), "--num_threads=-2: expected a positive count, or 0"),
+        (dict(num_threads=-2), "--num_threads=-2: expected a positive count up to 1024, or 0"),
         (dict(model_type="word"), "--model_type=word: expected one of"),
         (dict(input_text=""), "--input_text is required"),
         (dict(sp_model_prefix=""), "--sp_model_prefix is required"),
@@ -476,10 +476,11 @@ def test_interrupted_write_leaves_no_file_under_a_final_name(small_text_dir, tmp
     monkeypatch.setattr(tfrecords_module, "serialize_batch", failing_serialize)
     with pytest.raises(KeyboardInterrupt):
         build_data(small_config(small_text_dir, tmp_path))
-    train = tmp_path / "tfrecords" / "train"
-    assert os.listdir(train) == ["train-00000-of-00003.tfrecord"]  # complete; no metadata
-    with pytest.raises(DataError, match="did not finish"):
-        read_metadata(train)
+    # What the build wrote is removed, the complete first shard and the model included, so
+    # that the same build runs again without --overwrite (issue 33).
+    assert os.listdir(tmp_path / "tfrecords" / "train") == []
+    assert not list(tmp_path.glob("sp.*"))
+    build_data(small_config(small_text_dir, tmp_path))
 
 
 # ---------------------------------------------------------------------------- command line

@@ -42,7 +42,7 @@ def test_training_seconds_sum_the_logged_intervals_and_follow_a_resume(tmp_path)
 def test_main_job_rows_stand_beside_the_original_table(tmp_path):
     """Evaluations at 2,700 and at the final step (2 epochs x 3,000 = 6,000): the first and
     the last rows are filled, with the logged figures; the others are not reached."""
-    config = json.loads(to_json(ModelConfig(vocab_size=40), TrainConfig("t", "v", epochs=2)))
+    config = json.loads(to_json(ModelConfig(vocab_size=4000), TrainConfig("t", "v", epochs=2)))
     config["data"] = {"train": {"batch_size": 2, "seq_len": 5, "steps": 3000, "sp_model": "sp",
                                 "sp_model_sha256": "0" * 64}}  # fmt: skip
     (tmp_path / "checkpoints").mkdir()

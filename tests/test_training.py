@@ -188,7 +188,8 @@ def test_checkpoint_restores_every_variable_including_noise_states(tmp_path):
     manager.save(model, 2)
     manager.save(model, 3)
     assert manager.steps() == [3] and sorted(p.name for p in tmp_path.iterdir()) == [
-        "ckpt-00000003.state.npz", "ckpt-00000003.weights.h5", "latest.json"]  # fmt: skip
+        "ckpt-00000003.record.json", "ckpt-00000003.state.npz", "ckpt-00000003.weights.h5",
+        "latest.json"]  # fmt: skip
     fresh = tiny_model()
     assert manager.restore(fresh) == 3
     for saved, restored in zip(
@@ -289,8 +290,8 @@ def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     # The supernet's expected cost and its argmax's, as multiples of the standard model's.
     assert re.search(r"step 60 \| .* \| cost \d+\.\d{3}x, argmax \d+\.\d{3}x", log)
     assert sorted(p.name for p in (trained_run / "checkpoints").glob("ckpt-*")) == [
-        "ckpt-00000050.state.npz", "ckpt-00000050.weights.h5",
-        "ckpt-00000060.state.npz", "ckpt-00000060.weights.h5"]  # fmt: skip
+        f"ckpt-000000{step}.{suffix}" for step in (50, 60)
+        for suffix in ("record.json", "state.npz", "weights.h5")]  # fmt: skip
     events = list(trained_run.rglob("events.out.tfevents.*"))
     assert {p.parent.name for p in events} >= {"train", "validation"}
     assert (trained_run / "search.png").stat().st_size > 0  # the search's pictures, drawn at

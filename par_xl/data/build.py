@@ -6,6 +6,10 @@ its document starts; check every split gives at least one batch; then per split:
 context batches, write its shards, the unigram file (train only), and its `metadata.json` last. The
 log goes to stderr and to `<tfrecords_directory>/build_data.log`.
 
+A build that fails (a full disk: `DiskFull`, naming the device and the space needed; an
+interrupt; a bad split) removes what it wrote, the splits it began and the SentencePiece model
+it trained, so that the same command runs again as it ran first.
+
 Shards: the training split gets `shards` files; every other split the same number scaled by its
 size relative to train, rounded up (WikiText-2 with 4 train shards: 1 for valid, 1 for test). A
 build without a training split gives each split `shards`. No shard is ever empty.
@@ -21,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from par_xl.checks import INT_MAX
 from par_xl.data.context_batching import context_batches, num_batches
 from par_xl.data.documents import (
     WIKITEXT_DOCUMENT_START,
@@ -54,10 +59,11 @@ from par_xl.data.unigram import (
     unigram_counts,
     write_unigram,
 )
-from par_xl.files import sha256_file
+from par_xl.files import DiskFull, reporting_full_disk, sha256_file
 from par_xl.runtime.log_files import log_to_file
 
 LOG_FILE = "build_data.log"
+MAX_THREADS = 1024  # SentencePiece's limit
 # The original PAR cutoffs: the build logs the share of training tokens in each of their clusters.
 REPORTED_CUTOFFS = (250, 2500)
 
@@ -93,11 +99,12 @@ class BuildConfig:
                 raise DataError(f"--{flag} is required")
         for flag in ("vocab_size", "batch_size", "seq_len", "shards"):
             value = getattr(self, flag)
-            if value < 1:
-                raise DataError(f"--{flag}={value}: expected a positive integer")
-        if self.num_threads < 0:
+            if not 1 <= value <= INT_MAX:
+                raise DataError(f"--{flag}={value}: expected a positive integer up to {INT_MAX}")
+        if not 0 <= self.num_threads <= MAX_THREADS:
             raise DataError(
-                f"--num_threads={self.num_threads}: expected a positive count, or 0 for all cores"
+                f"--num_threads={self.num_threads}: expected a positive count up to "
+                f"{MAX_THREADS}, or 0 for all cores"
             )
         if self.model_type not in MODEL_TYPES:
             raise DataError(f"--model_type={self.model_type}: expected one of {MODEL_TYPES}")
@@ -133,13 +140,29 @@ def build_data(config: BuildConfig) -> BuildReport:
     out = Path(config.tfrecords_directory)
     for split in texts:
         _prepare_split_directory(config, out / split)
+    begun = []  # the split directories this build began writing
     with log_to_file(out / LOG_FILE, "par_xl.data", "%(asctime)s %(levelname)s %(message)s"):
         try:
             log.info("build_data: %s", config)
-            return _build(config, texts, sp_model, train_sp, start)
-        except DataError as e:
-            log.error("%s", e)
+            return _build(config, texts, sp_model, train_sp, start, begun)
+        except BaseException as error:  # also an interrupt: nothing of this build stays
+            if isinstance(error, DataError | DiskFull):
+                log.error("%s", error)
+            _remove_partial_build(begun, sp_model if train_sp else None)
             raise
+
+
+def _remove_partial_build(splits: list[tuple[Path, str]], sp_model: Path | None) -> None:
+    """Removes what a failed build wrote: the splits it began, the SentencePiece model it
+    trained. What remains does not stop the same command from running again."""
+    for directory, split in splits:
+        _clear_split_directory(directory, split)
+    if sp_model is not None:
+        for path in (sp_model, sp_model.with_suffix(".vocab")):
+            path.unlink(missing_ok=True)
+    if splits or sp_model is not None:
+        log.info("removed the partial build: %s", ", ".join(
+            [str(d) for d, _ in splits] + ([str(sp_model)] if sp_model else [])))  # fmt: skip
 
 
 def _tokenizer_model(config: BuildConfig, texts: dict[str, Path]) -> tuple[Path, bool]:
@@ -233,7 +256,8 @@ class _Split(NamedTuple):
 
 
 def _build(
-    config: BuildConfig, texts: dict[str, Path], sp_model: Path, train_sp: bool, start: float
+    config: BuildConfig, texts: dict[str, Path], sp_model: Path, train_sp: bool, start: float,
+    begun: list,
 ) -> BuildReport:
     """The build after the checks: read, tokenizer, encode, then each split's files."""
     seconds = {}
@@ -259,7 +283,8 @@ def _build(
     phase = time.perf_counter()
     steps = _check_steps(config, texts, splits)
     shard_counts = _shard_counts(config.shards, steps)
-    writer = _SplitWriter(config, sp, sp_model)
+    needed = sum(_estimated_bytes(config, n, len(sp)) for n in steps.values())
+    writer = _SplitWriter(config, sp, sp_model, begun, needed)
     built = {
         split: writer(split, texts[split], data, steps[split], shard_counts[split])
         for split, data in splits.items()
@@ -335,10 +360,22 @@ def _check_steps(config: BuildConfig, texts: dict[str, Path], splits: dict[str, 
     return steps
 
 
-class _SplitWriter:
-    """Writes one split's directory: shards, unigram file (train), `metadata.json` last."""
+def _estimated_bytes(config: BuildConfig, steps: int, vocab_size: int) -> int:
+    """About how many bytes a split's shards take: per batch, B * T ids and labels as varints
+    (1-3 bytes, by the vocabulary size), a document-start byte each, and a record's framing."""
+    varint = 1 if vocab_size <= 2**7 else 2 if vocab_size <= 2**14 else 3
+    return steps * (config.batch_size * config.seq_len * (2 * varint + 1) + 64)
 
-    def __init__(self, config: BuildConfig, sp, sp_model: Path):
+
+class _SplitWriter:
+    """Writes one split's directory: shards, unigram file (train), `metadata.json` last.
+
+    `begun` collects each split directory as it is begun (to be removed if the build fails);
+    `needed` is what the whole build takes, which a full disk's message gives."""
+
+    def __init__(self, config: BuildConfig, sp, sp_model: Path, begun: list, needed: int):
+        self.begun = begun
+        self.needed = needed
         self.config = config
         self.sp = sp
         self.info = tokenizer_info(sp)
@@ -350,8 +387,15 @@ class _SplitWriter:
         self.cluster_shares = None
 
     def __call__(self, split, source: Path, data: _Split, steps: int, num_shards: int):
+        directory = Path(self.config.tfrecords_directory) / split
+        self.begun.append((directory, split))
+        advice = "what the build wrote is removed: run it again"
+        with reporting_full_disk(directory / f"the {split} split of the build", self.needed,
+                                 advice):  # fmt: skip
+            return self._write(directory, split, source, data, steps, num_shards)
+
+    def _write(self, directory, split, source: Path, data: _Split, steps: int, num_shards: int):
         config, ids = self.config, data.encoded.ids
-        directory = Path(config.tfrecords_directory) / split
         _clear_split_directory(directory, split)
         batches = context_batches(ids, config.batch_size, config.seq_len, data.document_starts)
         shards = write_shards(directory, split, batches, num_shards)

@@ -14,15 +14,23 @@ splits are refused with a message to rebuild.
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from par_xl.checks import INT_MAX
 from par_xl.data.errors import DataError
+from par_xl.data.text_files import SPLITS
 from par_xl.files import atomic_write_text, sha256_file
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
+MODEL_TYPES = ("unigram", "bpe")  # SentencePiece's model types that build_data.py trains
 _SHARD_FIELDS = ("file", "batches", "bytes", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Fields that must be >= 1 (words_used and characters_used divide the loss), and >= 0.
+_POSITIVE = ("vocab_size", "batch_size", "seq_len", "steps", "words_used", "characters_used")
+_NON_NEGATIVE = ("num_tokens", "tokens_used", "tokens_dropped", "num_words", "documents")
 
 
 @dataclass(frozen=True)
@@ -111,12 +119,8 @@ def read_metadata(directory: str | os.PathLike) -> DatasetMetadata:
     for name, kind in fields.items():
         if name != "shards" and not _is_instance(raw[name], kind):
             raise DataError(f"{path}: {name}={raw[name]!r} is not of type {kind.__name__}")
-    try:
-        shards = tuple(Shard(**{name: s[name] for name in _SHARD_FIELDS}) for s in raw["shards"])
-    except (TypeError, KeyError):
-        raise DataError(
-            f"{path}: shards must be a list of objects with the keys {', '.join(_SHARD_FIELDS)}"
-        ) from None
+    _check_ranges(path, raw)
+    shards = _read_shards(path, raw["shards"])
     metadata = DatasetMetadata(**{**{name: raw[name] for name in fields}, "shards": shards})
     for shard in shards:
         if not (Path(directory) / shard.file).is_file():
@@ -130,7 +134,65 @@ def read_metadata(directory: str | os.PathLike) -> DatasetMetadata:
         raise DataError(
             f"{path}: tokens_used={metadata.tokens_used} is not steps * batch_size * seq_len"
         )
+    if metadata.tokens_dropped != metadata.num_tokens - 1 - metadata.tokens_used:
+        raise DataError(
+            f"{path}: tokens_dropped={metadata.tokens_dropped} is not num_tokens - 1 - "
+            f"tokens_used = {metadata.num_tokens - 1 - metadata.tokens_used}"
+        )
     return metadata
+
+
+def _check_ranges(path: Path, raw: dict) -> None:
+    """The values of a type-checked metadata.json: each in its range, or a DataError naming
+    the field, its value and what it must be."""
+
+    def bad(name, expected):
+        return DataError(
+            f"{path}: {name}={raw[name]!r} must be {expected}; rebuild the data, or restore "
+            "the file"
+        )
+
+    for name in _POSITIVE:
+        if raw[name] < 1:
+            raise bad(name, "a positive integer")
+    for name in ("vocab_size", "batch_size", "seq_len"):  # tensor shapes
+        if raw[name] > INT_MAX:
+            raise bad(name, f"at most {INT_MAX}")
+    for name in _NON_NEGATIVE:
+        if raw[name] < 0:
+            raise bad(name, "an integer >= 0")
+    if raw["split"] not in SPLITS:
+        raise bad("split", f"one of {SPLITS}")
+    if raw["model_type"] not in MODEL_TYPES:
+        raise bad("model_type", f"one of {MODEL_TYPES}")
+    if not _SHA256.fullmatch(raw["sp_model_sha256"]):
+        raise bad("sp_model_sha256", "64 hexadecimal digits")
+    try:
+        re.compile(raw["document_start"])
+    except re.error:
+        raise bad("document_start", "a regular expression (or '' for none)") from None
+
+
+def _read_shards(path: Path, shards: object) -> tuple[Shard, ...]:
+    """metadata.json's `shards`: a list of {file, batches, bytes, sha256}, each file a name in
+    the split directory, each count of its type and range."""
+    expected = (
+        f"{path}: shards must be a list of objects with the keys {', '.join(_SHARD_FIELDS)}: "
+        "file (a file name in the split directory), batches (>= 1), bytes (>= 0), sha256 (64 "
+        "hexadecimal digits)"
+    )
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise DataError(expected)
+    for shard in shards:
+        if not set(_SHARD_FIELDS) <= set(shard):
+            raise DataError(expected)
+        file, batches, size, sha256 = (shard[name] for name in _SHARD_FIELDS)
+        plain_name = isinstance(file, str) and file not in ("", ".", "..")
+        if not (plain_name and Path(file).name == file and _is_instance(batches, int)
+                and batches >= 1 and _is_instance(size, int) and size >= 0
+                and isinstance(sha256, str) and _SHA256.fullmatch(sha256)):  # fmt: skip
+            raise DataError(f"{expected}; received {shard!r}")
+    return tuple(Shard(**{name: s[name] for name in _SHARD_FIELDS}) for s in shards)
 
 
 def verify_shards(directory: str | os.PathLike, metadata: DatasetMetadata) -> None:

@@ -8,6 +8,8 @@ into contiguous ranges, one per shard, whose sizes differ by at most one: readin
 order gives the batches in order, and sharding drops nothing.
 """
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def write_shards(
             name = shard_file_name(split, index, num_shards)
             with (
                 atomic_path(Path(directory) / name) as tmp,
+                _out_of_space_as_os_error(tmp),
                 tf.io.TFRecordWriter(os.fspath(tmp)) as writer,
             ):
                 for t in batch_range:
@@ -72,6 +75,17 @@ def write_shards(
             path = Path(directory) / name
             shards.append(Shard(name, len(batch_range), path.stat().st_size, sha256_file(path)))
     return tuple(shards)
+
+
+@contextlib.contextmanager
+def _out_of_space_as_os_error(path):
+    """TensorFlow's writers report a full disk (or quota) as ResourceExhaustedError; it is
+    raised as the OSError (ENOSPC) that `par_xl.files.reporting_full_disk` names."""
+    try:
+        yield
+    except tf.errors.ResourceExhaustedError as error:
+        text = f"No space left on device ({error.message})"
+        raise OSError(errno.ENOSPC, text, str(path)) from error
 
 
 def load_dataset(

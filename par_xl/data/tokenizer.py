@@ -33,9 +33,9 @@ from sentencepiece import sentencepiece_model_pb2
 from tqdm import tqdm
 
 from par_xl.data.errors import DataError
+from par_xl.data.metadata import MODEL_TYPES  # noqa: F401  (one list: metadata.json checks it)
 from par_xl.files import temporary_name
 
-MODEL_TYPES = ("unigram", "bpe")
 # SentencePiece's own unknown piece; renamed so that a corpus marker `<unk>` can be a piece.
 UNKNOWN_PIECE = "<unknown>"
 WORD_BOUNDARY = "\u2581"  # "▁": SentencePiece's mark of a space before a piece

@@ -8,8 +8,13 @@ data, generation the same SentencePiece model. The file is written atomically, a
 every check of a start or resume has passed, so a refused resume leaves the run as it was.
 
 Only one process at a time trains a run: `lock_run` holds an exclusive `flock` on
-`<run>/.lock` for the run's life. The kernel releases it when the process ends, however it
-ends (kill -9 included), so a lock left behind by a dead run never blocks.
+`<run>/.lock` for the run's life, and another on `<checkpoint_dir>/.lock`, so that a second
+run is refused whether it names the same run directory or the same checkpoint directory, by
+whatever path. The kernel releases a lock when the process ends, however it ends (kill -9
+included), so a lock left behind by a dead run never blocks.
+
+`config.json` also holds the run's identity (`run`, see `run_identity`), which each
+checkpoint records: `load_run` refuses a checkpoint of another run.
 """
 
 import contextlib
@@ -24,14 +29,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from par_xl.checks import expected_type, has_type
 from par_xl.configs import ConfigError, ModelConfig, from_json, to_json
 from par_xl.data import DataError, load_dataset, read_metadata
+from par_xl.data.metadata import DatasetMetadata
 from par_xl.distribution.strategies import adapt_model, replica_batch_size
 from par_xl.files import atomic_write_text, reporting_full_disk, sha256_file
 from par_xl.models import PARTransformerXL
 from par_xl.runtime.native_logs import quiet_native_logs
 from par_xl.training.checkpoints import CONFIG, CheckpointManager
 from par_xl.training.optimizers import make_optimizer
+from par_xl.training.run_identity import RunIdentity, configuration_hash
 from par_xl.training.schedules import WarmupCosine
 from par_xl.training.search_optimizer import (
     SearchOptimizer,
@@ -62,7 +70,8 @@ def lock_run(directory, flag="--log_dir / --model_name"):
     """Holds an exclusive lock on `<directory>/.lock` inside the block (see the module
     docstring); a second holder gets a ConfigError naming the directory and the PID in it."""
     make_directory(directory, flag)
-    path = Path(directory) / LOCK_FILE
+    directory = Path(directory).resolve()
+    path = directory / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
@@ -85,12 +94,14 @@ def lock_run(directory, flag="--log_dir / --model_name"):
 
 @contextlib.contextmanager
 def lock_run_directories(train_config):
-    """Locks the run directory and, if it lies elsewhere, the checkpoint directory."""
-    run = Path(train_config.run_directory).resolve()
-    checkpoints = Path(train_config.checkpoints).resolve()
+    """Locks the run directory and the checkpoint directory (once, if they are the same
+    directory): a run that shares either with a running one is refused, whatever path names
+    it (a symlink, `..`, a relative path)."""
+    run, checkpoints = Path(train_config.run_directory), Path(train_config.checkpoints)
     with contextlib.ExitStack() as stack:
         stack.enter_context(lock_run(run))
-        if checkpoints != run and run not in checkpoints.parents:
+        make_directory(checkpoints, "--checkpoint_dir")
+        if not os.path.samefile(run, checkpoints):
             stack.enter_context(lock_run(checkpoints, "--checkpoint_dir"))
         yield
 
@@ -177,10 +188,20 @@ def _first_line(error):
 
 def check_sp_model(model_file, data, flag="--sp_model_prefix", what="the data was built with"):
     """Raises unless `model_file` is the SentencePiece model recorded in `data` (metadata
-    fields: `sp_model`, `sp_model_sha256`)."""
+    fields: `sp_model`, `sp_model_sha256`). `flag` names where `model_file` came from: a flag,
+    or (any other text) the run's record, which --sp_model_prefix then replaces."""
     model_file = Path(model_file)
     if not model_file.is_file():
-        raise ConfigError(f"{flag}: {model_file} does not exist.")
+        if flag.startswith("--"):
+            raise ConfigError(
+                f"{flag}: {model_file} does not exist; expected <prefix>.model, the SentencePiece "
+                f"model {what} ({data['sp_model']})."
+            )
+        raise ConfigError(
+            f"{flag} {model_file} does not exist (moved or deleted?): pass "
+            "--sp_model_prefix=<its path without .model> where a copy of it is (sha256 "
+            f"{_show('sha256', data['sp_model_sha256'])})."
+        )
     if sha256_file(model_file) != data["sp_model_sha256"]:
         raise DataError(
             f"{flag}: {model_file} is not the SentencePiece model {what} ({data['sp_model']}, "
@@ -191,32 +212,88 @@ def check_sp_model(model_file, data, flag="--sp_model_prefix", what="the data wa
 # config.json.
 
 
-def read_run_config(checkpoint_dir):
-    """`(ModelConfig, TrainConfig, data)` from a run's `config.json`; `data` maps each split
-    to its recorded metadata fields (empty for a run recorded before they were)."""
+def read_run_config(checkpoint_dir, flag="--checkpoint_dir"):
+    """`(ModelConfig, TrainConfig, data)` from a run's `config.json` (`flag` names the flag
+    that gave `checkpoint_dir`); `data` maps each split to its recorded metadata fields (empty
+    for a run recorded before they were). Every field is checked as a flag would be: a
+    config.json edited by hand into something that cannot work is refused, naming the field."""
+    return _read_config(checkpoint_dir, flag)[:3]
+
+
+def read_run_identity(checkpoint_dir, flag="--checkpoint_dir"):
+    """The run's `RunIdentity` (its `run` and configuration hash), or None for a run from
+    before run identities."""
+    model_config, _, data, run = _read_config(checkpoint_dir, flag)
+    return RunIdentity.from_config(run, configuration_hash(model_config, data.get("train", {})))
+
+
+# Fields `config.json` must record for each split, and those that must be positive.
+_DATA_FIELDS = ("batch_size", "seq_len", "sp_model", "sp_model_sha256")
+_POSITIVE_DATA_FIELDS = ("vocab_size", "batch_size", "seq_len", "steps")
+
+
+def _read_config(checkpoint_dir, flag):
     path = Path(checkpoint_dir) / CONFIG
     if not path.is_file():
-        raise ConfigError(f"--checkpoint_dir: {path} does not exist (no training run?).")
+        raise ConfigError(f"{flag}: {path} does not exist (no training run?).")
     try:
         text = path.read_text()
         model_config, train_config = from_json(text)
-        data = json.loads(text).get("data", {})
-        for split, fields in data.items():
-            missing = {"batch_size", "seq_len", "sp_model", "sp_model_sha256"} - set(fields)
-            if missing:
-                raise KeyError(f"data.{split} lacks {', '.join(sorted(missing))}")
+        document = json.loads(text)
+        data, run = document.get("data", {}), document.get("run")
+        _check_data_fields(data)
+        _check_run_fields(run)
+        model_config.validate()
+        train_config.validate()
+    except ConfigError as error:
+        raise ConfigError(
+            f"{path} is damaged or edited: {error} Restore it from a backup, or start a new run."
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ConfigError(
             f"{path} is damaged or edited ({type(error).__name__}: {_first_line(error)}); "
             "restore it from a backup, or start a new run."
         ) from None
-    return model_config, train_config, data
+    return model_config, train_config, data, run
 
 
-def write_run_config(checkpoint_dir, model_config, train_config, metadata):
-    """Writes `config.json` atomically: both configurations and the splits' metadata fields."""
+def _check_data_fields(data):
+    """config.json's `data`: each split's fields of the type `DatasetMetadata` gives them."""
+    if not isinstance(data, dict):
+        raise ConfigError("data must be an object of splits.")
+    kinds = {f.name: f.type for f in dataclasses.fields(DatasetMetadata)}
+    for split, fields in data.items():
+        missing = set(_DATA_FIELDS) - set(fields if isinstance(fields, dict) else ())
+        if missing:
+            raise ConfigError(f"data.{split} lacks {', '.join(sorted(missing))}.")
+        for name, value in fields.items():
+            if name in kinds and not has_type(value, kinds[name]):
+                raise ConfigError(
+                    f"data.{split}.{name} must be {expected_type(kinds[name])}, received "
+                    f"{value!r}."
+                )
+            if name in _POSITIVE_DATA_FIELDS and value < 1:
+                raise ConfigError(f"data.{split}.{name} must be positive, received {value}.")
+
+
+def _check_run_fields(run):
+    """config.json's `run`: null (a run from before identities) or its id, name, directory."""
+    if run is None:
+        return
+    if not (isinstance(run, dict) and all(isinstance(run.get(k), str) and run.get(k)
+                                          for k in ("id", "name", "checkpoint_dir"))):  # fmt: skip
+        raise ConfigError(
+            f"run must hold the strings id, name and checkpoint_dir, received {run!r}."
+        )
+
+
+def write_run_config(checkpoint_dir, model_config, train_config, metadata, identity=None):
+    """Writes `config.json` atomically: both configurations, the splits' metadata fields and
+    the run's identity (a `RunIdentity`)."""
     document = json.loads(to_json(model_config, train_config))
     document["data"] = {split: metadata_fields(meta) for split, meta in metadata.items()}
+    if identity is not None:
+        document["run"] = identity.as_config()
     path = Path(checkpoint_dir) / CONFIG
     with reporting_full_disk(path):
         atomic_write_text(path, json.dumps(document, indent=2))
@@ -315,16 +392,19 @@ def make_training_optimizer(model, model_config, train_config, total_steps):
 
 
 def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None,
-             tail_capacities=None, knn_backend=None, choice_at_inference=None):  # fmt: skip
+             tail_capacities=None, knn_backend=None, choice_at_inference=None,
+             flag="--checkpoint_dir"):  # fmt: skip
     """A compiled model restored from a run: its `config.json` and its newest intact (or the
     given) checkpoint, on one device or under `strategy`, whichever the run was trained with;
     `tail_capacities` as `AdaptiveSoftmax` takes them (`None`: the loss scores every position);
     `knn_backend` (if given) replaces the run's, the kNN search of evaluation and generation;
     `choice_at_inference` (if given) a supernet's: "argmax" evaluates the architecture the
-    search prefers, as `derive()` keeps it, without fine-tuning.
+    search prefers, as `derive()` keeps it, without fine-tuning. `flag` names the flag that gave
+    `checkpoint_dir`. A checkpoint of another run is refused (`run_identity`).
     Returns `(model, model_config, train_config, train data)`, the last the training split's
     metadata fields as recorded (as read, for a run that recorded none)."""
-    model_config, train_config, data = read_run_config(checkpoint_dir)
+    model_config, train_config, data = read_run_config(checkpoint_dir, flag)
+    owner = read_run_identity(checkpoint_dir, flag)
     if knn_backend is not None:
         model_config = dataclasses.replace(model_config, knn_backend=knn_backend)
     if choice_at_inference is not None:
@@ -333,5 +413,5 @@ def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None,
     train = data.get("train") or metadata_fields(read_metadata(train_config.train_directory))
     batch_shape = (train["batch_size"], train["seq_len"])
     model = build_model(model_config, train_config, batch_shape, 1, tail_capacities, strategy)
-    CheckpointManager(checkpoint_dir).restore(model, checkpoint)
+    CheckpointManager(checkpoint_dir, owner=owner).restore(model, checkpoint)
     return model, model_config, train_config, train

@@ -50,8 +50,9 @@ from par_xl.models.rules import standard_architecture
 from par_xl.reporting.search_picture import NoSearchHistory, draw_search
 from par_xl.runtime.log_files import format_metrics, log_to_file
 from par_xl.training import callbacks as cb
-from par_xl.training.checkpoints import CheckpointManager
+from par_xl.training.checkpoints import CONFIG, CheckpointManager
 from par_xl.training.evaluation import evaluate_split
+from par_xl.training.run_identity import RunIdentity, check_training_flags, configuration_hash
 from par_xl.training.runs import (
     build_model,
     check_data,
@@ -60,7 +61,9 @@ from par_xl.training.runs import (
     load_run,
     lock_run_directories,
     make_directory,
+    metadata_fields,
     read_run_config,
+    read_run_identity,
     write_run_config,
 )
 
@@ -90,8 +93,7 @@ class Plan(NamedTuple):
 def train(model_config: ModelConfig, train_config: TrainConfig, strategy=None):
     """Trains (or resumes) a run, on one device or under a tf.distribute `strategy`; returns
     the results dict also written to `results.json`."""
-    train_config.validate()
-    model_config.validate()
+    train_config.validate()  # the model flags: by check_data, with the data's vocabulary size
     check_config(strategy, train_config)
     train_config = for_this_worker(train_config, strategy)
     metadata = check_data(model_config, train_config)
@@ -106,7 +108,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, strategy=None):
         cost = search_cost(model, model_config, train_config, plan)
         if train_config.cost != "none":
             model.cost_objective = cost
-        write_run_config(checkpoints.directory, model_config, train_config, metadata)
+        write_run_config(checkpoints.directory, model_config, train_config, metadata,
+                         checkpoints.owner)  # fmt: skip
         log_start(model, model_config, train_config, plan, strategy)
         evaluation = cb.PeriodicEvaluation(
             train_config.valid_directory, run, train_config.eval_every, train_config.eval_steps
@@ -162,25 +165,54 @@ def check_checkpoints(model_config, train_config, metadata):
     """The run's CheckpointManager, after the checks on its directory.
 
     A fresh run refuses a directory that already holds checkpoints (so nothing is
-    overwritten); --resume requires one, and the same model configuration and data. Nothing
-    is written before these checks pass; temporary files left by a killed run are removed
-    (this process holds the lock).
+    overwritten), and draws the run's identity; --resume requires one, and the same model
+    configuration, data and training flags (`run_identity`), and keeps the run's identity.
+    Nothing is written before these checks pass; temporary files left by a killed run are
+    removed (this process holds the locks).
     """
-    checkpoints = CheckpointManager(train_config.checkpoints)
-    for directory in (checkpoints.directory, Path(train_config.run_directory)):
-        for stale in remove_temporaries(directory):
+    directory = Path(train_config.checkpoints)
+    config_sha256 = configuration_hash(model_config, metadata_fields(metadata["train"]))
+    for stale_in in (directory, Path(train_config.run_directory)):
+        for stale in remove_temporaries(stale_in):
             log.info("removed %s, left by an interrupted run", stale)
+    older = False  # a run from before run identities and checkpoint records
     if train_config.resume:
-        if not checkpoints.steps():
-            raise ConfigError(f"--resume: no checkpoint in {checkpoints.directory} to resume.")
-        check_resume(checkpoints.directory, model_config, metadata)
-    elif checkpoints.steps():
-        raise ConfigError(
-            f"{checkpoints.directory} already holds checkpoints of a run: pass --resume to "
-            "continue it, or choose another --model_name / --checkpoint_dir."
-        )
-    make_directory(checkpoints.directory, "--checkpoint_dir")
+        owner = check_resume_of(directory, model_config, train_config, metadata)
+        older = owner is None
+        owner = owner or RunIdentity.new(train_config, config_sha256)
+    else:
+        if CheckpointManager(directory).steps():
+            raise ConfigError(
+                f"{directory} already holds checkpoints of a run: pass --resume to continue "
+                "it, or choose another --model_name / --checkpoint_dir."
+            )
+        if train_config.init_from:
+            read_run_config(train_config.init_from, "--init_from")
+        owner = RunIdentity.new(train_config, config_sha256)
+    make_directory(directory, "--checkpoint_dir")
+    checkpoints = CheckpointManager(directory, owner=owner)
+    checkpoints.records_required = not older
     return checkpoints
+
+
+def check_resume_of(directory, model_config, train_config, metadata):
+    """--resume's checks (a checkpoint, the same model flags, data and training flags);
+    returns the run's identity (None for a run from before identities)."""
+    if not CheckpointManager(directory).steps():
+        raise ConfigError(f"--resume: no checkpoint in {directory} to resume.")
+    check_resume(directory, model_config, metadata)
+    if not (directory / CONFIG).is_file():
+        return None
+    if train_config.init_from:
+        log.warning("--init_from=%s is not used on --resume: the weights are the checkpoint's",
+                    train_config.init_from)  # fmt: skip
+    previous = read_run_config(directory)[1]
+    check_training_flags(previous, train_config, metadata["train"].steps)
+    owner = read_run_identity(directory)
+    if owner is None:
+        log.warning("%s records no run identity (an older run): its checkpoints from now on do",
+                    directory / CONFIG)  # fmt: skip
+    return owner
 
 
 def build_and_restore(model_config, train_config, train_meta, checkpoints, strategy=None):
@@ -217,7 +249,7 @@ def initialize_from(model, model_config, checkpoint_dir):
     """--init_from: starts `model` from the newest checkpoint of the run in `checkpoint_dir`
     (e.g. a derived architecture from its supernet; see `PARTransformerXL.copy_weights_from`).
     Its shape must be this run's; a ConfigError names what differs."""
-    source_config = read_run_config(checkpoint_dir)[0]
+    source_config = read_run_config(checkpoint_dir, "--init_from")[0]
     shape = ("vocab_size", "d_model", "num_heads", "d_ffn", "num_layers", "cutoffs",
              "proj_factor", "tie_embeddings")  # fmt: skip
     differ = [(n, getattr(source_config, n), getattr(model_config, n)) for n in shape
@@ -228,7 +260,7 @@ def initialize_from(model, model_config, checkpoint_dir):
             + "; ".join(f"{n} {a} there, {b} here" for n, a, b in differ)
             + "): give this run the same model flags."
         )
-    source = load_run(checkpoint_dir)[0]
+    source = load_run(checkpoint_dir, flag="--init_from")[0]
     try:
         model.copy_weights_from(source)
     except ValueError as error:
@@ -312,6 +344,10 @@ def fit_epochs(model, train_config, plan, callbacks, checkpointer, strategy=None
     SIGINT / SIGTERM save a checkpoint and stop; then TrainingInterrupted says where.
     """
     step = plan.first_step
+    if step >= plan.last_step:
+        log.info("the run already reached its last step, %s: nothing is left to train; its "
+                 "final evaluation follows", plan.position(step))  # fmt: skip
+        return
     try:
         with save_on_signals(checkpointer):
             while step < plan.last_step and checkpointer.interrupted is None:
@@ -370,23 +406,66 @@ def save_on_signals(checkpointer):
 
 
 def write_results(model, train_config, evaluation):
-    """Final validation (and test) evaluation, written to `results.json`; returns it."""
-    results = {"step": cb.global_step(model), "architecture": model.choice_probabilities()[1]}
-    results["valid"] = evaluation.evaluate()
-    results["validation_history"] = evaluation.history
-    if train_config.test_directory:
-        results["test"] = evaluate_split(model, train_config.test_directory)
-        log.info("test | %s", format_metrics(results["test"]))
-        print(f"test perplexity: {results['test']['perplexity']:.2f}")
+    """Final validation (and test) evaluation, written to `results.json`; returns it.
+
+    Also for a resumed run that had no step left to train (stopped during this evaluation).
+    SIGINT / SIGTERM meanwhile stop it with `TrainingInterrupted`, whose message says what is
+    saved and how to finish (`--resume`).
+    """
+    step = cb.global_step(model)
     run = Path(train_config.run_directory)
-    with reporting_full_disk(run / "results.json"):
-        atomic_write_text(run / "results.json", json.dumps(results, indent=2))
-    if model.choice_layers:  # a fixed architecture has no search to draw
-        try:
-            log.info("pictures of the search: %s, %s", *draw_search(run))
-        except NoSearchHistory as error:  # e.g. a run stopped before its first log line
-            log.info("no pictures of the search: %s", error)
+    evaluation.set_model(model)  # a resumed run without a step left to train never ran `fit`
+    written = []
+
+    def interrupted(signum):
+        if written:
+            return (
+                f"interrupted by signal {signum} while drawing the search's pictures: "
+                f"{written[0]} is written; draw them with plot_search.py --run_dir={run}."
+            )
+        saved = CheckpointManager(train_config.checkpoints).path(step)
+        return (
+            f"interrupted by signal {signum} during the final evaluation at step {step}: the "
+            f"checkpoint of step {step} is saved ({saved}), results.json is not written. Run "
+            "again with --resume to finish the evaluation and write it."
+        )
+
+    with stop_on_signals(interrupted):
+        results = {"step": step, "architecture": model.choice_probabilities()[1]}
+        results["valid"] = evaluation.evaluate()
+        results["validation_history"] = evaluation.history
+        if train_config.test_directory:
+            results["test"] = evaluate_split(model, train_config.test_directory)
+            log.info("test | %s", format_metrics(results["test"]))
+            print(f"test perplexity: {results['test']['perplexity']:.2f}")
+        with reporting_full_disk(run / "results.json"):
+            atomic_write_text(run / "results.json", json.dumps(results, indent=2))
+        written.append(run / "results.json")
+        log.info("step %d: final evaluation written to %s", step, written[0])
+        if model.choice_layers:  # a fixed architecture has no search to draw
+            try:
+                log.info("pictures of the search: %s, %s", *draw_search(run))
+            except NoSearchHistory as error:  # e.g. a run stopped before its first log line
+                log.info("no pictures of the search: %s", error)
     return results
+
+
+@contextlib.contextmanager
+def stop_on_signals(message):
+    """SIGINT / SIGTERM inside the block raise `TrainingInterrupted(message(signum))`: work
+    that cannot stop at a batch end (the final evaluation) stops at once and says why."""
+
+    def handler(signum, frame):
+        text = message(signum)
+        log.info(text)
+        raise cb.TrainingInterrupted(text)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _quiet():
