@@ -141,7 +141,7 @@ def top_k_threshold(log_probs, top_k):
         return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
 
     low, _ = ops.fori_loop(0, 31, halve, (low, high))
-    return 0.0 - ops.view(low, "float32")[:, None]
+    return 0.0 - ops.view(low[:, None], "float32")  # (B, 1): a static last axis to view
 
 
 def nucleus_threshold(probabilities, top_p):
@@ -165,7 +165,7 @@ def nucleus_threshold(probabilities, top_p):
         return ops.where(enough, middle, low), ops.where(enough, high, middle - 1)
 
     low, _ = ops.fori_loop(0, 31, halve, (low, high))
-    return ops.view(low, "float32")[:, None]
+    return ops.view(low[:, None], "float32")  # (B, 1): a static last axis to view
 
 
 def draw(weights, uniform):
