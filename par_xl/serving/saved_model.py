@@ -35,6 +35,7 @@ names the signature, the argument and what it expects.
 """
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -64,17 +65,21 @@ def export_saved_model(text_model, output, max_new_tokens_limit=1024, jit_compil
     module = ServingModule(text_model, max_new_tokens_limit, jit_compile)
     info = module.info()
     tmp = temporary_name(output)
+    logger = logging.getLogger("tensorflow")  # its INFO lines of every file saved
+    level = logger.level
     try:
+        logger.setLevel(max(level, logging.WARNING))
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         (tmp / EXPORT_INFO).parent.mkdir()
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, output)
     finally:
+        logger.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
     return info
 
 
-def state_tensors(model, state):
+def state_tensors(state):
     """A `ModelState` as the signatures' flat `{name: tensor}` (see the module docstring)."""
     tensors = {f"memory_{name}": memory for name, memory in state.xl_memory.items()}
     tensors["valid_length"] = state.valid_length
@@ -150,7 +155,7 @@ class ServingModule(tf.Module):
         empty = model.initial_state(1)
         self._state_specs = {
             name: tf.TensorSpec([None, *value.shape[1:]], value.dtype, name=name)
-            for name, value in state_tensors(model, empty).items()
+            for name, value in state_tensors(empty).items()
         }
 
     @property
@@ -324,8 +329,8 @@ class ServingModule(tf.Module):
             *(
                 _require(
                     tf.shape(value)[0] == batch,
-                    f"next_token_log_probs: {name} must hold the {{}} rows of token_ids, "
-                    "received {}",
+                    f"next_token_log_probs: {name} must have as many rows as token_ids ({{}}), "
+                    "received {} (a state of another batch)",
                     batch,
                     tf.shape(value)[0],
                 )  # fmt: skip
@@ -343,14 +348,14 @@ class ServingModule(tf.Module):
             _, log_probs, state = tf.while_loop(
                 lambda i, *_: i < length, read, (0, log_probs, model_state(self._model, state))
             )
-        return {"log_probs": log_probs, **state_tensors(self._model, state)}
+        return {"log_probs": log_probs, **state_tensors(state)}
 
     def initial_state(self, batch_size):
         check = _require(
             batch_size >= 1, "initial_state: batch_size must be positive, received {}", batch_size
         )
         with tf.control_dependencies([check]):
-            return state_tensors(self._model, self._empty_state(batch_size))
+            return state_tensors(self._empty_state(batch_size))
 
     def tokenize(self, text):
         with tf.control_dependencies([self._check_strings(text, "tokenize", "text")]):
