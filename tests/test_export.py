@@ -179,6 +179,7 @@ def served(derived, text, tmp_path_factory):
     return report
 
 
+@pytest.mark.slow
 def test_export_writes_a_saved_model_that_loads_without_par_xl(derived, tiny_data, served):
     checkpoints, output, result = derived
     assert "wrote" in result.stdout and "saved_model_cli show --all" in result.stdout
@@ -194,6 +195,7 @@ def test_export_writes_a_saved_model_that_loads_without_par_xl(derived, tiny_dat
     assert again.returncode == 2 and f"--output={output} exists" in again.stderr
 
 
+@pytest.mark.slow
 def test_score_equals_evaluation_log_probs(derived, served, text):
     """Per segment of T tokens the mean of `score`'s log-probs is minus the loss evaluation
     computes for the same stream in batches of one row (document starts, kNN store and XL
@@ -229,6 +231,7 @@ def test_score_equals_evaluation_log_probs(derived, served, text):
     assert math.isfinite(scored["bits_per_character"][1])
 
 
+@pytest.mark.slow
 def test_generate_equals_generate_py_for_the_seed(derived, served):
     """With emoji and CJK in the prompt (byte fallback): generate.py's text, lowercased,
     the unseen characters back as they were."""
@@ -245,6 +248,7 @@ def test_generate_equals_generate_py_for_the_seed(derived, served):
     assert other.stdout.removesuffix("\n") != got["text"][0]  # the seed decides
 
 
+@pytest.mark.slow
 def test_a_batch_of_prompts_of_different_lengths(derived, served):
     """Three prompts of different lengths in one call: the library's batch for the seed, and
     row 0 what the first prompt alone samples."""
@@ -257,6 +261,7 @@ def test_a_batch_of_prompts_of_different_lengths(derived, served):
     assert [len(ids) for ids in batch["token_ids"]] == [12] * 3
 
 
+@pytest.mark.slow
 def test_next_token_log_probs_carries_the_state(derived, served):
     """From `initial_state`, ids read in one call or in two (the state passed back) give the
     log-probabilities of a Python loop over `forward`, one position at a time."""
@@ -274,6 +279,7 @@ def test_next_token_log_probs_carries_the_state(derived, served):
     assert set(served["results"][3]) == set(whole) - {"log_probs"}  # the state's tensors
 
 
+@pytest.mark.slow
 def test_tokenize_is_sentencepiece_and_detokenize_ends_lines(served, tiny_data):
     sp = load_tokenizer(tiny_data / "sp.model")
     tokens = served["results"][4]
@@ -284,6 +290,7 @@ def test_tokenize_is_sentencepiece_and_detokenize_ends_lines(served, tiny_data):
     assert text == [decode_lines(sp, DETOKENIZE)] and text[0].count("\n") == 3
 
 
+@pytest.mark.slow
 def test_bad_input_gets_an_error_naming_the_argument(served):
     messages = [result.get("error", "no error") for result in served["bad"]]
     expected = [
@@ -302,28 +309,44 @@ def test_bad_input_gets_an_error_naming_the_argument(served):
         assert text in message, message
 
 
-def test_text_model_refuses_bad_input_naming_the_argument(derived, small_text_dir, tmp_path):
-    from par_xl.data.tokenizer import train_tokenizer
+def test_text_model_refuses_bad_input_naming_the_argument(small_text_dir, tmp_path):
+    """Errors before any model work: what is wrong and with which argument."""
+    import keras
 
-    checkpoints, _, _ = derived
-    model = TextModel.from_run(checkpoints)
+    from par_xl.configs import ConfigError
+    from par_xl.data.tokenizer import train_tokenizer
+    from par_xl.models import PARTransformerXL
+
+    lines = (small_text_dir / "train.txt").read_text().splitlines()
+    keras.utils.set_random_seed(0)
+    network = PARTransformerXL(vocab_size=400, d_model=8, num_heads=2, d_ffn=8, num_layers=1,
+                               mem_len=2, cutoffs=[])  # fmt: skip
+    network.build((1, 4))
+    paths = {
+        fallback: train_tokenizer(
+            lines, tmp_path / f"sp{fallback}", vocab_size=size, byte_fallback=fallback
+        )
+        for fallback, size in ((True, 400), (False, 200))
+    }
+    model, plain = (TextModel(network, load_tokenizer(paths[f]), paths[f], 4) for f in (1, 0))
     for call, message in [
-        (lambda: model.generate(""), "prompt is empty"),
-        (lambda: model.generate(["ka", ""]), r"prompt\[1\] is empty"),
-        (lambda: model.generate(["ka", 3]), "prompt must be a string or a list of strings"),
-        (lambda: model.generate("ka", max_new_tokens=0), "max_new_tokens must be positive"),
-        (lambda: model.generate("ka", temperature=0), "temperature must be positive"),
-        (lambda: model.generate("ka", top_p=1.5), r"top_p must be in \(0, 1\]"),
-        (lambda: model.score(" "), "text has no token"),
-        (lambda: model.score([]), "text must hold at least one string"),
-    ]:
+        (lambda: model.generate(""), "^prompt is empty"),
+        (lambda: model.generate(["ka", ""]), r"^prompt\[1\] is empty"),
+        (lambda: model.generate(["ka", 3]), "^prompt must be a string or a list of strings"),
+        (lambda: model.generate("ka", max_new_tokens=0), "^max_new_tokens must be positive"),
+        (lambda: model.generate("ka", temperature=0), "^temperature must be positive"),
+        (lambda: model.generate("ka", top_p=1.5), r"^top_p must be in \(0, 1\]"),
+        (lambda: model.generate("ka", top_p=0), r"^top_p must be in \(0, 1\]"),
+        (lambda: model.score(" "), "^text has no token"),
+        (lambda: model.score([]), "^text must hold at least one string"),
+        (lambda: plain.score(["ka", "ka 😀中"]), r"^text\[1\] holds characters the tokenizer "
+                                                  "cannot encode \\('中😀'\\)"),
+        (lambda: plain.generate("😀"), "^prompt holds characters the tokenizer cannot encode"),
+    ]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             call()
-    lines = (small_text_dir / "train.txt").read_text().splitlines()
-    sp = train_tokenizer(lines, tmp_path / "plain", vocab_size=120, byte_fallback=False)
-    plain = TextModel(model.model, load_tokenizer(sp), sp, model.segment_length)
-    with pytest.raises(ValueError, match="text holds characters the tokenizer cannot encode"):
-        plain.score("😀")
+    with pytest.raises(ConfigError, match=f"{tmp_path} is not a training run"):
+        par_xl.load(tmp_path)
 
 
 @pytest.mark.slow
