@@ -17,13 +17,14 @@ from scripts import run_script
 import par_xl
 from par_xl.data import BuildConfig, build_data, decode_lines, encode_lines, load_tokenizer
 from par_xl.data.context_batching import context_batches
+from par_xl.models.generation import generate
 from par_xl.serving.text_model import TextModel
 from par_xl.training.evaluation import batch_losses
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 40  # --max_new_tokens_limit of the exports
 SAMPLING = dict(max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=3)
-PROMPTS = ["Ka lo mi 😀 中文", "the", "Sa to vi ze po qua , er ba di fu ka lo"]  # 3 lengths
+PROMPTS = ["Ka lo mi 😀 中文", "ka", "Sa to vi ze po qua , er ba di fu ka lo"]  # 3 lengths
 EMOJI_AND_CJK = "Ka lo mi 😀 ne 中文字 ru"
 
 # Run in a fresh interpreter, from a directory without par_xl, with par_xl blocked (the
@@ -250,15 +251,21 @@ def test_generate_equals_generate_py_for_the_seed(derived, served):
 
 @pytest.mark.slow
 def test_a_batch_of_prompts_of_different_lengths(derived, served):
-    """Three prompts of different lengths in one call: the library's batch for the seed, and
-    row 0 what the first prompt alone samples."""
+    """Three prompts of different lengths (one of a single token) in one call: the library's
+    batch for the seed, tokens and log-probabilities, and row 0 what the first prompt alone
+    samples."""
     checkpoints, _, _ = derived
     batch = served["results"][2]
     model = par_xl.load(checkpoints.parent)  # the one-liner, from the run directory
     assert batch["text"] == model.generate(PROMPTS, **SAMPLING, jit_compile=False)
+    ids = [model.encode(prompt) for prompt in PROMPTS]
+    assert len({len(row) for row in ids}) == 3 and len(ids[1]) == 1
+    settings = {**SAMPLING, "num_tokens": SAMPLING["max_new_tokens"]}
+    del settings["max_new_tokens"]
+    new, log_probs = generate(model.model, ids, **settings, jit_compile=False)
+    assert batch["token_ids"] == new.tolist()
+    np.testing.assert_allclose(batch["log_probs"], log_probs, rtol=1e-5, atol=1e-5)
     assert batch["text"][0] == served["results"][1]["text"][0]
-    assert len({len(p.split()) for p in PROMPTS}) == 3
-    assert [len(ids) for ids in batch["token_ids"]] == [12] * 3
 
 
 @pytest.mark.slow
