@@ -113,7 +113,7 @@ def test_one_trace_for_every_prompt_length_and_seed():
     assert first == again and first != other
     assert generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)[0] == first
     generate(model, list(range(1, 12)), 6, seed=2, jit_compile=False)
-    for step in (generation._read, generation._sample):  # the cached compiled functions
+    for step in (generation.read_chunk, generation.sampling_loop):  # the cached compiled functions
         assert compiled_function(model, step, False).experimental_get_tracing_count() == 1
 
 

@@ -209,14 +209,15 @@ def _invert(weights, target):
     return index[:, 0], before
 
 
-def _read(model, ids, starts, state, knn_memories):
+def read_chunk(model, ids, starts, state, knn_memories):
     """One prompt chunk through `forward`: the state after it. `starts` marks where the
     prompt begins in a left-padded chunk: nothing sees the padding."""
     return model.forward(ids, state, False, starts, knn_memories)[1]
 
 
-def _sample(model, token, state, knn_memories, seed, num_tokens, length, temperature, top_k,
-            top_p):  # fmt: skip
+def sampling_loop(
+    model, token, state, knn_memories, seed, num_tokens, length, temperature, top_k, top_p
+):
     """The sampling loop: `(B,)` last prompt token, `ModelState` (and `inference_state`'s
     ScaNN memories, beside it), `(2,)` uint32 seed (`sampling_uniforms.seed_words`) -> `(B,
     length)` sampled ids and the `(B, length)` log-probability of each under the model (before
@@ -337,7 +338,7 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
         starts = np.zeros_like(context)
         rows = np.flatnonzero(lengths > 1)  # the rows with a context to mark
         starts[rows, context.shape[1] - (lengths[rows] - 1)] = 1
-        read = compiled_function(model, _read, jit_compile)
+        read = compiled_function(model, read_chunk, jit_compile)
         for i in range(0, context.shape[1], chunk_length):
             chunk = slice(i, i + chunk_length)
             state = read(context[:, chunk], starts[:, chunk], state, memories)
@@ -406,7 +407,7 @@ def sample(
         )
     # The count, the buffers' length and the filtering settings (arguments 4 to 8) are
     # static: each new value traces anew.
-    loop = compiled_function(model, _sample, jit_compile, static_argnums=(4, 5, 6, 7, 8))
+    loop = compiled_function(model, sampling_loop, jit_compile, static_argnums=(4, 5, 6, 7, 8))
     ids, scores = loop(
         prompt.token, state, memories, seed, int(num_tokens), int(num_tokens),
         float(temperature), int(top_k), float(top_p),

@@ -1,5 +1,5 @@
 """The exported SavedModel: text in, text and scores out, run by TensorFlow and tensorflow-text
-alone (`tf.saved_model.load`, TF Serving), no par_xl, no Keras.
+alone (`tf.saved_model.load`, TF Serving), without par_xl and without Keras's loader.
 
 What it holds
 -------------
@@ -47,7 +47,7 @@ import tensorflow_text as tf_text
 from par_xl.files import temporary_name
 from par_xl.memory.exact_state import KNNState
 from par_xl.models.compiled import compiled_function
-from par_xl.models.generation import _read, _sample, forget_padding
+from par_xl.models.generation import forget_padding, read_chunk, sampling_loop
 from par_xl.models.state import ModelState
 from par_xl.serving.scoring import score_step
 
@@ -301,7 +301,7 @@ class ServingModule(tf.Module):
         seed = tf.cast(seed, tf.uint64)  # modulo 2^64, as `sampling_uniforms.seed_words`
         low = tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.uint64))
         high = tf.bitwise.right_shift(seed, tf.constant(32, tf.uint64))
-        sampled, log_probs = self._compiled(_sample)(
+        sampled, log_probs = self._compiled(sampling_loop)(
             token, state, {}, tf.cast(tf.stack([low, high]), tf.uint32), max_new_tokens,
             self._limit,
             temperature, top_k, top_p,
@@ -402,7 +402,7 @@ class ServingModule(tf.Module):
         starts = tf.one_hot(total - context_lengths, total, dtype=tf.int32)
         starts *= tf.cast(context_lengths > 0, tf.int32)[:, None]
         chunks = [tf.reshape(x, [batch, -1, chunk]) for x in (context, starts)]
-        read = self._compiled(_read)
+        read = self._compiled(read_chunk)
 
         def body(i, state):
             return i + 1, read(chunks[0][:, i], chunks[1][:, i], state, {})
