@@ -18,7 +18,9 @@ generate.py's path, `tokenizer.encode` + `par_xl.models.generation.generate` +
 Scoring: `--score_texts` texts of ~`--score_tokens` tokens each in one call, through the
 SavedModel's `score` and through `TextModel.score` (XLA). Every configuration is compiled and
 run once before timing; then the paths take turns in each of `--repeats` rounds, figures are
-medians of the rounds, ratios medians of the per-round ratios.
+medians of the rounds, ratios medians of the per-round ratios. FLOPs per token
+(`par_xl.cost.flops`: a sampled token; a scored one, as evaluation) and the utilization of this
+machine's fp32 matmul peak, measured in the same run before and after (the higher of the two).
 """
 
 import json
@@ -34,7 +36,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
-from benchmarks.common import median  # noqa: E402
+from benchmarks.common import matmul_peak_gflops, median, utilization  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 
 flags.DEFINE_string("architecture", "AAAAAA", "The fixed architecture of the untrained model.")
@@ -148,8 +150,11 @@ def main(argv):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the SentencePiece ops of the loaded SavedModel)
 
+    from par_xl.cost.flops import evaluation_flops_per_token, generation_flops_per_token
     from par_xl.serving.saved_model import export_saved_model
 
+    load_start = os.getloadavg()[0]
+    peak_before = matmul_peak_gflops()
     model = text_model()
     with tempfile.TemporaryDirectory(prefix="par_xl_export_") as directory:
         output = Path(directory) / "model"
@@ -159,7 +164,7 @@ def main(argv):
         load_seconds = time.perf_counter() - start
         results = {
             "machine": platform.machine(), "cpus": os.cpu_count(),
-            "load_average_start": os.getloadavg()[0], "tensorflow": tf.__version__,
+            "load_average_start": load_start, "tensorflow": tf.__version__,
             "architecture": model.model.architecture, "export_seconds": round(export_seconds, 1),
             "load_seconds": round(load_seconds, 1), "generation": [],
         }  # fmt: skip
@@ -184,6 +189,22 @@ def main(argv):
                 [a / b for a, b in zip(times["library_xla"], times["saved_model"])]), 3),
         }  # fmt: skip
         results["load_average_end"] = os.getloadavg()[0]
+    peak_after = matmul_peak_gflops()
+    peak = max(peak_before, peak_after)  # the less disturbed of the two
+    results["matmul_peak_gflops_before_after"] = [round(peak_before, 1), round(peak_after, 1)]
+    flops = {
+        "generation": generation_flops_per_token(model.model),
+        "score": evaluation_flops_per_token(model.model, model.segment_length, FLAGS.score_texts),
+    }
+    results["flops_per_token"] = {name: round(value) for name, value in flops.items()}
+    for row in results["generation"]:
+        for name in ("saved_model", "library_xla", "library_no_xla"):
+            figures = utilization(row[f"{name}_tokens_per_second"], flops["generation"], peak, 4)
+            row[f"{name}_utilization_of_peak"] = figures["utilization_of_peak"]
+    score = results["score"]
+    for name in ("saved_model", "library_xla"):
+        figures = utilization(score[f"{name}_tokens_per_second"], flops["score"], peak, 4)
+        score[f"{name}_utilization_of_peak"] = figures["utilization_of_peak"]
     print(json.dumps(results, indent=2))
 
 
