@@ -18,9 +18,10 @@ generate.py's path, `tokenizer.encode` + `par_xl.models.generation.generate` +
 Scoring: `--score_texts` texts of ~`--score_tokens` tokens each in one call, through the
 SavedModel's `score` and through `TextModel.score` (XLA). Every configuration is compiled and
 run once before timing; then the paths take turns in each of `--repeats` rounds, figures are
-medians of the rounds, ratios medians of the per-round ratios. FLOPs per token
-(`par_xl.cost.flops`: a sampled token; a scored one, as evaluation) and the utilization of this
-machine's fp32 matmul peak, measured in the same run before and after (the higher of the two).
+medians of the rounds, ratios medians of the per-round ratios (each round's listed). FLOPs
+per token (`par_xl.cost.flops`: a sampled token; a scored one, as evaluation) and the
+utilization of this machine's fp32 matmul peak, measured in the same run before and after (the
+higher of the two).
 """
 
 import json
@@ -178,6 +179,7 @@ def main(argv):
                 for name in ("library_xla", "library_no_xla"):
                     ratios = [a / b for a, b in zip(times[name], times["saved_model"])]
                     row[f"saved_model_speed_over_{name}"] = round(median(ratios), 3)
+                    row[f"saved_model_speed_over_{name}_rounds"] = [round(r, 2) for r in ratios]
                 results["generation"].append(row)
                 print(json.dumps(row), file=sys.stderr)
         tokens, times = scoring(loaded, model)
