@@ -15,7 +15,7 @@ from keras import ops
 from scripts import run_script
 
 import par_xl
-from par_xl.data import BuildConfig, build_data, decode_lines, encode_lines, load_tokenizer
+from par_xl.data import decode_lines, encode_lines, load_tokenizer
 from par_xl.data.context_batching import context_batches
 from par_xl.models.generation import generate
 from par_xl.serving.text_model import TextModel
@@ -87,6 +87,17 @@ def generate_request(prompts, max_new_tokens, temperature, top_k, top_p, seed):
     })  # fmt: skip
 
 
+def sampling_tensors(max_new_tokens, temperature, top_k, top_p, seed):
+    """`generate`'s sampling inputs, for a call in this process."""
+    import tensorflow as tf
+
+    return {
+        "max_new_tokens": tf.constant(max_new_tokens, tf.int32),
+        "temperature": tf.constant(temperature, tf.float32), "top_k": tf.constant(top_k, tf.int32),
+        "top_p": tf.constant(top_p, tf.float32), "seed": tf.constant(seed, tf.int64),
+    }  # fmt: skip
+
+
 IDS = np.array([[5, 17, 2, 40, 9], [3, 3, 250, 1, 77]], "int32")
 DETOKENIZE = [41, 7, 2, 2, 19, 5, 8, 2, 30, 30, 12]  # 3 end-of-line ids (2): 4 lines
 
@@ -111,16 +122,6 @@ def export(checkpoints, output):
                         f"--max_new_tokens_limit={LIMIT}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-@pytest.fixture(scope="module")
-def tiny_data(small_text_dir, tmp_path_factory):
-    """The generated corpus (its document titles marked) with 400 pieces, 4 x 16 batches."""
-    root = tmp_path_factory.mktemp("export_data")
-    build_data(BuildConfig(input_text=str(small_text_dir), tfrecords_directory=str(root / "tf"),
-                           sp_model_prefix=str(root / "sp"), vocab_size=400, batch_size=4,
-                           seq_len=16))  # fmt: skip
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -316,14 +317,16 @@ def test_bad_input_gets_an_error_naming_the_argument(served):
         assert text in message, message
 
 
-def test_text_model_refuses_bad_input_naming_the_argument(small_text_dir, tmp_path):
-    """Errors before any model work: what is wrong and with which argument."""
+@pytest.fixture(scope="module")
+def untrained(small_text_dir, tmp_path_factory):
+    """`(model, plain)`: an untrained one-block `TextModel` (M 2, T 4) with a byte-fallback
+    tokenizer, and the same network with a tokenizer without byte fallback; no run needed."""
     import keras
 
-    from par_xl.configs import ConfigError
     from par_xl.data.tokenizer import train_tokenizer
     from par_xl.models import PARTransformerXL
 
+    root = tmp_path_factory.mktemp("untrained")
     lines = (small_text_dir / "train.txt").read_text().splitlines()
     keras.utils.set_random_seed(0)
     network = PARTransformerXL(vocab_size=400, d_model=8, num_heads=2, d_ffn=8, num_layers=1,
@@ -331,11 +334,18 @@ def test_text_model_refuses_bad_input_naming_the_argument(small_text_dir, tmp_pa
     network.build((1, 4))
     paths = {
         fallback: train_tokenizer(
-            lines, tmp_path / f"sp{fallback}", vocab_size=size, byte_fallback=fallback
+            lines, root / f"sp{fallback}", vocab_size=size, byte_fallback=fallback
         )
         for fallback, size in ((True, 400), (False, 200))
     }
-    model, plain = (TextModel(network, load_tokenizer(paths[f]), paths[f], 4) for f in (1, 0))
+    return tuple(TextModel(network, load_tokenizer(paths[f]), paths[f], 4) for f in (1, 0))
+
+
+def test_text_model_refuses_bad_input_naming_the_argument(untrained, tmp_path):
+    """Errors before any model work: what is wrong and with which argument."""
+    from par_xl.configs import ConfigError
+
+    model, plain = untrained
     for call, message in [
         (lambda: model.generate(""), "^prompt is empty"),
         (lambda: model.generate(["ka", ""]), r"^prompt\[1\] is empty"),
@@ -356,6 +366,31 @@ def test_text_model_refuses_bad_input_naming_the_argument(small_text_dir, tmp_pa
         par_xl.load(tmp_path)
 
 
+def test_saved_model_refuses_characters_a_tokenizer_without_byte_fallback_cannot_encode(
+    untrained,
+):
+    """The signatures, traced in this process (no XLA, no file): the unknown id is an error
+    naming the signature and the string, as TextModel's ValueError does."""
+    import tensorflow as tf
+
+    from par_xl.serving.saved_model import ServingModule
+
+    _, plain = untrained
+    signatures = ServingModule(plain, 4, jit_compile=False).signatures()
+    settings = sampling_tensors(**{**SAMPLING, "max_new_tokens": 2})
+    assert signatures["score"](text=tf.constant(["ka lo"]))["tokens"].numpy().tolist() == [
+        len(plain.encode("ka lo")) + 1
+    ]
+    for call, message in [
+        (lambda: signatures["score"](text=tf.constant(["ka", "ka 😀中"])),
+         r"score: text\[1\] holds characters the tokenizer cannot encode"),
+        (lambda: signatures["generate"](prompt=tf.constant(["😀"]), **settings),
+         r"generate: prompt\[0\] holds characters the tokenizer cannot encode"),
+    ]:  # fmt: skip
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call()
+
+
 @pytest.mark.slow
 def test_saved_model_cli_shows_every_signature(derived):
     _, output, _ = derived
@@ -373,7 +408,7 @@ def test_saved_model_cli_shows_every_signature(derived):
 @pytest.mark.slow
 def test_a_supernet_is_exported_as_its_derived_architecture(tiny_data, text, tmp_path):
     """export.py says so, the export records it, and the SavedModel scores as the derived
-    model does (not as the supernet's mixture)."""
+    model does (not as the supernet's mixture) and samples what it samples for the seed."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
 
@@ -392,3 +427,7 @@ def test_a_supernet_is_exported_as_its_derived_architecture(tiny_data, text, tmp
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
     mixture = TextModel.from_run(checkpoints, derive=False).score(text)["token_log_probs"]
     assert np.abs(mixture - expected).max() > 1e-3
+    signature = loaded.signatures["generate"]
+    sample = signature(prompt=tf.constant(PROMPTS), **sampling_tensors(**SAMPLING))["text"]
+    expected = derived.generate(PROMPTS, **SAMPLING, jit_compile=False)
+    assert [text.decode() for text in sample.numpy()] == expected
