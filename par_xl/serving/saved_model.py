@@ -43,6 +43,7 @@ from pathlib import Path
 
 import tensorflow as tf
 import tensorflow_text as tf_text
+from absl import logging as absl_logging
 
 from par_xl.files import temporary_name
 from par_xl.memory.exact_state import KNNState
@@ -65,16 +66,21 @@ def export_saved_model(text_model, output, max_new_tokens_limit=1024, jit_compil
     module = ServingModule(text_model, max_new_tokens_limit, jit_compile)
     info = module.info()
     tmp = temporary_name(output)
-    logger = logging.getLogger("tensorflow")  # its INFO lines of every file saved
-    level = logger.level
+    # TensorFlow's INFO lines while saving (each file written, each renamed input of a
+    # signature, the fingerprint), through its logger and absl's: warnings only. absl's level
+    # is its verbosity flag's (saving sets flags, which resets the logger's own level).
+    logger, level = logging.getLogger("tensorflow"), logging.getLogger("tensorflow").level
+    verbosity = absl_logging.get_verbosity()
     try:
         logger.setLevel(max(level, logging.WARNING))
+        absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         (tmp / EXPORT_INFO).parent.mkdir()
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, output)
     finally:
         logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
         shutil.rmtree(tmp, ignore_errors=True)
     return info
 
