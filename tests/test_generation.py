@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_on_jax
 from keras import ops
+from test_sampling_uniforms import reference_uniforms
 
 from par_xl.models import PARTransformerXL, generation
 from par_xl.models.compiled import compiled_function
@@ -67,9 +68,8 @@ def reference_generate(model, prompt, num_tokens, temperature, top_k, top_p, see
     for piece in np.split(context, range(first, context.shape[1], chunk), axis=1):
         if piece.shape[1]:
             _, state = model.forward(piece, state)
-    uniforms = np.random.default_rng(seed).random((num_tokens, 1)).astype("float32")
     token, ids, scores = prompt[-1], [], []
-    for uniform in uniforms[:, 0]:
+    for uniform in reference_uniforms(seed, num_tokens):
         hidden, state = model.forward(np.array([[token]], "int32"), state)
         log_probs = ops.convert_to_numpy(model.log_probs(hidden))[0, 0]
         token = reference_draw(reference_filter(log_probs, temperature, top_k, top_p), uniform)
@@ -113,7 +113,7 @@ def test_one_trace_for_every_prompt_length_and_seed():
     assert first == again and first != other
     assert generate(model, [1, 2, 3, 4, 5], 6, seed=0, jit_compile=False)[0] == first
     generate(model, list(range(1, 12)), 6, seed=2, jit_compile=False)
-    for step in (generation._read, generation._sample):  # the cached compiled functions
+    for step in (generation.read_chunk, generation.sampling_loop):  # the cached compiled functions
         assert compiled_function(model, step, False).experimental_get_tracing_count() == 1
 
 
@@ -144,7 +144,10 @@ def test_a_model_without_memory_sees_its_whole_context():
     assert ids == generate(feed_forward, [9, 9, prompt[-1]], 4, top_k=1, jit_compile=False)[0]
 
 
-def test_filtering_matches_a_numpy_reference():
+@pytest.mark.parametrize("as_tensors", [False, True])
+def test_filtering_matches_a_numpy_reference(as_tensors):
+    """Python settings (each traced anew) and tensor settings (one program, as a SavedModel
+    takes them) keep the same tokens."""
     rng = np.random.default_rng(0)
     logits = rng.normal(scale=2.0, size=(3, VOCAB))
     log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
@@ -152,9 +155,10 @@ def test_filtering_matches_a_numpy_reference():
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (1.0, 5, 1.0), (0.5, 0, 0.7),
                                       (0.5, 20, 0.5), (1.0, 3, 0.95), (1.0, 1, 1.0),
                                       (1.0, 0, 1e-6)]:  # fmt: skip
-        got = ops.convert_to_numpy(
-            filter_probabilities(log_probs.astype("float32"), temperature, top_k, top_p)
-        )
+        settings = (temperature, top_k, top_p)
+        if as_tensors:
+            settings = [ops.convert_to_tensor(v, d) for v, d in zip(settings, SETTING_TYPES)]
+        got = ops.convert_to_numpy(filter_probabilities(log_probs.astype("float32"), *settings))
         got = got / got.sum(axis=-1, keepdims=True)  # weights: draw needs no normalization
         expected = np.stack([reference_filter(row, temperature, top_k, top_p) for row in log_probs])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
@@ -166,6 +170,27 @@ def test_filtering_matches_a_numpy_reference():
         if (top_k, top_p) == (3, 0.95):
             assert (kept == top_k).all()
     assert ((got > 0).sum(axis=-1) == 1).all()  # a tiny nucleus is the most likely token
+
+
+SETTING_TYPES = ("float32", "int32", "float32")
+
+
+@pytest.mark.parametrize(
+    "architecture, settings",
+    [("AMF", {"knn_layers": [1], "knn_memory_size": 8, "knn_neighbors": 2}), ("ALF", {})],
+)
+def test_prompts_of_different_lengths_sample_what_each_prompt_alone_samples(architecture,
+                                                                           settings):  # fmt: skip
+    """One batch of a long, a one-token and a short prompt (a memorizing block, or LEAP's
+    recurrent sums, included): each row's greedy sample and its log-probabilities are those of
+    a Python loop over its prompt alone, which reads no padding."""
+    model = tiny_model(architecture=architecture, initializer_range=0.5, **settings)
+    prompts = [[3, 7, 1, 12, 30, 2, 9, 4], [5], [8, 6, 11]]
+    ids, scores = generate(model, prompts, 6, top_k=1, chunk_length=3, jit_compile=False)
+    for row, prompt in enumerate(prompts):
+        expected_ids, expected_scores = reference_generate(model, prompt, 6, 1.0, 1, 1.0, 0, 3)
+        assert ids[row].tolist() == expected_ids
+        np.testing.assert_allclose(scores[row], expected_scores, rtol=1e-5, atol=1e-6)
 
 
 def test_draw_follows_the_distribution_and_never_picks_a_filtered_token():

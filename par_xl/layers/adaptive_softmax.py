@@ -144,7 +144,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         a slow loop, which made `log_probs` twice as slow in generation's one-position steps."""
         embedding, projection, bias = self.tails[i - 1]
         reduced = ops.matmul(hidden, ops.transpose(projection))  # (..., d_i)
-        ones = ops.ones((*reduced.shape[:-1], 1), reduced.dtype)
+        ones = ops.ones_like(reduced[..., :1])
         table = ops.concatenate([embedding, bias[:, None]], axis=1)  # (n_i, d_i + 1)
         return ops.matmul(ops.concatenate([reduced, ones], axis=-1), ops.transpose(table))
 
@@ -197,7 +197,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
             hidden: `(..., D)`.
             labels: `(...)` integer ids in `[0, V)`.
         """
-        shape = labels.shape
+        shape = ops.shape(labels)  # tensors for symbolic sizes
         hidden = ops.reshape(ops.cast(hidden, self.variable_dtype), (-1, hidden.shape[-1]))
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))  # (P,)
         head_size = self.bounds[1]

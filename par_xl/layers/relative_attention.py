@@ -45,10 +45,10 @@ def relative_shift(scores):
         `(..., T, K)`.
     """
     *lead, t, k = scores.shape
+    lead = [-1 if size is None else size for size in lead]  # -1: a symbolic batch
     padded = ops.pad(scores, [[0, 0]] * len(lead) + [[0, 0], [1, 0]])  # (..., T, K+1)
     padded = ops.reshape(padded, (*lead, k + 1, t))  # (..., K+1, T)
-    lead_sizes = [-1 if size is None else size for size in lead]  # -1: a symbolic batch
-    padded = ops.slice(padded, [0] * len(lead) + [1, 0], (*lead_sizes, k, t))  # (..., K, T)
+    padded = ops.slice(padded, [0] * len(lead) + [1, 0], (*lead, k, t))  # (..., K, T)
     return ops.reshape(padded, (*lead, t, k))  # (..., T, K)
 
 

@@ -111,7 +111,8 @@ def search(state, queries, k, normalize=True):
         dtype, without gradients; keys and values are zeros where `mask` is False.
     """
     slots, _, mask = nearest(state, queries, k, normalize)  # (B, T, N, k)
-    batch, segment, heads, k = slots.shape
+    _, segment, heads, k = slots.shape
+    batch = ops.shape(slots)[0]  # a tensor for a symbolic batch
     _, _, capacity, size = state.keys.shape
     # Row (b, n, slot) of the store flattened to (B * N * C, H): one plain gather, in the
     # queries' (B, T, N, k) order. (`take_along_axis` over the (B, N, C, H) store took
@@ -122,7 +123,7 @@ def search(state, queries, k, normalize=True):
 
     def gather(store):
         flat = ops.reshape(ops.stop_gradient(store), (-1, size))  # (B * N * C, H)
-        found = ops.reshape(ops.take(flat, index, axis=0), (batch, segment, heads, k, size))
+        found = ops.reshape(ops.take(flat, index, axis=0), (-1, segment, heads, k, size))
         return ops.where(mask[..., None], found, 0.0)
 
     return gather(state.keys), gather(state.values), mask
@@ -145,7 +146,8 @@ def add(state, keys, values, document_starts=None, normalize=True):
     """
     _check_entries(state, keys.shape, "keys")
     _check_entries(state, values.shape, "values")
-    batch, heads, capacity, size = state.keys.shape
+    _, heads, capacity, size = state.keys.shape
+    batch = ops.shape(state.keys)[0]  # a tensor for a symbolic batch
     segment = keys.shape[1]
     first = max(0, segment - capacity)  # earlier tokens would be overwritten by later ones
     written = segment - first

@@ -24,21 +24,28 @@ prompt can be sampled from any number of times; `generate` does both steps.
 Filtering and drawing never sort the vocabulary (XLA's sort on CPU costs ~5 ms a row of
 12,000): top-k and top-p are thresholds (`filter_probabilities`), the draw inverts the
 cumulative distribution, in two levels, at one uniform per new token and row (`draw`). The
-uniforms are drawn by NumPy from the seed before the loop: the same seed gives the same tokens
-on either backend, with XLA on or off (up to float rounding at an interval's boundary). The
-compiled functions are kept per model and traced again only for new shapes (B, M, chunk,
-number of tokens) or filtering settings; a prompt of any length reuses them (it is left-padded
-to whole chunks; for a model without memory, M follows the context, so each length traces
-anew).
+uniforms are a hash of the seed, the token's step and the row, computed in the loop
+(`sampling_uniforms`): the same seed gives the same tokens on either backend, with XLA on or
+off, and in an exported SavedModel (`par_xl.serving`), up to float rounding at an interval's
+boundary. The compiled functions are kept per model and traced again only for new shapes (B, M,
+chunk, number of tokens) or filtering settings; a prompt of any length reuses them (it is
+left-padded to whole chunks; for a model without memory, M follows the context, so each length
+traces anew). Prompts of different lengths make one batch: each is marked as a document that
+starts after its padding (`forget_padding` empties the state of one-token prompts), so each row
+samples what its prompt alone would.
 """
 
 import dataclasses
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
+from par_xl.memory import exact_state
 from par_xl.models.compiled import compiled_function
+from par_xl.models.sampling_uniforms import seed_words, uniforms
+from par_xl.models.state import ModelState
 
 
 def validate_sampling(num_tokens, temperature, top_k, top_p):
@@ -61,6 +68,11 @@ def filter_probabilities(log_probs, temperature=1.0, top_k=0, top_p=1.0):
     likely one of the nucleus, found by bisection (`nucleus_threshold`). Tokens tied with the
     last one kept are all kept.
 
+    The settings are Python numbers, each value traced anew (a filter that is off is left out
+    of the program), or scalar tensors, one program for every value (an exported SavedModel's,
+    `par_xl.serving`): each filter then sits behind `ops.cond`, so that one that is off costs
+    nothing either, and top-k is a bisection too (`top_k_threshold`). Both keep the same tokens.
+
     Args:
         log_probs: `(B, V)` normalized log-probabilities.
         temperature: > 0; below 1 sharpens, above 1 flattens.
@@ -73,21 +85,65 @@ def filter_probabilities(log_probs, temperature=1.0, top_k=0, top_p=1.0):
         not renormalized (`draw` needs no normalization, and saves the pass).
     """
     log_probs = ops.cast(log_probs, "float32")
-    if temperature == 1:
-        probabilities = ops.exp(log_probs)  # normalized already
-    else:
-        probabilities = ops.softmax(log_probs / temperature, axis=-1)  # (B, V)
+    vocab_size = log_probs.shape[-1]
+    probabilities = _switch(
+        temperature == 1,
+        lambda: ops.exp(log_probs),  # normalized already
+        lambda: ops.softmax(log_probs / temperature, axis=-1),  # (B, V)
+    )
     keep, candidates = None, probabilities  # where the nucleus's last token is looked for
-    if top_k and top_k < log_probs.shape[-1]:
+    if not _is_number(top_k):
+        keep = _switch(
+            ops.logical_and(top_k > 0, top_k < vocab_size),
+            lambda: log_probs >= top_k_threshold(log_probs, top_k),
+            lambda: ops.ones_like(log_probs, "bool"),
+        )
+    elif top_k and top_k < vocab_size:
         # Unsorted: XLA on CPU sorts the whole row for a sorted top-k, ~50x slower.
         values, indices = ops.top_k(log_probs, k=top_k, sorted=False)  # (B, k)
         keep = log_probs >= ops.min(values, axis=-1, keepdims=True)  # (B, V)
         # The nucleus ends among the k most likely tokens, or holds them all (threshold 0).
         candidates = ops.take_along_axis(probabilities, indices, axis=-1)  # (B, k)
-    if top_p < 1:
-        nucleus = probabilities >= nucleus_threshold(candidates, top_p)
+    if not _is_number(top_p) or top_p < 1:
+        nucleus = _switch(
+            top_p < 1,
+            lambda: probabilities >= nucleus_threshold(candidates, top_p),
+            lambda: ops.ones_like(log_probs, "bool"),
+        )
         keep = nucleus if keep is None else ops.logical_and(keep, nucleus)
     return probabilities if keep is None else ops.where(keep, probabilities, 0.0)
+
+
+def _is_number(value):
+    return isinstance(value, int | float | np.number)
+
+
+def _switch(condition, if_true, if_false):
+    """`if_true()` or `if_false()`: chosen in Python for a Python bool, else by `ops.cond`."""
+    if isinstance(condition, bool | np.bool_):
+        return if_true() if condition else if_false()
+    return ops.cond(condition, if_true, if_false)
+
+
+def top_k_threshold(log_probs, top_k):
+    """The k-th largest log-probability of each row, `(B, 1)`, for a tensor `top_k` in [1, V].
+
+    By bisection, like `nucleus_threshold`: the distances `-log p` are non-negative, so they
+    order as their bit patterns (int32) do; the k-th smallest distance is the smallest d with
+    `count(-log p <= d) >= k`, and 31 halvings find it exactly.
+    """
+    bits = ops.view(0.0 - log_probs, "int32")  # (B, V); 0.0 - x: never a negative zero
+    low, high = ops.min(bits, axis=-1), ops.max(bits, axis=-1)  # (B,): the answer is in between
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) // 2
+        count = ops.sum(ops.cast(bits <= middle[:, None], "int32"), axis=-1)
+        enough = count >= top_k
+        return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
+
+    low, _ = ops.fori_loop(0, 31, halve, (low, high))
+    return 0.0 - ops.view(low[:, None], "float32")  # (B, 1): a static last axis to view
 
 
 def nucleus_threshold(probabilities, top_p):
@@ -100,7 +156,7 @@ def nucleus_threshold(probabilities, top_p):
     likely tokens (`(B, k)`, any order), it is 0 when their mass is below `top_p`.
     """
     bits = ops.view(probabilities, "int32")  # (B, V), ordered as the probabilities
-    low = ops.zeros(bits.shape[:1], "int32")  # mass at or above low reaches top_p
+    low = ops.zeros_like(bits[:, 0])  # (B,): mass at or above low reaches top_p
     high = ops.max(bits, axis=-1)  # (B,), the answer is in [low, high]
 
     def halve(_, bounds):
@@ -111,7 +167,7 @@ def nucleus_threshold(probabilities, top_p):
         return ops.where(enough, middle, low), ops.where(enough, high, middle - 1)
 
     low, _ = ops.fori_loop(0, 31, halve, (low, high))
-    return ops.view(low, "float32")[:, None]
+    return ops.view(low[:, None], "float32")  # (B, 1): a static last axis to view
 
 
 def draw(weights, uniform):
@@ -129,11 +185,11 @@ def draw(weights, uniform):
     Returns:
         `(B,)` int32 ids; never one of weight zero.
     """
-    batch, vocab_size = weights.shape
+    vocab_size = weights.shape[-1]
     size = math.isqrt(vocab_size - 1) + 1  # tokens per block
     count = -(-vocab_size // size)  # blocks
     padded = ops.pad(weights, [(0, 0), (0, count * size - vocab_size)])
-    blocks = ops.reshape(padded, (batch, count, size))  # (B, count, size)
+    blocks = ops.reshape(padded, (-1, count, size))  # (B, count, size)
     totals = ops.sum(blocks, axis=-1)  # (B, count)
     target = ops.cast(uniform, weights.dtype)[:, None] * ops.sum(totals, axis=-1, keepdims=True)
     block, before = _invert(totals, target)
@@ -155,32 +211,65 @@ def _invert(weights, target):
     return index[:, 0], before
 
 
-def _read(model, ids, starts, state, knn_memories):
+def read_chunk(model, ids, starts, state, knn_memories):
     """One prompt chunk through `forward`: the state after it. `starts` marks where the
     prompt begins in a left-padded chunk: nothing sees the padding."""
     return model.forward(ids, state, False, starts, knn_memories)[1]
 
 
-def _sample(model, token, state, knn_memories, uniforms, temperature, top_k, top_p):
+def sampling_loop(
+    model, token, state, knn_memories, seed, num_tokens, length, temperature, top_k, top_p
+):
     """The sampling loop: `(B,)` last prompt token, `ModelState` (and `inference_state`'s
-    ScaNN memories, beside it), `(N, B)` uniforms -> `(B, N)` sampled ids and the `(B, N)`
-    log-probability of each under the model (before filtering)."""
-    num_tokens, batch = uniforms.shape
+    ScaNN memories, beside it), `(2,)` uint32 seed (`sampling_uniforms.seed_words`) -> `(B,
+    length)` sampled ids and the `(B, length)` log-probability of each under the model (before
+    filtering), of which the first `num_tokens` columns are sampled (the rest are zeros).
+    `length` is static, the size of the buffers; `num_tokens` may be a tensor (one program for
+    every count, as a SavedModel takes it)."""
+    batch = ops.shape(token)[0]  # a tensor for a symbolic batch
 
     def step(i, loop_state):
         token, state, sampled, scores = loop_state
         hidden, state = model.forward(token[:, None], state, False, None, knn_memories)
         log_probs = model.log_probs(hidden[:, 0])  # (B, V)
         probabilities = filter_probabilities(log_probs, temperature, top_k, top_p)
-        token = draw(probabilities, ops.take(uniforms, i, axis=0))  # (B,)
+        token = draw(probabilities, uniforms(seed, i, batch))  # (B,)
         score = ops.take_along_axis(log_probs, token[:, None], axis=-1)  # (B, 1)
         sampled = ops.slice_update(sampled, (0, i), token[:, None])
         scores = ops.slice_update(scores, (0, i), ops.cast(score, "float32"))
         return token, state, sampled, scores
 
-    sampled = ops.zeros((batch, num_tokens), "int32")
-    scores = ops.zeros((batch, num_tokens), "float32")
+    sampled = ops.zeros((batch, length), "int32")
+    scores = ops.zeros((batch, length), "float32")
     return ops.fori_loop(0, num_tokens, step, (token, state, sampled, scores))[2:]
+
+
+def forget_padding(state, context_lengths, initial):
+    """The state after a left-padded prompt was read (`read_prompt`), with no padding in it.
+
+    A row whose context holds a token has its start marked after the padding, which nothing
+    then sees; a row of a one-token prompt has no context, so nothing to mark: its XL memory
+    and kNN stores are emptied here (exact stores; `read_prompt` clears ScaNN ones), and its
+    recurrent states (LEAP's sums) are those of `initial` again.
+
+    Args:
+        state: a `ModelState`.
+        context_lengths: `(B,)` int32, each row's prompt tokens read into the state.
+        initial: the `ModelState` of empty streams the prompt was read from.
+    """
+    context_lengths = ops.cast(context_lengths, "int32")
+    empty = context_lengths == 0
+
+    def rows_of_initial(now, before):
+        where = ops.reshape(empty, (-1,) + (1,) * (len(now.shape) - 1))
+        return ops.where(where, before, now)
+
+    return ModelState(
+        state.xl_memory,
+        ops.minimum(state.valid_length, context_lengths),
+        {name: exact_state.clear(store, empty) for name, store in state.knn.items()},
+        keras.tree.map_structure(rows_of_initial, state.recurrent, initial.recurrent),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +314,9 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
     Args:
         model: a built `PARTransformerXL` (supernet or derived); its state variables are
             untouched.
-        prompt_ids: a non-empty list of ids, or a `(B, P)` array of B prompts of one length.
+        prompt_ids: a non-empty list of ids; a `(B, P)` array of B prompts of one length; or a
+            list of B non-empty lists of ids, of any lengths (each row's sample is the one its
+            prompt would get alone, for the same seed and row).
         mem_len: M while sampling (default: the model's; longer works too, as in
             Transformer-XL evaluation); 0, or a model trained without memory: the whole
             context, so that every position sees all before it.
@@ -236,14 +327,7 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
     Returns:
         A `PromptState`.
     """
-    prompt = np.asarray(prompt_ids, "int32")
-    single = prompt.ndim == 1
-    prompt = prompt[None] if single else prompt  # (B, P)
-    if prompt.ndim != 2 or not prompt.shape[1]:
-        raise ValueError(
-            f"prompt_ids must hold at least one token, as a list or a (B, P) array; received "
-            f"shape {np.shape(prompt_ids)}."
-        )
+    prompt, lengths, single = _prompt_rows(prompt_ids)  # (B, P) right-aligned, (B,)
     mem_len = model.mem_len if mem_len is None else mem_len
     if mem_len < 0:
         raise ValueError(f"mem_len must be >= 0, received {mem_len}.")
@@ -256,19 +340,47 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
 
     jit_compile = _compile_with_xla(model, jit_compile)
     state, memories = model.inference_state(prompt.shape[0], mem_len)
+    initial = state
     if (state.xl_memory or state.recurrent) and context.shape[1]:
-        # Left-padded to whole chunks, the prompt marked as a document starting after the
+        # Left-padded to whole chunks, each prompt marked as a document starting after its
         # padding: one traced shape for every prompt length.
         padding = -context.shape[1] % chunk_length
         context = np.pad(context, [(0, 0), (padding, 0)])
         starts = np.zeros_like(context)
-        starts[:, padding] = 1
-        read = compiled_function(model, _read, jit_compile)
+        rows = np.flatnonzero(lengths > 1)  # the rows with a context to mark
+        starts[rows, context.shape[1] - (lengths[rows] - 1)] = 1
+        read = compiled_function(model, read_chunk, jit_compile)
         for i in range(0, context.shape[1], chunk_length):
             chunk = slice(i, i + chunk_length)
             state = read(context[:, chunk], starts[:, chunk], state, memories)
+        state = forget_padding(state, lengths - 1, initial)
+        for memory in memories.values():
+            memory.clear(lengths == 1)
     saved = {name: memory.get_state() for name, memory in memories.items()}
     return PromptState(prompt[:, -1], state, whole_context, single, saved)
+
+
+def _prompt_rows(prompt_ids):
+    """`(prompts, lengths, single)`: `(B, P)` int32 prompts right-aligned (left-padded with 0),
+    their `(B,)` lengths, and whether `prompt_ids` was one list of ids."""
+    rows = prompt_ids if isinstance(prompt_ids, list | tuple) else [None]
+    if rows and all(np.ndim(row) == 1 for row in rows):  # B lists of ids, any lengths
+        rows = [np.asarray(row, "int32") for row in rows]
+        single = False
+    else:
+        prompt = np.asarray(prompt_ids, "int32")
+        single = prompt.ndim == 1
+        rows = list(prompt[None] if single else prompt) if prompt.ndim in (1, 2) else []
+    lengths = np.array([len(row) for row in rows], "int32")
+    if not len(rows) or not lengths.min():
+        raise ValueError(
+            "prompt_ids must hold at least one token per prompt, as a list, a (B, P) array or "
+            f"B lists; received {prompt_ids!r:.200}."
+        )
+    prompts = np.zeros((len(rows), lengths.max()), "int32")
+    for padded, row in zip(prompts, rows):
+        padded[len(padded) - len(row) :] = row
+    return prompts, lengths, single
 
 
 def sample(
@@ -281,7 +393,7 @@ def sample(
         prompt: a `PromptState` from `read_prompt`.
         num_tokens: N > 0.
         temperature, top_k, top_p: see `filter_probabilities`; `top_k=1` is greedy decoding.
-        seed: the sample's seed: same seed, same tokens.
+        seed: the sample's seed, an integer: same seed, same tokens (`sampling_uniforms`).
         jit_compile: compile the loop with XLA (TensorFlow; JAX always does). The step is small
             matrix-vector work, so XLA's fused loop beats TensorFlow's per-op dispatch.
             `None`: unless the model searches with ScaNN (which refuses XLA).
@@ -291,6 +403,7 @@ def sample(
         filtering), as lists for a list prompt, else `(B, N)` arrays.
     """
     validate_sampling(num_tokens, temperature, top_k, top_p)
+    seed = seed_words(seed)
     jit_compile = _compile_with_xla(model, jit_compile)
     memories = {}
     if prompt.knn_memories:  # ScaNN: the model's memories (`inference_state`), refilled
@@ -303,12 +416,12 @@ def sample(
         state = state._replace(
             xl_memory={name: ops.pad(m, room) for name, m in state.xl_memory.items()}
         )
-    uniforms = np.random.default_rng(seed).random((num_tokens, len(prompt.token)))
-    # The filtering settings (arguments 4, 5, 6) are static: each new value traces anew.
-    loop = compiled_function(model, _sample, jit_compile, static_argnums=(4, 5, 6))
+    # The count, the buffers' length and the filtering settings (arguments 4 to 8) are
+    # static: each new value traces anew.
+    loop = compiled_function(model, sampling_loop, jit_compile, static_argnums=(4, 5, 6, 7, 8))
     ids, scores = loop(
-        prompt.token, state, memories, uniforms.astype("float32"), float(temperature),
-        int(top_k), float(top_p),
+        prompt.token, state, memories, seed, int(num_tokens), int(num_tokens),
+        float(temperature), int(top_k), float(top_p),
     )  # fmt: skip
     ids, scores = ops.convert_to_numpy(ids), ops.convert_to_numpy(scores)
     if prompt.single:
