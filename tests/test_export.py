@@ -132,21 +132,21 @@ def text(small_text_dir):
 
 @pytest.fixture(scope="module")
 def derived(tiny_data, tmp_path_factory):
-    """A fixed architecture with a memorizing block (exact store) and document boundaries,
-    trained 4 steps and exported."""
+    """A fixed architecture with LEAP (its recurrent sums in the state), a memorizing block
+    (exact store) and document boundaries, trained 4 steps and exported."""
     root = tmp_path_factory.mktemp("derived")
     checkpoints = train(
         tiny_data,
         root,
-        "amf",
-        "--architecture=AMF",
+        "lmf",
+        "--architecture=LMF",
         "--knn_layers=1",
         "--knn_memory_size=64",
         "--knn_neighbors=4",
         "--document_boundaries",
     )
-    result = export(checkpoints, root / "exported" / "amf")
-    return checkpoints, root / "exported" / "amf", result
+    result = export(checkpoints, root / "exported" / "lmf")
+    return checkpoints, root / "exported" / "lmf", result
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_export_writes_a_saved_model_that_loads_without_par_xl(derived, tiny_dat
     for info in ("Assets written", "contains input name(s)", "Sharding callback", "fingerprint"):
         assert info not in result.stderr  # TensorFlow's INFO lines while saving
     info = json.loads((output / "assets.extra/par_xl_export.json").read_text())
-    assert info["architecture"] == "AMF" and not info["derived_from_supernet"]
+    assert info["architecture"] == "LMF" and not info["derived_from_supernet"]
     assert (output / "saved_model.pb").is_file()
     assert (output / "assets/sp.model").read_bytes() == (tiny_data / "sp.model").read_bytes()
     assert not [p for p in output.parent.iterdir() if ".tmp" in p.name]  # renamed whole
