@@ -86,7 +86,7 @@ def test_the_table_and_the_front_of_a_tiny_series(tiny_data, tmp_path):
     common = [f"--train_directory={tiny_data}/tf/train", f"--valid_directory={tiny_data}/tf/valid",
               f"--test_directory={tiny_data}/tf/test", f"--sp_model_prefix={tiny_data}/sp",
               "--preset=tiny", "--cutoffs=20", "--max_steps=3", "--warmup_steps=1",
-              "--arch_start_step=1"]  # fmt: skip
+              "--arch_start_step=1", "--log_every=1"]  # fmt: skip
     runs = [run for run in series(1, "unused") if run.name in ("standard", "search_sp",
                                                                 "derived_sp")]  # fmt: skip
     runs_dir = tmp_path / "runs"
