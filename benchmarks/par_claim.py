@@ -7,8 +7,8 @@ sandwich ordering and a standard Transformer-XL on WikiText-2; writes the compar
 
 The series (`--run`, `series()`, run by `benchmarks/series.py`): preset par32 (32 blocks of the
 base width, T = M = 64, data built with `build_data.py --seq_len=64` in `--data_dir`), every
-model EPOCHS epochs (1,326 steps each) with the same schedules (warm-up WARMUP steps, the
-architecture's start at its end), in this order:
+model EPOCHS = 2 epochs of 1,326 steps with the same schedules (warm-up WARMUP = 500 steps,
+the architecture's start at its end), in this order:
     standard            AFAF...: Transformer-XL's 16 attention and 16 feed-forward blocks;
     search_sp_latency   the single-path search, the architecture optimizer's defaults, with a
                         latency cost (hinge, target COST_TARGET x the standard's forward latency
@@ -29,9 +29,22 @@ architecture's start at its end), in this order:
                         search's weights for EPOCHS more epochs (twice the others' steps: shown,
                         outside the equal-steps comparison).
 
-The budget: about 6 hours of this 2-core machine for the series. Measured (BUDGET below): the
-standard model trains at STANDARD_MS ms/step, the single-path search at SEARCH_MS and PAR's p = 5
-at P5_MS. One epoch (1,326 steps of 32 x 64 tokens) of the nine runs: ...
+The budget, about 6 hours of this 2-core machine for the nine runs, sets the epochs (2,652
+steps a model; the warm-up about a fifth of them). Training FLOPs per step
+(`par_xl.cost.flops`, batch 32 x 64): standard 57.2 G, par_rule_p5 55.1 G, all attention
+60.7 G, the single-path search 38.9 G at uniform probabilities. The base supernet's 9.7 G per
+step train in 118 ms on the idle machine (benchmarks/results/training_speed.md): 82 GFLOP/s,
+so the standard model needs 0.70 s a step and 15.5 min an epoch. Budgeting every run at the
+standard's rate or above (the searches and the derived models at all-attention's, 16.4 min):
+2 x 15.5 (standard, sandwich) + 2 x 14.9 (p5, late) + 15.1 (p3) + 2 x 15.5 (searches) +
+2 x 16.4 (derived) = 140 min an epoch, 4.7 h for two, 4.9 h with the evaluations (valid after
+each epoch, test at the end: about 140 steps' worth a run); attention's lower FLOP rate
+(below) brings it to about 6 h. Three epochs would take 7-9 h. `--fine_tune` adds two runs of
+two epochs (about 1 h): only if time allows. The step times measured here (`nice -n 5`, the
+machine under a load of 10-12, 3 interleaved rounds of 4 steps, `model.fit` without XLA as
+train.py runs on a CPU) agree only in order: the standard model 3.9x the base supernet's step
+(FLOPs: 5.9x), T = M = 128 3.6x the standard's T = 64 step (per epoch 1.8x: T = 64 affords
+twice the steps).
 
 Without `--run`, reads every run directory under `--runs_dir` with a results.json, and the
 JSON of one interleaved `benchmarks/inference.py` run of all their architectures (`--inference`;
@@ -60,7 +73,7 @@ from par_xl.reporting.cost_quality_front import dominated_by, draw_front, front 
 from par_xl.reporting.run_figures import run_figures  # noqa: E402
 
 PRESET, SEQ_LEN = "par32", 64  # the preset's T = M
-EPOCHS, WARMUP = 2, 400
+EPOCHS, WARMUP = 2, 500
 COST_TARGET = 0.65
 # The fixed architectures: run name -> --architecture.
 FIXED = {"standard": "standard", "par_rule_p5": "par_rule:p=5", "late_rule_p5": "late_rule:p=5",
