@@ -38,9 +38,12 @@ so the standard model needs 0.70 s a step and 15.5 min an epoch. Budgeting every
 standard's rate or above (the searches and the derived models at all-attention's, 16.4 min):
 2 x 15.5 (standard, sandwich) + 2 x 14.9 (p5, late) + 15.1 (p3) + 2 x 15.5 (searches) +
 2 x 16.4 (derived) = 140 min an epoch, 4.7 h for two, 4.9 h with the evaluations (valid after
-each epoch, test at the end: about 140 steps' worth a run); attention's lower FLOP rate
-(below) brings it to about 6 h. Three epochs would take 7-9 h. `--fine_tune` adds two runs of
-two epochs (about 1 h): only if time allows. The step times measured here (`nice -n 5`, the
+each epoch, test at the end: about 140 steps' worth a run). Attention runs at about half
+feed-forward's FLOP rate (an attention block takes 2.2x a feed-forward block's evaluation time
+for 1.13x its FLOPs; `par_xl/configs.py`'s par32), which puts the nine runs at 5.5-7 h; the
+least needed run (p3) is last, so the series can stop before it if the standard model's
+logged ms/step says so. Three epochs would take 7-10 h. `--fine_tune` adds two runs of two
+epochs (about 1 h): only if time allows. The step times measured here (`nice -n 5`, the
 machine under a load of 10-12, 3 interleaved rounds of 4 steps, `model.fit` without XLA as
 train.py runs on a CPU) agree only in order: the standard model 3.9x the base supernet's step
 (FLOPs: 5.9x), T = M = 128 3.6x the standard's T = 64 step (per epoch 1.8x: T = 64 affords
