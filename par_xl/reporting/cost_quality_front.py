@@ -32,7 +32,8 @@ def front(points):
 
 def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
                ylabel="perplexity", title=None):  # fmt: skip
-    """Writes a PNG to `path` (atomically): each group's points and its front as a staircase.
+    """Writes a PNG to `path` (atomically): each group's points, and the first group's front
+    as a staircase (the edge of what its models dominate).
 
     Args:
         groups: `{label: {name: (speed, perplexity)}}`, one marker style per group; each point
@@ -46,14 +47,14 @@ def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
     axes = figure.add_subplot()
     markers = ("o", "*", "s", "^", "D")
     everything = {name: p for points in groups.values() for name, p in points.items()}
-    for (label, points), marker in zip(groups.items(), markers):
+    for i, ((label, points), marker) in enumerate(zip(groups.items(), markers)):
         if not points:
             continue
         xs, ys = zip(*points.values())
         dots = axes.scatter(xs, ys, marker=marker, s=90 if marker == "*" else 40, label=label)
         steps = [points[name] for name in front(points)][::-1]  # slowest first
-        if len(steps) > 1:
-            axes.step(*zip(*steps), where="post", color=dots.get_facecolor()[0], alpha=0.6,
+        if i == 0 and len(steps) > 1:  # up at each point, then across to the next
+            axes.step(*zip(*steps), where="pre", color=dots.get_facecolor()[0], alpha=0.6,
                       label=f"{label}: front")  # fmt: skip
         for name, (x, y) in points.items():
             axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4),
