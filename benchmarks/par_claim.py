@@ -71,7 +71,9 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.series import REPO, Run, run_series  # noqa: E402
+from par_xl.configs import PRESETS  # noqa: E402
 from par_xl.files import atomic_write_text  # noqa: E402
+from par_xl.models.rules import standard_architecture  # noqa: E402
 from par_xl.reporting.cost_quality_front import dominated_by, draw_front, front  # noqa: E402
 from par_xl.reporting.run_figures import run_figures  # noqa: E402
 
@@ -153,10 +155,10 @@ def run_all():
 
 
 def measure_inference(table, path):
-    """One interleaved `benchmarks/inference.py` run of every architecture of `table`, the
-    standard's the reference; its JSON goes to `path`."""
-    architectures = list(dict.fromkeys(row["architecture"] for row in table.values()))
-    reference = table["standard"]["architecture"]
+    """One interleaved `benchmarks/inference.py` run of every architecture of `table` and the
+    standard's, the reference; its JSON goes to `path`."""
+    reference = standard_architecture(PRESETS[PRESET].num_layers)
+    architectures = list(dict.fromkeys([reference, *(r["architecture"] for r in table.values())]))
     command = [sys.executable, "benchmarks/inference.py", f"--preset={PRESET}",
                f"--models={','.join(architectures)}", f"--reference={reference}",
                f"--shapes={SEQ_LEN}x{SEQ_LEN}", f"--repeats={FLAGS.inference_repeats}"]  # fmt: skip
