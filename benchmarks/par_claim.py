@@ -134,8 +134,7 @@ def kind(name):
 
 
 def run_all():
-    """Measures the latency table if missing, runs the series, then the inference benchmark
-    if it is missing; a failed run stops it."""
+    """Measures the latency table if missing, then runs the series; a failed run stops it."""
     table = Path(FLAGS.latency_table)
     if not table.is_file():
         command = [sys.executable, "latency_table.py", f"--preset={PRESET}",
