@@ -2,17 +2,17 @@
 
     python benchmarks/inference.py [--models supernet,AAFFFF,AFAFAF,supernet_argmax]
         [--reference AFAFAF] [--shapes 32x16,128x128] [--parts evaluation,generation]
-        [--notail_capacity] [--repeats 5]
+        [--notail_capacity] [--repeats 5] [--preset base]
 
 Models: the base supernet (every block computes attention and feed-forward, weighted by its
 choice probabilities), a derived architecture (`derive("AAFFFF")`: each block holds only its
 chosen sublayer), a standard Transformer-XL with as many sublayers (`derive("AFAFAF")`) and,
 if asked for, the supernet with `choice_at_inference="argmax"` (each block computes only its
 preferred branch, behind a switch), all of the base shape (vocab 12000, d_model 128,
-4 heads, d_ffn 512, 6 blocks, cutoffs 250/2500) with untrained weights (speed does not depend
-on them) but the supernet's choices set to prefer `--preferred`, as after a search. Shapes
-`TxM`: segment length T and memory length M; the long-context one gives attention a larger
-share of the cost.
+4 heads, d_ffn 512, 6 blocks, cutoffs 250/2500; or `--preset`'s, e.g. par32's 32 blocks) with
+untrained weights (speed does not depend on them) but the supernet's choices set to prefer
+`--preferred`, as after a search. Shapes `TxM`: segment length T and memory length M; the
+long-context one gives attention a larger share of the cost.
 
 Evaluation: `par_xl.training.evaluation.evaluate_batches` (what train.py's validation and
 `--mode=evaluate` run: `test_on_batch` per batch, compiled, memory carried) over batches of
@@ -51,6 +51,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from par_xl.configs import PRESETS  # noqa: E402
 
+flags.DEFINE_enum("preset", "base", sorted(PRESETS), "The models' shape (its mem_len: --shapes').")
 flags.DEFINE_list(
     "models",
     ["supernet", "AAFFFF", "AFAFAF"],
@@ -100,7 +101,7 @@ def build_models(segment, mem_len, capacity):
     from par_xl.models import PARTransformerXL
 
     keras.utils.set_random_seed(0)
-    config = {**PRESETS["base"].model_kwargs(), "mem_len": mem_len}
+    config = {**PRESETS[FLAGS.preset].model_kwargs(), "mem_len": mem_len}
     supernet = PARTransformerXL(**config, tail_capacities=capacity)
     supernet.build((FLAGS.eval_batch_size, segment))
     for block, choice in zip(supernet.blocks, FLAGS.preferred):
@@ -154,9 +155,10 @@ def generation(models, segment):
     from par_xl.models.generation import read_prompt, sample
 
     n, settings = FLAGS.num_tokens, dict(top_k=FLAGS.top_k, top_p=FLAGS.top_p)
+    vocab_size = PRESETS[FLAGS.preset].vocab_size
     prompts = {
-        "short": zipf_tokens((segment,), PRESETS["base"].vocab_size, seed=3).tolist(),
-        "long": zipf_tokens((FLAGS.long_prompt,), PRESETS["base"].vocab_size, seed=4).tolist(),
+        "short": zipf_tokens((segment,), vocab_size, seed=3).tolist(),
+        "long": zipf_tokens((FLAGS.long_prompt,), vocab_size, seed=4).tolist(),
     }
     warmup, functions = {}, {}
     for name, model in models.items():
@@ -201,7 +203,7 @@ def measure_shape(segment, mem_len):
 
     batches = max(1, FLAGS.eval_tokens // (FLAGS.eval_batch_size * segment))
     shape = (batches, FLAGS.eval_batch_size, segment)
-    vocab_size, cutoffs = PRESETS["base"].vocab_size, PRESETS["base"].cutoffs
+    vocab_size, cutoffs = PRESETS[FLAGS.preset].vocab_size, PRESETS[FLAGS.preset].cutoffs
     inputs = zipf_tokens(shape, vocab_size, seed=1)
     labels = zipf_tokens(shape, vocab_size, seed=2)
     capacity = None
@@ -210,7 +212,7 @@ def measure_shape(segment, mem_len):
     supernet, models = build_models(segment, mem_len, capacity)
     result = {"parameters": {name: model.count_params() for name, model in models.items()}}
     if "evaluation" in FLAGS.parts:  # what every model computes alike: embedding and softmax
-        shared = supernet.derive("I" * PRESETS["base"].num_layers)
+        shared = supernet.derive("I" * PRESETS[FLAGS.preset].num_layers)
         result["evaluation_softmax_flops_per_token"] = evaluation_flops_per_token(
             shared, segment, FLAGS.eval_batch_size
         )
@@ -263,7 +265,7 @@ def main(_):
     report = {
         "benchmark": "inference",
         "config": {
-            **PRESETS["base"].model_kwargs(),
+            **PRESETS[FLAGS.preset].model_kwargs(),
             "eval_batch_size": FLAGS.eval_batch_size,
             "tail_capacity": FLAGS.tail_capacity,
             "eval_jit_compile": FLAGS.eval_jit_compile,

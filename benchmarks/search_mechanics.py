@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.series import Run, run_series  # noqa: E402
 from par_xl.models.rules import standard_architecture  # noqa: E402
-from par_xl.reporting.run_events import training_seconds  # noqa: E402
+from par_xl.reporting.run_figures import run_figures  # noqa: E402
 from par_xl.reporting.search_picture import NoSearchHistory, read_search_history  # noqa: E402
 from par_xl.training.runs import read_run_config  # noqa: E402
 
@@ -128,27 +128,13 @@ def relative_costs(architecture, table, flops):
     return result
 
 
-def run_figures(run):
-    results = json.loads((run / "results.json").read_text())
-    model_config, train_config, data = read_run_config(run / "checkpoints")
-    tokens_per_step = data["train"]["batch_size"] * data["train"]["seq_len"]
-    figures = {
-        "architecture": model_config.architecture or "supernet",
-        "search": model_config.search if model_config.architecture is None else None,
-        "steps": results["step"],
-        "seconds": round(training_seconds(run, tokens_per_step)),
-        "init_from": train_config.init_from,
-    }
-    for split in ("valid", "test"):
-        if split in results:
-            figures[split] = {k: round(results[split][k], 3) for k in
-                              ("perplexity", "word_perplexity", "bits_per_character")}  # fmt: skip
-    settings = ("arch_optimizer", "arch_lr", "arch_start_step", "arch_fraction", "cost",
-                "cost_weight", "cost_target", "cost_form")  # fmt: skip
-    if model_config.architecture is None:
-        figures["settings"] = {name: getattr(train_config, name) for name in settings}
-        figures["settings"]["arch_start_step"] = train_config.architecture_start
-    return figures
+def settings(run):
+    """A search's settings: the architecture optimizer's and the cost's."""
+    _, train_config, _ = read_run_config(run / "checkpoints")
+    names = ("arch_optimizer", "arch_lr", "arch_start_step", "arch_fraction", "cost",
+             "cost_weight", "cost_target", "cost_form")  # fmt: skip
+    values = {name: getattr(train_config, name) for name in names}
+    return {**values, "arch_start_step": train_config.architecture_start}
 
 
 def flops_table(run):
@@ -169,6 +155,7 @@ def collect(runs_dir, table, inference, moved):
     for run in runs:
         figures = run_figures(run)
         if figures["architecture"] == "supernet":
+            figures["settings"] = settings(run)
             flops = flops or flops_table(run)
             try:
                 figures.update(search_figures(run, moved))
@@ -218,7 +205,7 @@ def markdown(report):
     for name, f in report.items():
         lines.append(
             f"| {name} | {f.get('search') or '-'} | {short_settings(f)}"
-            + f" | {f.get('moved_at', '-')} | {f.get('derived', f['architecture'])} | "
+            + f" | {f.get('moved_at', '-')} | {f['derived'] or f['architecture']} | "
             f"{f.get('latency_x_standard', '-')} / {f.get('flops_x_standard', '-')} | "
             f"{f.get('valid', {}).get('word_perplexity', '-')} | "
             f"{f.get('test', {}).get('word_perplexity', '-')} | "

@@ -1,9 +1,9 @@
 """A series of train.py runs for a long measurement, in order: a run resumes where it stopped
 (`--resume` once it has a checkpoint) and is skipped once it has its results.json, so the
-series can be stopped and started again at any point, in another session. A run may fine-tune
-the architecture another run derived (`after`): `--architecture=<its results' architecture>
---init_from=<its checkpoints>`. Each run's output goes to `<log_dir>/<name>.out`, the series'
-progress to `<log_dir>/series.log`.
+series can be stopped and started again at any point, in another session. A run may train
+the architecture another run derived (`after`): `--architecture=<its results' architecture>`,
+fine-tuned from that run's weights (`--init_from=<its checkpoints>`) or from scratch. Each
+run's output goes to `<log_dir>/<name>.out`, the series' progress to `<log_dir>/series.log`.
 """
 
 import dataclasses
@@ -18,12 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One train.py run of a series: its `--model_name`, its own flags, and the search whose
-    derived architecture it fine-tunes (None: none)."""
+    """One train.py run of a series: its `--model_name`, its own flags, the search whose
+    derived architecture it trains (None: none), and whether it trains that from scratch
+    instead of fine-tuning the search's weights."""
 
     name: str
     flags: tuple[str, ...] = ()
     after: str | None = None
+    from_scratch: bool = False
 
 
 def run_flags(run, log_dir):
@@ -35,7 +37,9 @@ def run_flags(run, log_dir):
         if not (source / "results.json").is_file():
             return None
         architecture = json.loads((source / "results.json").read_text())["architecture"]
-        flags += [f"--architecture={architecture}", f"--init_from={source}/checkpoints"]
+        flags.append(f"--architecture={architecture}")
+        if not run.from_scratch:
+            flags.append(f"--init_from={source}/checkpoints")
     if any((Path(log_dir) / run.name / "checkpoints").glob("*.weights.h5")):
         flags.append("--resume")
     return flags

@@ -131,6 +131,12 @@ PRESETS = {
     # The base width over long segments, where attention is a real share of the cost (the
     # search-mechanics runs): data built with --seq_len=128, memory as long.
     "base128": ModelConfig(mem_len=128),
+    # PAR's depth (issue 29): 32 blocks of the base width over T = M = 64 (data built with
+    # --seq_len=64). Attention is 67% of the standard AFAF... model's evaluation time here,
+    # feed-forward 30%, embedding and softmax 3%: an attention block takes 2.2x a feed-forward
+    # block's time (benchmarks/inference.py --preset=par32 --shapes=64x64, AFAF... against
+    # all-F 1.59x and all-I 32x its tokens/s; PAR's p = 5 rule 1.28x).
+    "par32": ModelConfig(num_layers=32, mem_len=64),
     # Trains in seconds on a CPU: tests, the notebook, the smoke run.
     "tiny": ModelConfig(d_model=32, num_heads=2, d_ffn=64, num_layers=3, mem_len=8),
 }

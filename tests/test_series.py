@@ -19,6 +19,8 @@ def test_a_run_resumes_once_it_has_a_checkpoint_and_fine_tunes_what_its_search_d
     (tmp_path / "search/results.json").write_text(json.dumps({"architecture": "AFI"}))
     assert run_flags(fine_tune, tmp_path)[-2:] == [
         "--architecture=AFI", f"--init_from={tmp_path}/search/checkpoints"]  # fmt: skip
+    scratch = Run("scratch", ("--epochs=2",), "search", from_scratch=True)
+    assert run_flags(scratch, tmp_path)[-1] == "--architecture=AFI"  # no --init_from
 
 
 @pytest.mark.slow

@@ -1,0 +1,77 @@
+"""The cost-quality front of several models: speed (tokens/s, higher is better) against
+perplexity (lower is better), one point per model.
+
+A model dominates another when it is at least as fast and at least as good, and strictly one
+of the two; the front of a set of models is those that no other model of the set dominates (a
+staircase: each faster model on it is worse). A model sits on or above a front when no model
+of that front dominates it. The figure is a `matplotlib.figure.Figure` on an Agg canvas, as the
+search pictures (`par_xl.reporting.search_picture`).
+"""
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from par_xl.files import atomic_path
+
+
+def dominates(a, b):
+    """Whether the point `a` = (speed, perplexity) dominates `b` (module docstring)."""
+    return a[0] >= b[0] and a[1] <= b[1] and a != b
+
+
+def dominated_by(point, points):
+    """The names of `points` (`{name: (speed, perplexity)}`) that dominate `point`."""
+    return sorted(name for name, other in points.items() if dominates(other, point))
+
+
+def front(points):
+    """The names of `points` (`{name: (speed, perplexity)}`) on their front, fastest first."""
+    names = [name for name, p in points.items() if not dominated_by(p, points)]
+    return sorted(names, key=lambda name: -points[name][0])
+
+
+def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
+               ylabel="perplexity", title=None):  # fmt: skip
+    """Writes a PNG to `path` (atomically): each group's points, and the first group's front
+    as a staircase (the edge of what its models dominate).
+
+    Args:
+        groups: `{label: {name: (speed, perplexity)}}`, one marker style per group; each point
+            is annotated with its name.
+        reference: a name of `groups`' points whose point `goal` is measured against.
+        goal: `(speed factor, perplexity factor)`: the region at least `speed factor` x the
+            reference's speed and at most `perplexity factor` x its perplexity is shaded.
+    """
+    figure = Figure(figsize=(8, 5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    markers = ("o", "*", "s", "^", "D")
+    everything = {name: p for points in groups.values() for name, p in points.items()}
+    for i, ((label, points), marker) in enumerate(zip(groups.items(), markers)):
+        if not points:
+            continue
+        xs, ys = zip(*points.values())
+        dots = axes.scatter(xs, ys, marker=marker, s=90 if marker == "*" else 40, label=label)
+        steps = [points[name] for name in front(points)][::-1]  # slowest first
+        if i == 0 and len(steps) > 1:  # up at each point, then across to the next
+            axes.step(*zip(*steps), where="pre", color=dots.get_facecolor()[0], alpha=0.6,
+                      label=f"{label}: front")  # fmt: skip
+        for name, (x, y) in points.items():
+            axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4),
+                          fontsize="small")  # fmt: skip
+    if reference is not None and goal is not None and reference in everything:
+        x, y = everything[reference]
+        right = max(p[0] for p in everything.values())
+        bottom = min(p[1] for p in everything.values())
+        axes.fill_between([goal[0] * x, max(right, goal[0] * x) * 1.05], min(bottom, y) * 0.98,
+                          goal[1] * y, color="tab:green", alpha=0.15,
+                          label=f"goal: >= {goal[0]:g}x {reference}'s speed, "
+                          f"<= {goal[1]:g}x its perplexity")  # fmt: skip
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
