@@ -16,7 +16,8 @@ same numbers:
 - `generate(prompt: string[B], max_new_tokens, temperature, top_k, top_p, seed)`: `text`
   `[B]` (the prompt and its continuation, as `generate.py` prints it), `token_ids` and
   `log_probs` `[B, max_new_tokens]`. Prompts of any lengths; the sampling loop with the XL
-  memory, kNN stores and recurrent states as its state; row 0 samples what `generate.py` samples for the seed.
+  memory, kNN stores and recurrent states as its state; row 0 samples what `generate.py`
+  samples for the seed.
 - `next_token_log_probs(token_ids: int32[B, T], <state>)`: `log_probs` `[B, V]` of the token
   after the T given ones, read one position at a time (as the sampling loop reads), and the
   new state; `initial_state(batch_size)` gives an empty one. The state tensors are named
