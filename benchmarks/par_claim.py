@@ -86,20 +86,28 @@ FIXED = {"standard": "standard", "par_rule_p5": "par_rule:p=5", "late_rule_p5": 
 SEARCHES = ("sp_latency", "sp")  # search_<s>, derived_<s> (from scratch), ft_<s>
 GOAL = {"speed": 1.3, "word_perplexity": 1.01}  # x the standard's
 
-flags.DEFINE_bool("run", False, "Run (or resume) the series first (module docstring).")
-flags.DEFINE_string("runs_dir", "runs/par32", "The directory holding the run directories.")
-flags.DEFINE_string("data_dir", "data/tfrecords_t64", "--run: the splits built with T = 64.")
-flags.DEFINE_string("sp_model_prefix", "data/sp12k", "--run: their SentencePiece model.")
-flags.DEFINE_string("latency_table", "runs/par32/latency_par32.json",
-                    "latency_table.py's JSON at the preset's shape (--run measures it if missing).")
-flags.DEFINE_integer("epochs", EPOCHS, "--run: epochs of every run (the docstring's budget).")
-flags.DEFINE_bool("fine_tune", False, "--run: also fine-tune each derived architecture.")
-flags.DEFINE_string("inference", "runs/par32/inference.json",
-                    "benchmarks/inference.py's JSON of every run's architecture.")
-flags.DEFINE_bool("measure_inference", False, "Measure --inference now (else: after --run).")
-flags.DEFINE_integer("inference_repeats", 3, "benchmarks/inference.py's rounds.")
-flags.DEFINE_string("output", "runs/par32/par_claim", "The table goes to <output>.json and .md.")
-flags.DEFINE_string("figure", "docs/par_claim_front.png", "The cost-quality front's picture.")
+
+def define_flags():
+    """The script's flags, defined when it runs: importing the module (its tests) defines
+    none, so that they cannot collide with train.py's in the same process."""
+    flags.DEFINE_bool("run", False, "Run (or resume) the series first (module docstring).")
+    flags.DEFINE_string("runs_dir", "runs/par32", "The directory holding the run directories.")
+    flags.DEFINE_string("data_dir", "data/tfrecords_t64", "--run: the splits built with T = 64.")
+    flags.DEFINE_string("sp_model_prefix", "data/sp12k", "--run: their SentencePiece model.")
+    flags.DEFINE_string("latency_table", "runs/par32/latency_par32.json",
+                        "latency_table.py's JSON at the preset's shape (--run measures it if "
+                        "missing).")  # fmt: skip
+    flags.DEFINE_integer("epochs", EPOCHS, "--run: epochs of every run (the docstring's budget).")
+    flags.DEFINE_bool("fine_tune", False, "--run: also fine-tune each derived architecture.")
+    flags.DEFINE_string("inference", "runs/par32/inference.json",
+                        "benchmarks/inference.py's JSON of every run's architecture.")
+    flags.DEFINE_bool("measure_inference", False, "Measure --inference now (else: after --run).")
+    flags.DEFINE_integer("inference_repeats", 3, "benchmarks/inference.py's rounds.")
+    flags.DEFINE_string("output", "runs/par32/par_claim",
+                        "The table goes to <output>.json and .md.")  # fmt: skip
+    flags.DEFINE_string("figure", "docs/par_claim_front.png", "The cost-quality front's picture.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -290,4 +298,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -83,6 +83,9 @@ FLAG_CASES = {
     "d_ffn_negative": train("d_ffn", -1, "--d_ffn must be positive, received -1."),
     "num_layers_zero": train("num_layers", 0, "--num_layers must be positive, received 0."),
     "mem_len_negative": train("mem_len", -1, "--mem_len must be >= 0, received -1."),
+    "window_zero": train(
+        "window", 0, "--window must be a positive integer (default: the segment length), "
+        "received 0."),
     "dropout_rate_nan": train(
         "dropout_rate", "nan", "--dropout_rate must be a finite number, received nan."),
     "dropout_rate_one": train("dropout_rate", 1, "--dropout_rate must be in [0, 1), received 1.0"),

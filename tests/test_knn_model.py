@@ -287,8 +287,10 @@ def test_knn_flags_are_validated(changes, message):
         PARTransformerXL(**dataclasses.replace(ModelConfig(), **changes).model_kwargs())
 
 
-def test_train_py_names_the_knn_flag_that_cannot_work(tmp_path):
-    flags = ["--train_directory=-", "--valid_directory=-", f"--log_dir={tmp_path}"]
+def test_train_py_names_the_knn_flag_that_cannot_work(tiny_data, tmp_path):
+    flags = [f"--train_directory={tiny_data}/tf/train", f"--valid_directory={tiny_data}/tf/valid",
+             f"--sp_model_prefix={tiny_data}/sp", "--preset=tiny", "--cutoffs=20",
+             f"--log_dir={tmp_path}"]  # fmt: skip
     result = run_script("train.py", *flags, "--knn_layers=1", "--choices=AMFI")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--knn_layers=[1] cannot be given with choices='AMFI'" in result.stderr
