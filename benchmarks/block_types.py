@@ -43,6 +43,8 @@ import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its 
 from benchmarks.common import (  # noqa: E402
     matmul_peak_gflops,
     median,
+    rounds,
+    seconds,
     utilization,
     zipf_tokens,
 )
@@ -69,21 +71,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("smoke", False, "Tiny settings (tiny preset, 2 rounds): a check that it runs.")
 FLAGS = flags.FLAGS
-
-
-def seconds(function):
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def rounds(functions):
-    """`{name: [seconds of each round]}`, the functions taking turns in each round."""
-    times = {name: [] for name in functions}
-    for _ in range(FLAGS.repeats):
-        for name, function in functions.items():
-            times[name].append(seconds(function))
-    return times
 
 
 def speedups(times):
@@ -148,7 +135,7 @@ def train(segment, mem_len):
             "mflop_per_token": training_flops_per_token(model, segment, FLAGS.batch_size) / 1e6,
             "parameters": model.count_params(),
         }
-    times = rounds(functions)
+    times = rounds(functions, FLAGS.repeats)
     tokens = FLAGS.steps * FLAGS.batch_size * segment
     for architecture, figure in figures.items():
         figure["tokens_per_second"] = round(tokens / median(times[architecture]))
@@ -174,7 +161,7 @@ def evaluation(segment, mem_len):
             "compile_and_warmup_seconds": round(warmup, 1),
             "mflop_per_token": evaluation_flops_per_token(model, segment, FLAGS.batch_size) / 1e6,
         }
-    times = rounds(functions)
+    times = rounds(functions, FLAGS.repeats)
     for architecture, figure in figures.items():
         figure["tokens_per_second"] = round(inputs.size / median(times[architecture]))
         figure["runs_tokens_per_second"] = [round(inputs.size / s) for s in times[architecture]]
@@ -207,7 +194,7 @@ def generation(segment):
             memory = FLAGS.generation_mem_len or len(prompts[kind]) - 1 + n
             flops = generation_flops_per_token(model, memory)
             figures[architecture][f"mflop_per_token_{kind}_prompt"] = flops / 1e6
-    times = rounds(functions)
+    times = rounds(functions, FLAGS.repeats)
     for architecture, figure in figures.items():
         short = [1000 * s / n for s in times[architecture, "short"]]
         long = [1000 * s / n for s in times[architecture, "long"]]

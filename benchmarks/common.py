@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: the machine's fp32 matmul peak and a throughput's
-share of it, medians."""
+share of it, medians, timed rounds."""
 
 import statistics
 import time
@@ -9,6 +9,23 @@ import numpy as np
 
 def median(values):
     return float(statistics.median(values))
+
+
+def seconds(function):
+    """Wall seconds of one call of `function()`."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def rounds(functions, repeats):
+    """`{name: [seconds of each round]}` over `repeats` rounds, the functions taking turns in
+    each round (a change of the machine's load touches all of them)."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            times[name].append(seconds(function))
+    return times
 
 
 def matmul_peak_gflops(size=2048, repeats=5):

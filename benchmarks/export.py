@@ -37,7 +37,13 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
-from benchmarks.common import matmul_peak_gflops, median, utilization  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    matmul_peak_gflops,
+    median,
+    rounds,
+    seconds,
+    utilization,
+)
 from par_xl.configs import PRESETS  # noqa: E402
 
 flags.DEFINE_string("architecture", "AAAAAA", "The fixed architecture of the untrained model.")
@@ -61,12 +67,6 @@ PARAGRAPH = (
     "newcomers . the music was composed by a veteran of the series , who worked on it together "
     "with a second composer ."
 )
-
-
-def seconds(function):
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def text_model():
@@ -116,11 +116,7 @@ def generation(loaded, model, batch, new_tokens):
         "library_no_xla": library(False),
     }
     warmup = {name: round(seconds(path), 1) for name, path in paths.items()}
-    times = {name: [] for name in paths}
-    for _ in range(FLAGS.repeats):
-        for name, path in paths.items():
-            times[name].append(seconds(path))
-    return times, warmup
+    return rounds(paths, FLAGS.repeats), warmup
 
 
 def scoring(loaded, model):
@@ -139,11 +135,7 @@ def scoring(loaded, model):
     }
     for path in paths.values():
         path()
-    times = {name: [] for name in paths}
-    for _ in range(FLAGS.repeats):
-        for name, path in paths.items():
-            times[name].append(seconds(path))
-    return tokens, times
+    return tokens, rounds(paths, FLAGS.repeats)
 
 
 def main(argv):

@@ -46,6 +46,8 @@ import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its 
 from benchmarks.common import (  # noqa: E402
     matmul_peak_gflops,
     median,
+    rounds,
+    seconds,
     utilization,
     zipf_tokens,
 )
@@ -74,21 +76,6 @@ flags.DEFINE_integer("long_prompt", 2048, "The long prompt's length in tokens.")
 flags.DEFINE_integer("top_k", 0, "Sampling: top-k (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass (1: all).")
 FLAGS = flags.FLAGS
-
-
-def seconds(function):
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def rounds(functions):
-    """`{name: [seconds of each round]}`, the functions taking turns in each round."""
-    times = {name: [] for name in functions}
-    for _ in range(FLAGS.repeats):
-        for name, function in functions.items():
-            times[name].append(seconds(function))
-    return times
 
 
 def build_models(segment, mem_len, capacity):
@@ -129,7 +116,7 @@ def evaluation(models, segment, data, tokens):
         model.compile(jit_compile=FLAGS.eval_jit_compile)
         functions[name] = lambda model=model: evaluate_batches(model, data)
         warmup[name] = seconds(functions[name])
-    times = rounds(functions)
+    times = rounds(functions, FLAGS.repeats)
     figures = {}
     for name, model in models.items():
         figures[name] = {
@@ -169,7 +156,7 @@ def generation(models, segment):
         for length, state in states.items():
             functions[name, length] = lambda m=model, s=state: sample(m, s, n, seed=1, **settings)
         functions[name, "read"] = lambda m=model: ready(read_prompt(m, prompts["long"]))
-    times = rounds(functions)
+    times = rounds(functions, FLAGS.repeats)
     figures = {}
     for name, model in models.items():
         short = [1000 * s / n for s in times[name, "short"]]
