@@ -326,7 +326,17 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
 
     Returns:
         A `PromptState`.
+
+    Raises:
+        ValueError: a bad prompt or setting, or a model with block-recurrent attention (R).
     """
+    if any("R" in block.offered for block in model.blocks):
+        raise ValueError(
+            "A model with block-recurrent attention (R) cannot generate token by token: its "
+            "state is updated once per block of recurrent_block_size positions, from the "
+            "block's start, which reading one position per call would change (meliad does not "
+            "generate with recurrence either)."
+        )
     prompt, lengths, single = _prompt_rows(prompt_ids)  # (B, P) right-aligned, (B,)
     mem_len = model.mem_len if mem_len is None else mem_len
     if mem_len < 0:
