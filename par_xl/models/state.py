@@ -251,8 +251,8 @@ class CarriedState:
         `(B,)`, then per block in `recurrent_blocks` its recurrent state's variables (L:
         `recurrent_key_sum_i`, `recurrent_value_sum_i` `(B, N, H)`, `recurrent_weight_sum_i`
         `(B, N)`; R: `recurrent_vectors_i` `(B, S, D)`, `recurrent_length_i` `(B,)`); empty
-        without them. Per replica under tf.distribute (B rows per replica):
-        read and write them whole with `get_state` / `set_state`."""
+        without them. Per replica under tf.distribute (B rows per replica): read and write them
+        whole with `get_state` / `set_state`."""
         if self.valid_length is None:
             return []
         stores = [variable for store in self.knn_store.values() for variable in store]
