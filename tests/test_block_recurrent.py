@@ -580,3 +580,21 @@ def test_replicas_keep_their_rows_of_the_state_and_checkpoint_all_of_them(tmp_pa
     assert one["length"] == two["length"] == [4 * 6] * 4
     np.testing.assert_allclose(two["vectors"], one["vectors"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(report["restored_vectors"], two["vectors"], rtol=0, atol=0)
+
+
+def test_scann_evaluation_of_a_single_path_search_over_m_and_r_equals_the_exact():
+    """At inference a single-path supernet computes its argmax branch in a switch; a ScaNN
+    memory (an object, filled in place) stays outside it. Below ScaNN's index size it searches
+    exactly: the same losses as the exact store."""
+    exact = make_model(architecture=None, choices="AMRFI", search="single_path",
+                       knn_memory_size=6, knn_neighbors=2)  # fmt: skip
+    for block, letter in zip(exact.blocks, "MRM"):
+        block.gumbel.logits.assign(np.where(np.array(list("AMRFI")) == letter, 5.0, -5.0))
+    scann = PARTransformerXL.from_config({**exact.get_config(), "knn_backend": "scann"})
+    scann.build((B, T))
+    scann.set_weights(exact.get_weights())
+    for model in (exact, scann):
+        model.compile(jit_compile=False)
+    data = list(batches(3))
+    expected = evaluate_batches(exact, data)["loss"]
+    np.testing.assert_allclose(evaluate_batches(scann, data)["loss"], expected, rtol=1e-5)

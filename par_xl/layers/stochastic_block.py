@@ -14,6 +14,7 @@ from par_xl.layers.gated_feed_forward import validate_ffn_activation
 from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.positions import validate_position
+from par_xl.memory.knn_memory import KNNMemory
 
 # How a supernet block trains: every branch, mixed by per-example Gumbel-softmax weights (PAR),
 # or one sampled branch per batch, the only one computed (GDAS).
@@ -264,8 +265,8 @@ class StochasticBlock(keras.layers.Layer):
         )
         if one_branch:
             index, gate = self.gumbel.single_choice(training)
-            output, knn_state, recurrent_state = self._switch(index, branches)
-            return output * gate, knn_state, recurrent_state
+            output, store, recurrent_state = self._switch(index, branches, knn_state)
+            return output * gate, store, recurrent_state
         weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, C)
         output, new_store, new_recurrent = 0.0, knn_state, recurrent_state
         for k, (letter, run) in enumerate(zip(self.choices, branches)):
@@ -277,7 +278,7 @@ class StochasticBlock(keras.layers.Layer):
                 new_recurrent = recurrent
         return output, new_store, new_recurrent
 
-    def _switch(self, index, branches):
+    def _switch(self, index, branches, knn_state=None):
         """`branches[index]()`, `(output, knn_state, recurrent_state)`, computing only that
         branch.
 
@@ -286,7 +287,8 @@ class StochasticBlock(keras.layers.Layer):
         tracing cannot carry out of a `lax.switch` otherwise (a leaked tracer). The kNN store
         and the recurrent state go through it if the block keeps them (every branch returns
         them with the same structure); the others as `None`, outside it (a switch cannot
-        return `None`).
+        return `None`). A `KNNMemory` object (ScaNN's, filled in place) is no tensor either:
+        it stays outside, returned as given (`knn_state`).
         """
         states = [
             layer.seed_generator.state
@@ -295,7 +297,9 @@ class StochasticBlock(keras.layers.Layer):
         ]
         values = [ops.convert_to_tensor(state) for state in states]
 
-        keeps = (True, self.remembers, self.recurs)  # output, knn_state, recurrent_state
+        in_place = isinstance(knn_state, KNNMemory)
+        # output, knn_state, recurrent_state
+        keeps = (True, self.remembers and not in_place, self.recurs)
 
         def threaded(branch):
             def run():
@@ -310,7 +314,8 @@ class StochasticBlock(keras.layers.Layer):
         for state, value in zip(states, values):
             state.assign(value)
         kept = iter(result)
-        return tuple(next(kept) if keep else None for keep in keeps)
+        output, store, recurrent_state = (next(kept) if keep else None for keep in keeps)
+        return output, knn_state if in_place else store, recurrent_state
 
     def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return inputs_shape
