@@ -107,3 +107,40 @@ def test_each_start_predicts_position_zero_and_losses_are_the_batches(model_and_
         hidden, state = model.forward(ids, state, False, document_starts)
         expected = keras.ops.convert_to_numpy(model.output_layer.loss(hidden, labels))
         np.testing.assert_allclose(losses, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_loads_with_another_store_size(tiny_data, tmp_path):
+    """The stores are state, not weights: a run evaluates with stores of any size. Documents
+    shorter than both stores give the same losses; a store smaller than them, other ones."""
+    from par_xl.configs import ConfigError, ModelConfig, TrainConfig
+    from par_xl.training.checkpoints import CheckpointManager
+    from par_xl.training.runs import build_model, load_run, write_run_config
+
+    split = tiny_data / "tf" / "valid"
+    metadata = read_metadata(split)
+    runs = {}
+    for name, architecture in (("fixed", "AMF"), ("search", None)):
+        model_config = ModelConfig(vocab_size=400, d_model=16, num_heads=2, d_ffn=32,
+                                   num_layers=3, mem_len=8, cutoffs=(), architecture=architecture,
+                                   choices="AMF", document_boundaries=True, knn_memory_size=1024,
+                                   knn_neighbors=4, initializer_range=0.5)  # fmt: skip
+        train_config = TrainConfig(str(tiny_data / "tf" / "train"), str(split), jit_compile=False)
+        keras.utils.set_random_seed(0)
+        model = build_model(model_config, train_config, (4, 16), 1)
+        (tmp_path / name).mkdir()
+        write_run_config(tmp_path / name, model_config, train_config, {"train": metadata})
+        CheckpointManager(tmp_path / name).save(model, 0)
+        runs[name] = tmp_path / name
+    trained = load_run(runs["fixed"])[0]
+    larger, config = load_run(runs["fixed"], knn_memory_size=4096)[:2]
+    smaller = load_run(runs["fixed"], knn_memory_size=8)[0]
+    assert config.knn_memory_size == 4096 and larger.knn_memory_size == 4096
+    for a, b in zip(trained.trainable_weights, larger.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    result = position_losses(trained, split)
+    expected = result["losses"]
+    assert 8 < result["positions"].max() < 1024  # documents between the stores' sizes
+    np.testing.assert_allclose(position_losses(larger, split)["losses"], expected, rtol=1e-5)
+    assert not np.allclose(position_losses(smaller, split)["losses"], expected, rtol=1e-3)
+    with pytest.raises(ConfigError, match="a search's kNN store size is its own"):
+        load_run(runs["search"], knn_memory_size=4096)
