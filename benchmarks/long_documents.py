@@ -1,7 +1,9 @@
-"""Long documents: bits per byte and loss by position within a document of trained runs; JSON.
+r"""Long documents (issue 31): bits per byte and loss by position within a document of trained
+runs; JSON (and Markdown).
 
-    python benchmarks/long_documents.py --runs=afafaf=runs/stdlib_afafaf/checkpoints,\
-afafmf_65k=runs/stdlib_afafmf_65k/checkpoints --output=benchmarks/results/long_documents.json
+    python benchmarks/long_documents.py --run    # the series below first (hours; resumable)
+    python benchmarks/long_documents.py --runs=afafaf=runs/stdlib/afafaf/checkpoints,\
+afafmf=runs/stdlib/afafmf/checkpoints --data_directory=data/stdlib_t128_b1 --markdown
 
 For each run (a `train.py` checkpoint directory, `name=directory` or the directory alone) and
 split (`--splits`, the run's own valid and test directories unless `--data_directory` holds
@@ -10,25 +12,37 @@ others): the split evaluated in order from an empty state, as `train.py --mode=e
 per byte (the split's `bytes_used`: data built since issue 31), the loss by position of the
 predicted token within its document (`--edges`: 0-512, 512-2k, 2k-8k, 8k+ tokens; tokens of a
 document that began before their batch row are not placed, `cut`), and evaluation tokens per
-second after the first batch (which compiles). A run with kNN memory (M) is evaluated with each
-backend of `--knn_backends`, exact (XLA unless --nojit_compile) and ScaNN (on the host, without
-XLA), and the two compared: perplexity ratio and speed ratio. A supernet's choice probabilities
-say where its search put each letter (the letters and probabilities per block).
+second after the first batch (which compiles). A fixed architecture with kNN memory (M) is
+evaluated with stores of each of `--knn_memory_sizes` (its trained weights, `load_run`) and
+each backend of `--knn_backends`, exact (XLA unless --nojit_compile) and ScaNN (on the host,
+without XLA), the two compared: perplexity ratio and speed ratio; a search with M at its own
+store size. A supernet's choice probabilities say where its search put each letter.
 
-`--markdown` also prints the tables of `benchmarks/results/long_documents.md`.
+The series (`--run`, `series()`, `benchmarks/series.py`), sized to the project's 2-core CPU
+machine: the Python standard library without its tests (`build_data.py --corpus=python_stdlib`,
+T = 128, B = 16, built into `--data_dir` if missing; valid and test again with B = 1 into
+`--eval_data_dir`, so that no document is cut into rows), the base width with M = 128 (preset
+base128), document boundaries, Adam at 5e-4 after 200 warm-up steps on the one-epoch cosine,
+stopped at `STEPS` = 800 steps (1.6 M tokens, 0.46 of an epoch) for every model: AFAFAF;
+AFAFMF with a 2,048-entry store; AFAFRF (S 16, W 32, the fixed gate); the single-path search
+over `AFIMR`; then AFAFMF trained with a 16,384-entry store. Each run is evaluated (into
+`<run>/long_documents.json`) as soon as it has finished, and the report written to `--output`.
 """
 
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
+from benchmarks.series import Run, run_series  # noqa: E402
 from par_xl.files import atomic_write_text  # noqa: E402
 
 flags.DEFINE_list("runs", None, "Checkpoint directories, each `name=directory` or a directory.")
@@ -37,16 +51,27 @@ flags.DEFINE_string(
     "data_directory", None, "Evaluate <data_directory>/<split> instead of the runs' own splits."
 )
 flags.DEFINE_list("knn_backends", ["exact", "scann"], "Backends for runs with kNN memory (M).")
+flags.DEFINE_list(
+    "knn_memory_sizes",
+    ["2048", "16384", "65536"],
+    "Store sizes for fixed architectures with M (entries per stream and head).",
+)
 flags.DEFINE_list("edges", ["0", "512", "2048", "8192"], "Starts of the position ranges.")
 flags.DEFINE_bool("jit_compile", True, "XLA for the exact evaluations (ScaNN never uses it).")
 flags.DEFINE_string("output", None, "JSON file to write (default: print only).")
 flags.DEFINE_bool("markdown", False, "Also print the results as markdown tables.")
+flags.DEFINE_bool("run", False, "Run (or resume) the series first, then evaluate its runs.")
+flags.DEFINE_string("runs_dir", "runs/stdlib", "--run: the directory of the series' runs.")
+flags.DEFINE_string("data_dir", "data/stdlib_t128", "--run: the corpus built at B 16, T 128.")
+flags.DEFINE_string("eval_data_dir", "data/stdlib_t128_b1", "--run: its valid and test at B 1.")
 FLAGS = flags.FLAGS
 
 
-def evaluate_run(name, checkpoint_dir, splits, backends, edges, jit_compile, data_directory):
-    """One run's figures: its configuration, step, search state, and per split and backend the
-    `split_report`, with the backends compared."""
+def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compile,
+                 data_directory):  # fmt: skip
+    """One run's figures: its configuration, step, search state, and per split and evaluation
+    (`<backend>`, or `<backend> C=<size>` for a fixed architecture with M) the `split_report`,
+    with the backends compared at each size (`scann_vs_exact[ C=<size>]`)."""
     import numpy as np
 
     from par_xl.training.document_positions import split_report
@@ -56,58 +81,82 @@ def evaluate_run(name, checkpoint_dir, splits, backends, edges, jit_compile, dat
     run = {
         "name": name,
         "checkpoint_dir": str(checkpoint_dir),
-        "model": {key: getattr(model_config, key) for key in (
-            "architecture", "choices", "search", "num_layers", "d_model", "mem_len",
-            "knn_memory_size", "knn_neighbors", "recurrent_states", "recurrent_block_size",
-            "recurrent_gate", "document_boundaries")},  # fmt: skip
+        "model": {
+            key: getattr(model_config, key)
+            for key in (
+                "architecture",
+                "choices",
+                "search",
+                "num_layers",
+                "d_model",
+                "mem_len",
+                "knn_memory_size",
+                "knn_neighbors",
+                "recurrent_states",
+                "recurrent_block_size",
+                "recurrent_gate",
+                "document_boundaries",
+            )
+        },  # fmt: skip
     }
     results = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), "results.json")
     if os.path.isfile(results):
         with open(results) as file:
             run["step"] = json.load(file).get("step")
+    searched = model_config.architecture is None
     has_knn = model_config.knn_layers or "M" in (model_config.architecture or "") or (
-        model_config.architecture is None and "M" in model_config.choices)  # fmt: skip
+        searched and "M" in model_config.choices)  # fmt: skip
     backends = backends if has_knn else ["exact"]
+    sizes = [None] if searched or not has_knn else sizes
     run["splits"] = {}
-    for backend in backends:
-        model = load_run(checkpoint_dir, jit_compile=jit_compile and backend == "exact",
-                         knn_backend=backend)[0]  # fmt: skip
-        if "parameters" not in run:
-            run["parameters"] = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-            probabilities, architecture = model.choice_probabilities()
-            run["derived_architecture"] = architecture
-            if model_config.architecture is None:  # a search: where it put each letter
-                letters = model.choice_letters
-                run["choice_probabilities"] = [
-                    {letter: round(float(p), 4) for letter, p in zip(letters, row)}
-                    for row in probabilities
-                ]
-        for split in splits:
-            directory = (os.path.join(data_directory, split) if data_directory
-                         else getattr(train_config, f"{split}_directory"))  # fmt: skip
-            if not directory:
-                continue
-            start = time.perf_counter()
-            report = split_report(model, directory, edges)
-            report["wall_seconds"] = time.perf_counter() - start
-            report["directory"] = str(directory)
-            run["splits"].setdefault(split, {})[backend] = report
-            print(f"{name} {split} {backend}: bits/byte {report['bits_per_byte']}, "
-                  f"perplexity {report['perplexity']:.3f}, "
-                  f"{report['tokens_per_second'] or 0:,.0f} tokens/s", flush=True)  # fmt: skip
-    for by_backend in run["splits"].values():
-        if {"exact", "scann"} <= set(by_backend):
-            exact, scann = by_backend["exact"], by_backend["scann"]
-            by_backend["scann_vs_exact"] = {
-                "perplexity_ratio": scann["perplexity"] / exact["perplexity"],
-                "bits_per_byte_difference": (
-                    None if exact["bits_per_byte"] is None
-                    else scann["bits_per_byte"] - exact["bits_per_byte"]),
-                "speed_ratio": (scann["tokens_per_second"] / exact["tokens_per_second"]
-                                if exact["tokens_per_second"] and scann["tokens_per_second"]
-                                else None),
-            }  # fmt: skip
+    for size in sizes:
+        suffix = "" if size is None else f" C={size}"
+        for backend in backends:
+            model = load_run(checkpoint_dir, jit_compile=jit_compile and backend == "exact",
+                             knn_backend=backend, knn_memory_size=size)[0]  # fmt: skip
+            if "parameters" not in run:
+                run["parameters"] = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+                probabilities, architecture = model.choice_probabilities()
+                run["derived_architecture"] = architecture
+                if searched:  # where the search put each letter
+                    run["choice_probabilities"] = [
+                        {letter: round(float(p), 4) for letter, p in zip(model.choice_letters, row)}
+                        for row in probabilities
+                    ]  # fmt: skip
+            for split in splits:
+                directory = (os.path.join(data_directory, split) if data_directory
+                             else getattr(train_config, f"{split}_directory"))  # fmt: skip
+                if not directory:
+                    continue
+                start = time.perf_counter()
+                report = split_report(model, directory, edges)
+                report.update(
+                    wall_seconds=time.perf_counter() - start,
+                    directory=str(directory),
+                    knn_backend=backend,
+                    knn_memory_size=model.knn_memory_size,
+                )
+                run["splits"].setdefault(split, {})[backend + suffix] = report
+                print(f"{name} {split} {backend}{suffix}: bits/byte {report['bits_per_byte']}, "
+                      f"perplexity {report['perplexity']:.3f}, "
+                      f"{report['tokens_per_second'] or 0:,.0f} tokens/s", flush=True)  # fmt: skip
+        for by_backend in run["splits"].values():
+            exact, scann = by_backend.get("exact" + suffix), by_backend.get("scann" + suffix)
+            if exact and scann:
+                by_backend["scann_vs_exact" + suffix] = compared(exact, scann)
     return run
+
+
+def compared(exact, scann):
+    """ScaNN's evaluation against the exact one's: perplexity ratio, bits per byte difference,
+    speed ratio."""
+    return {
+        "perplexity_ratio": scann["perplexity"] / exact["perplexity"],
+        "bits_per_byte_difference": (None if exact["bits_per_byte"] is None
+                                     else scann["bits_per_byte"] - exact["bits_per_byte"]),
+        "speed_ratio": (scann["tokens_per_second"] / exact["tokens_per_second"]
+                        if exact["tokens_per_second"] and scann["tokens_per_second"] else None),
+    }  # fmt: skip
 
 
 def markdown(report):
@@ -118,7 +167,7 @@ def markdown(report):
         rows = []
         for run in report["runs"]:
             for backend, figures in run["splits"].get(split, {}).items():
-                if backend == "scann_vs_exact":
+                if backend.startswith("scann_vs_exact"):
                     continue
                 edges = [b["range"] for b in figures["by_position"]]
                 positions = " | ".join(
@@ -137,13 +186,104 @@ def markdown(report):
                       f"| run | architecture | kNN search | bits/byte | perplexity | "
                       f"{' | '.join(edges)} | tokens/s |",
                       "|" + "---|" * (6 + len(edges)), *rows]  # fmt: skip
+    compared_rows = [
+        f"| {run['name']} | {split} | {key.removeprefix('scann_vs_exact').strip() or '-'} | "
+        f"{c['perplexity_ratio']:.4f} | {c['speed_ratio'] or 0:.2f} |"
+        for run in report["runs"] for split, by_backend in run["splits"].items()
+        for key, c in by_backend.items() if key.startswith("scann_vs_exact")
+    ]  # fmt: skip
+    if compared_rows:
+        lines += ["\nScaNN against the exact search: perplexity ratio, speed ratio\n",
+                  "| run | split | store | perplexity ScaNN / exact | tokens/s ScaNN / exact |",
+                  "|---|---|---|---|---|", *compared_rows]  # fmt: skip
     return "\n".join(lines)
+
+
+# --run: the series (module docstring), its steps and its common flags.
+STEPS = 800
+TRAINING = (
+    "--preset=base128",
+    "--document_boundaries",
+    "--epochs=1",
+    f"--max_steps={STEPS}",
+    "--warmup_steps=200",
+    "--max_lr=5e-4",
+    "--log_every=50",
+    "--checkpoint_every=100",
+)
+RECURRENT = ("--recurrent_states=16", "--recurrent_block_size=32", "--recurrent_gate=fixed")
+
+
+def series():
+    """The runs of `--run`, in order of importance."""
+    return [
+        Run("afafaf", ("--architecture=AFAFAF",)),
+        Run("afafmf", ("--architecture=AFAFMF", "--knn_memory_size=2048")),
+        Run("afafrf", ("--architecture=AFAFRF", *RECURRENT)),
+        Run(
+            "search_afimr",
+            ("--choices=AFIMR", "--search=single_path", "--knn_memory_size=2048", *RECURRENT),
+        ),  # fmt: skip
+        Run("afafmf_16k", ("--architecture=AFAFMF", "--knn_memory_size=16384")),
+    ]
+
+
+def build(*flags):
+    """build_data.py with `flags`; its output beside the data (`<tfrecords_directory>.log`)."""
+    directory = next(f.split("=", 1)[1] for f in flags if f.startswith("--tfrecords_directory"))
+    Path(directory).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{directory}.log", "a") as log:
+        subprocess.run([sys.executable, "build_data.py", *flags], check=True, stdout=log,
+                       stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])  # fmt: skip
+
+
+def prepare_data(data_dir, eval_data_dir):
+    """The corpus at B 16 (and its tokenizer), then its valid and test at B 1, if missing."""
+    if not Path(data_dir, "test", "metadata.json").is_file():
+        build("--corpus=python_stdlib", f"--tfrecords_directory={data_dir}",
+              f"--sp_model_prefix={data_dir}/sp12k", "--seq_len=128",
+              "--batch_size=16")  # fmt: skip
+    for split in ("valid", "test"):
+        if not Path(eval_data_dir, split, "metadata.json").is_file():
+            build(f"--input_text={data_dir}/text/{split}.txt",
+                  f"--tfrecords_directory={eval_data_dir}", f"--sp_model={data_dir}/sp12k.model",
+                  "--notrain_tokenizer", "--batch_size=1", "--seq_len=128", "--nolowercase",
+                  "--keep_whitespace", "--unk_marker=", "--document_start=#@ file: .+",
+                  "--nodocument_start_isolated")  # fmt: skip
+
+
+def run_all(edges):
+    """Builds the data if missing, then trains (or resumes) each run of the series and
+    evaluates it once it has finished (`<run>/long_documents.json`); returns the evaluations
+    of the runs that have one. A failed run stops the series."""
+    data, runs_dir = FLAGS.data_dir, Path(FLAGS.runs_dir)
+    prepare_data(data, FLAGS.eval_data_dir)
+    common = [
+        f"--train_directory={data}/train",
+        f"--valid_directory={data}/valid",
+        f"--test_directory={data}/test",
+        f"--sp_model_prefix={data}/sp12k",
+        *TRAINING,
+    ]
+    evaluations = []
+    for run in series():
+        failed = run_series([run], runs_dir, common)
+        if failed is not None:
+            raise SystemExit(f"long_documents.py: the run {failed} failed; see its .out file.")
+        path = runs_dir / run.name / "long_documents.json"
+        if not path.is_file():
+            figures = evaluate_run(run.name, runs_dir / run.name / "checkpoints", FLAGS.splits,
+                                   FLAGS.knn_backends, [int(c) for c in FLAGS.knn_memory_sizes],
+                                   edges, FLAGS.jit_compile, FLAGS.eval_data_dir)  # fmt: skip
+            atomic_write_text(path, json.dumps(figures, indent=2) + "\n")
+        evaluations.append(json.loads(path.read_text()))
+    return evaluations
 
 
 def main(argv):
     del argv
-    if not FLAGS.runs:
-        raise app.UsageError("--runs is required")
+    if not (FLAGS.runs or FLAGS.run):
+        raise app.UsageError("--runs or --run is required")
     edges = tuple(int(edge) for edge in FLAGS.edges)
     report = {
         "command": " ".join(sys.argv),
@@ -151,14 +291,16 @@ def main(argv):
         "machine": f"{platform.machine()} {platform.processor()} {os.cpu_count()} cores",
         "splits": FLAGS.splits,
         "edges": list(edges),
-        "runs": [],
+        "runs": run_all(edges) if FLAGS.run else [],
     }
-    for entry in FLAGS.runs:
+    for entry in FLAGS.runs or ():
         name, _, directory = entry.rpartition("=")
         directory = directory.rstrip("/")
         name = name or os.path.basename(os.path.dirname(os.path.abspath(directory)))
-        report["runs"].append(evaluate_run(name, directory, FLAGS.splits, FLAGS.knn_backends,
-                                           edges, FLAGS.jit_compile, FLAGS.data_directory))
+        report["runs"].append(evaluate_run(
+            name, directory, FLAGS.splits, FLAGS.knn_backends,
+            [int(c) for c in FLAGS.knn_memory_sizes], edges, FLAGS.jit_compile,
+            FLAGS.data_directory))  # fmt: skip
     text = json.dumps(report, indent=2)
     if FLAGS.output:
         atomic_write_text(FLAGS.output, text + "\n")
