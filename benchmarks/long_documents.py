@@ -14,9 +14,10 @@ predicted token within its document (`--edges`: 0-512, 512-2k, 2k-8k, 8k+ tokens
 document that began before their batch row are not placed, `cut`), and evaluation tokens per
 second after the first batch (which compiles). A fixed architecture with kNN memory (M) is
 evaluated with stores of each of `--knn_memory_sizes` (its trained weights, `load_run`) and
-each backend of `--knn_backends`, exact (XLA unless --nojit_compile) and ScaNN (on the host,
-without XLA), the two compared: perplexity ratio and speed ratio; a search with M at its own
-store size. A supernet's choice probabilities say where its search put each letter.
+each backend of `--knn_backends`: exact (XLA unless --nojit_compile), and ScaNN (on the host,
+without XLA) on `--scann_splits` (test), the two compared: perplexity ratio and speed ratio;
+a search with M at its own store size. A supernet's choice probabilities say where its
+search put each letter.
 
 The series (`--run`, `series()`, `benchmarks/series.py`), sized to the project's 2-core CPU
 machine: the Python standard library without its tests (`build_data.py --corpus=python_stdlib`,
@@ -51,6 +52,7 @@ flags.DEFINE_string(
     "data_directory", None, "Evaluate <data_directory>/<split> instead of the runs' own splits."
 )
 flags.DEFINE_list("knn_backends", ["exact", "scann"], "Backends for runs with kNN memory (M).")
+flags.DEFINE_list("scann_splits", ["test"], "The splits also evaluated with ScaNN.")
 flags.DEFINE_list(
     "knn_memory_sizes",
     ["2048", "16384", "65536"],
@@ -68,7 +70,7 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compile,
-                 data_directory):  # fmt: skip
+                 data_directory, scann_splits):  # fmt: skip
     """One run's figures: its configuration, step, search state, and per split and evaluation
     (`<backend>`, or `<backend> C=<size>` for a fixed architecture with M) the `split_report`,
     with the backends compared at each size (`scann_vs_exact[ C=<size>]`)."""
@@ -123,7 +125,7 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
                         {letter: round(float(p), 4) for letter, p in zip(model.choice_letters, row)}
                         for row in probabilities
                     ]  # fmt: skip
-            for split in splits:
+            for split in splits if backend != "scann" else scann_splits:
                 directory = (os.path.join(data_directory, split) if data_directory
                              else getattr(train_config, f"{split}_directory"))  # fmt: skip
                 if not directory:
@@ -274,7 +276,8 @@ def run_all(edges):
         if not path.is_file():
             figures = evaluate_run(run.name, runs_dir / run.name / "checkpoints", FLAGS.splits,
                                    FLAGS.knn_backends, [int(c) for c in FLAGS.knn_memory_sizes],
-                                   edges, FLAGS.jit_compile, FLAGS.eval_data_dir)  # fmt: skip
+                                   edges, FLAGS.jit_compile, FLAGS.eval_data_dir,
+                                   FLAGS.scann_splits)  # fmt: skip
             atomic_write_text(path, json.dumps(figures, indent=2) + "\n")
         evaluations.append(json.loads(path.read_text()))
     return evaluations
@@ -300,7 +303,7 @@ def main(argv):
         report["runs"].append(evaluate_run(
             name, directory, FLAGS.splits, FLAGS.knn_backends,
             [int(c) for c in FLAGS.knn_memory_sizes], edges, FLAGS.jit_compile,
-            FLAGS.data_directory))  # fmt: skip
+            FLAGS.data_directory, FLAGS.scann_splits))  # fmt: skip
     text = json.dumps(report, indent=2)
     if FLAGS.output:
         atomic_write_text(FLAGS.output, text + "\n")
