@@ -7,6 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import write_tiny_run
 
 from par_xl.data import load_dataset, read_metadata
 from par_xl.models import PARTransformerXL
@@ -112,25 +113,12 @@ def test_each_start_predicts_position_zero_and_losses_are_the_batches(model_and_
 def test_a_run_loads_with_another_store_size(tiny_data, tmp_path):
     """The stores are state, not weights: a run evaluates with stores of any size. Documents
     shorter than both stores give the same losses; a store smaller than them, other ones."""
-    from par_xl.configs import ConfigError, ModelConfig, TrainConfig
-    from par_xl.training.checkpoints import CheckpointManager
-    from par_xl.training.runs import build_model, load_run, write_run_config
+    from par_xl.configs import ConfigError
+    from par_xl.training.runs import load_run
 
     split = tiny_data / "tf" / "valid"
-    metadata = read_metadata(split)
-    runs = {}
-    for name, architecture in (("fixed", "AMF"), ("search", None)):
-        model_config = ModelConfig(vocab_size=400, d_model=16, num_heads=2, d_ffn=32,
-                                   num_layers=3, mem_len=8, cutoffs=(), architecture=architecture,
-                                   choices="AMF", document_boundaries=True, knn_memory_size=1024,
-                                   knn_neighbors=4, initializer_range=0.5)  # fmt: skip
-        train_config = TrainConfig(str(tiny_data / "tf" / "train"), str(split), jit_compile=False)
-        keras.utils.set_random_seed(0)
-        model = build_model(model_config, train_config, (4, 16), 1)
-        (tmp_path / name).mkdir()
-        write_run_config(tmp_path / name, model_config, train_config, {"train": metadata})
-        CheckpointManager(tmp_path / name).save(model, 0)
-        runs[name] = tmp_path / name
+    runs = {"fixed": write_tiny_run(tiny_data, tmp_path / "fixed", "AMF"),
+            "search": write_tiny_run(tiny_data, tmp_path / "search", None)}  # fmt: skip
     trained = load_run(runs["fixed"])[0]
     larger, config = load_run(runs["fixed"], knn_memory_size=4096)[:2]
     smaller = load_run(runs["fixed"], knn_memory_size=8)[0]
