@@ -120,6 +120,7 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
                 run["parameters"] = int(sum(np.prod(w.shape) for w in model.trainable_weights))
                 probabilities, architecture = model.choice_probabilities()
                 run["derived_architecture"] = architecture
+                run["gates"] = gates(model)
                 if searched:  # where the search put each letter
                     run["choice_probabilities"] = [
                         {letter: round(float(p), 4) for letter, p in zip(model.choice_letters, row)}
@@ -147,6 +148,28 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
             if exact and scann:
                 by_backend["scann_vs_exact" + suffix] = compared(exact, scann)
     return run
+
+
+def gates(model):
+    """What the memories' gates learned, per block: an M block's share of the retrieved
+    attention per head (`sigmoid(gate_bias)`, 0 to 1) and an R block's fixed gate, the share of
+    the old state kept at an update (mean and range over the channels)."""
+    from keras import ops
+
+    result = {}
+    for i, block in enumerate(model.blocks):
+        if hasattr(block, "memorizing_attention"):
+            values = ops.convert_to_numpy(ops.sigmoid(block.memorizing_attention.gate_bias))
+            result[f"block_{i}_M_retrieved_share"] = [round(float(v), 4) for v in values]
+        layer = getattr(block, "block_recurrent_attention", None)
+        if layer is not None and layer.gate == "fixed":
+            keep = ops.convert_to_numpy(ops.sigmoid(layer.gate_bias))
+            result[f"block_{i}_R_state_kept"] = {
+                "mean": round(float(keep.mean()), 4),
+                "min": round(float(keep.min()), 4),
+                "max": round(float(keep.max()), 4),
+            }
+    return result
 
 
 def compared(exact, scann):

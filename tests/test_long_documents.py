@@ -31,6 +31,10 @@ def test_a_memorizing_run_is_evaluated_per_store_size_and_backend(tiny_data, tmp
     tables = markdown({"splits": ["valid", "test"], "runs": [figures]})
     assert tables.count("| m | AMF | exact C=") == 4 and tables.count("| m | AMF | scann C=") == 2
     assert "| m | test | C=8 |" in tables
+    # The gate of block 1's M: sigmoid of its bias, per head.
+    bias = load_run(run)[0].blocks[1].memorizing_attention.gate_bias.numpy()
+    np.testing.assert_allclose(figures["gates"]["block_1_M_retrieved_share"],
+                               1 / (1 + np.exp(-bias)), atol=1e-4)  # fmt: skip
 
 
 def test_a_search_reports_its_choice_probabilities_at_its_own_store_size(tiny_data, tmp_path):
@@ -41,3 +45,4 @@ def test_a_search_reports_its_choice_probabilities_at_its_own_store_size(tiny_da
     for row in figures["choice_probabilities"]:
         np.testing.assert_allclose(sum(row.values()), 1.0, atol=1e-3)
     assert len(figures["derived_architecture"]) == 3
+    assert {"block_0_M_retrieved_share", "block_2_R_state_kept"} <= set(figures["gates"])
