@@ -2,6 +2,7 @@ r"""Long documents (issue 31): bits per byte and loss by position within a docum
 runs; JSON (and Markdown).
 
     python benchmarks/long_documents.py --run    # the series below first (hours; resumable)
+    python benchmarks/long_documents.py --collect --markdown    # what it has evaluated so far
     python benchmarks/long_documents.py --runs=afafaf=runs/stdlib/afafaf/checkpoints,\
 afafmf=runs/stdlib/afafmf/checkpoints --data_directory=data/stdlib_t128_b1 --markdown
 
@@ -63,6 +64,7 @@ flags.DEFINE_bool("jit_compile", True, "XLA for the exact evaluations (ScaNN nev
 flags.DEFINE_string("output", None, "JSON file to write (default: print only).")
 flags.DEFINE_bool("markdown", False, "Also print the results as markdown tables.")
 flags.DEFINE_bool("run", False, "Run (or resume) the series first, then evaluate its runs.")
+flags.DEFINE_bool("collect", False, "Report the series' runs evaluated so far; run nothing.")
 flags.DEFINE_string("runs_dir", "runs/stdlib", "--run: the directory of the series' runs.")
 flags.DEFINE_string("data_dir", "data/stdlib_t128", "--run: the corpus built at B 16, T 128.")
 flags.DEFINE_string("eval_data_dir", "data/stdlib_t128_b1", "--run: its valid and test at B 1.")
@@ -277,11 +279,15 @@ def prepare_data(data_dir, eval_data_dir):
                   "--nodocument_start_isolated")  # fmt: skip
 
 
-def run_all(edges):
+def run_all(edges, collect=False):
     """Builds the data if missing, then trains (or resumes) each run of the series and
     evaluates it once it has finished (`<run>/long_documents.json`); returns the evaluations
-    of the runs that have one. A failed run stops the series."""
+    of the runs that have one. A failed run stops the series. With `collect`, only the
+    evaluations there are."""
     data, runs_dir = FLAGS.data_dir, Path(FLAGS.runs_dir)
+    if collect:
+        paths = (runs_dir / run.name / "long_documents.json" for run in series())
+        return [json.loads(path.read_text()) for path in paths if path.is_file()]
     prepare_data(data, FLAGS.eval_data_dir)
     common = [
         f"--train_directory={data}/train",
@@ -308,8 +314,8 @@ def run_all(edges):
 
 def main(argv):
     del argv
-    if not (FLAGS.runs or FLAGS.run):
-        raise app.UsageError("--runs or --run is required")
+    if not (FLAGS.runs or FLAGS.run or FLAGS.collect):
+        raise app.UsageError("--runs, --run or --collect is required")
     edges = tuple(int(edge) for edge in FLAGS.edges)
     report = {
         "command": " ".join(sys.argv),
@@ -317,7 +323,7 @@ def main(argv):
         "machine": f"{platform.machine()} {platform.processor()} {os.cpu_count()} cores",
         "splits": FLAGS.splits,
         "edges": list(edges),
-        "runs": run_all(edges) if FLAGS.run else [],
+        "runs": run_all(edges, FLAGS.collect) if FLAGS.run or FLAGS.collect else [],
     }
     for entry in FLAGS.runs or ():
         name, _, directory = entry.rpartition("=")
