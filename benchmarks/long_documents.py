@@ -213,6 +213,8 @@ def markdown(report):
                       f"| run | architecture | kNN search | bits/byte | perplexity | "
                       f"{' | '.join(edges)} | tokens/s |",
                       "|" + "---|" * (6 + len(edges)), *rows]  # fmt: skip
+    for split in report["splits"]:
+        lines += gains(report, split)
     compared_rows = [
         f"| {run['name']} | {split} | {key.removeprefix('scann_vs_exact').strip() or '-'} | "
         f"{c['perplexity_ratio']:.4f} | {c['speed_ratio'] or 0:.2f} |"
@@ -224,6 +226,36 @@ def markdown(report):
                   "| run | split | store | perplexity ScaNN / exact | tokens/s ScaNN / exact |",
                   "|---|---|---|---|---|", *compared_rows]  # fmt: skip
     return "\n".join(lines)
+
+
+def gains(report, split):
+    """Markdown lines: each evaluation's gain over the first run's exact one on `split`, in
+    percent of its bits (positive: fewer bits), per byte and per range of positions, with the
+    tokens of each range."""
+    if not report["runs"] or "exact" not in report["runs"][0]["splits"].get(split, {}):
+        return []
+    reference = report["runs"][0]["splits"][split]["exact"]
+
+    def gain(ours, theirs):
+        return "-" if ours is None or theirs is None else f"{100 * (1 - ours / theirs):+.2f}%"
+
+    ranges = [b["range"] for b in reference["by_position"]]
+    lines = [f"\n{split}: gain over {report['runs'][0]['name']} (bits per byte, bits per token "
+             "by position; tokens per range: "
+             + ", ".join(f"{b['range']} {b['tokens']:,}" for b in reference["by_position"])
+             + ")\n",
+             f"| run | kNN search | bits/byte | {' | '.join(ranges)} |",
+             "|" + "---|" * (3 + len(ranges))]  # fmt: skip
+    for run in report["runs"][1:]:
+        for backend, figures in run["splits"].get(split, {}).items():
+            if backend.startswith("scann_vs_exact"):
+                continue
+            pairs = zip(figures["by_position"], reference["by_position"])
+            by_range = " | ".join(gain(b["bits_per_token"], r["bits_per_token"]) for b, r in pairs)
+            lines.append(f"| {run['name']} | {backend} | "
+                         f"{gain(figures['bits_per_byte'], reference['bits_per_byte'])} | "
+                         f"{by_range} |")  # fmt: skip
+    return lines
 
 
 # --run: the series (module docstring), its steps and its common flags.

@@ -31,6 +31,15 @@ def test_a_memorizing_run_is_evaluated_per_store_size_and_backend(tiny_data, tmp
     tables = markdown({"splits": ["valid", "test"], "runs": [figures]})
     assert tables.count("| m | AMF | exact C=") == 4 and tables.count("| m | AMF | scann C=") == 2
     assert "| m | test | C=8 |" in tables
+    # Gains over the first run's exact evaluation, in percent of its bits.
+    plain = write_tiny_run(tiny_data, tmp_path / "a", "AAF")
+    reference = evaluate_run("a", plain, ["test"], ["exact"], [1024], (0, 64), False, None, [])
+    tables = markdown({"splits": ["test"], "runs": [reference, figures]})
+    ours, theirs = test["exact C=8"], reference["splits"]["test"]["exact"]
+    row = next(line for line in tables.splitlines() if line.startswith("| m | exact C=8 | "))
+    overall = 1 - ours["bits_per_byte"] / theirs["bits_per_byte"]
+    late = 1 - ours["by_position"][1]["bits_per_token"] / theirs["by_position"][1]["bits_per_token"]
+    assert row.split(" | ")[2:5:2] == [f"{100 * overall:+.2f}%", f"{100 * late:+.2f}%"]
     # The gate of block 1's M: sigmoid of its bias, per head.
     bias = load_run(run)[0].blocks[1].memorizing_attention.gate_bias.numpy()
     np.testing.assert_allclose(figures["gates"]["block_1_M_retrieved_share"],
