@@ -72,10 +72,12 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compile,
-                 data_directory, scann_splits):  # fmt: skip
+                 data_directory, scann_splits, partial=None):  # fmt: skip
     """One run's figures: its configuration, step, search state, and per split and evaluation
     (`<backend>`, or `<backend> C=<size>` for a fixed architecture with M) the `split_report`,
-    with the backends compared at each size (`scann_vs_exact[ C=<size>]`)."""
+    with the backends compared at each size (`scann_vs_exact[ C=<size>]`). With `partial` (a
+    path), the figures so far are written there after each evaluation, and those found there
+    are not evaluated again."""
     import numpy as np
 
     from par_xl.training.document_positions import split_report
@@ -113,9 +115,15 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
     backends = backends if has_knn else ["exact"]
     sizes = [None] if searched or not has_knn else sizes
     run["splits"] = {}
+    if partial is not None and Path(partial).is_file():
+        run["splits"] = json.loads(Path(partial).read_text())["splits"]
     for size in sizes:
         suffix = "" if size is None else f" C={size}"
         for backend in backends:
+            todo = [split for split in (splits if backend != "scann" else scann_splits)
+                    if backend + suffix not in run["splits"].get(split, {})]  # fmt: skip
+            if not todo and "parameters" in run:
+                continue
             model = load_run(checkpoint_dir, jit_compile=jit_compile and backend == "exact",
                              knn_backend=backend, knn_memory_size=size)[0]  # fmt: skip
             if "parameters" not in run:
@@ -128,7 +136,7 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
                         {letter: round(float(p), 4) for letter, p in zip(model.choice_letters, row)}
                         for row in probabilities
                     ]  # fmt: skip
-            for split in splits if backend != "scann" else scann_splits:
+            for split in todo:
                 directory = (os.path.join(data_directory, split) if data_directory
                              else getattr(train_config, f"{split}_directory"))  # fmt: skip
                 if not directory:
@@ -142,6 +150,8 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
                     knn_memory_size=model.knn_memory_size,
                 )
                 run["splits"].setdefault(split, {})[backend + suffix] = report
+                if partial is not None:
+                    atomic_write_text(partial, json.dumps(run, indent=2) + "\n")
                 print(f"{name} {split} {backend}{suffix}: bits/byte {report['bits_per_byte']}, "
                       f"perplexity {report['perplexity']:.3f}, "
                       f"{report['tokens_per_second'] or 0:,.0f} tokens/s", flush=True)  # fmt: skip
@@ -313,9 +323,10 @@ def prepare_data(data_dir, eval_data_dir):
 
 def run_all(edges, collect=False):
     """Builds the data if missing, then trains (or resumes) each run of the series and
-    evaluates it once it has finished (`<run>/long_documents.json`); returns the evaluations
-    of the runs that have one. A failed run stops the series. With `collect`, only the
-    evaluations there are."""
+    evaluates it once it has finished (`<run>/long_documents.json`; each evaluation kept in
+    `long_documents.partial.json` until then, so an interrupted one resumes); returns the
+    evaluations of the runs that have one. A failed run stops the series. With `collect`, only
+    the evaluations there are."""
     data, runs_dir = FLAGS.data_dir, Path(FLAGS.runs_dir)
     if collect:
         paths = (runs_dir / run.name / "long_documents.json" for run in series())
@@ -335,11 +346,13 @@ def run_all(edges, collect=False):
             raise SystemExit(f"long_documents.py: the run {failed} failed; see its .out file.")
         path = runs_dir / run.name / "long_documents.json"
         if not path.is_file():
+            partial = path.with_suffix(".partial.json")
             figures = evaluate_run(run.name, runs_dir / run.name / "checkpoints", FLAGS.splits,
                                    FLAGS.knn_backends, [int(c) for c in FLAGS.knn_memory_sizes],
                                    edges, FLAGS.jit_compile, FLAGS.eval_data_dir,
-                                   FLAGS.scann_splits)  # fmt: skip
+                                   FLAGS.scann_splits, partial)  # fmt: skip
             atomic_write_text(path, json.dumps(figures, indent=2) + "\n")
+            partial.unlink(missing_ok=True)
         evaluations.append(json.loads(path.read_text()))
     return evaluations
 

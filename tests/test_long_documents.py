@@ -1,6 +1,8 @@
 """benchmarks/long_documents.py (issue 31): a run evaluated per store size and backend, the
 backends compared, a search's choice probabilities, and the tables."""
 
+import json
+
 import numpy as np
 from conftest import write_tiny_run
 
@@ -55,3 +57,20 @@ def test_a_search_reports_its_choice_probabilities_at_its_own_store_size(tiny_da
         np.testing.assert_allclose(sum(row.values()), 1.0, atol=1e-3)
     assert len(figures["derived_architecture"]) == 3
     assert {"block_0_M_retrieved_share", "block_2_R_state_kept"} <= set(figures["gates"])
+
+
+def test_an_interrupted_evaluation_resumes_from_its_partial_figures(tiny_data, tmp_path):
+    run = write_tiny_run(tiny_data, tmp_path / "a", "AAF")
+    partial = tmp_path / "partial.json"
+    first = evaluate_run("a", run, ["valid", "test"], ["exact"], [], (0,), False, None, [],
+                         partial)  # fmt: skip
+    assert json.loads(partial.read_text())["splits"] == first["splits"]
+    # As if stopped after valid (its figures marked): only test is evaluated again.
+    kept = {"valid": {"exact": {**first["splits"]["valid"]["exact"], "loss": -1.0}}}
+    partial.write_text(json.dumps({"splits": kept}))
+    second = evaluate_run("a", run, ["valid", "test"], ["exact"], [], (0,), False, None, [],
+                          partial)  # fmt: skip
+    assert second["splits"]["valid"]["exact"]["loss"] == -1.0
+    np.testing.assert_allclose(second["splits"]["test"]["exact"]["loss"],
+                               first["splits"]["test"]["exact"]["loss"], rtol=1e-6)  # fmt: skip
+    assert second["parameters"] == first["parameters"]
