@@ -4,6 +4,7 @@ document starts, the layer checks, fit with and without XLA, checkpoints and res
 the search over R, derive, flags, and the JAX backend and 2 replicas (slow)."""
 
 import dataclasses
+import types
 
 import keras
 import numpy as np
@@ -432,6 +433,10 @@ def test_evaluation_carries_the_state_from_empty_and_generation_is_refused():
     np.testing.assert_allclose(result["loss"], np.mean(losses), rtol=1e-5)
     with pytest.raises(ValueError, match=r"block-recurrent attention \(R\) cannot generate"):
         generate(model, [1, 2, 3], 2)
+    from par_xl.serving.saved_model import ServingModule  # nor export a generating SavedModel
+
+    with pytest.raises(ValueError, match=r"block-recurrent attention \(R\) cannot generate"):
+        ServingModule(types.SimpleNamespace(model=model), 8, False)
 
 
 @pytest.mark.parametrize("search", ["all_branches", "single_path"])
