@@ -7,6 +7,14 @@ Example (what create_tfrecords.sh runs):
 
 Writes `<tfrecords_directory>/{train,valid,test}/` (shards, metadata.json, train/unigram.txt) and
 `<sp_model_prefix>.model` / `.vocab`. The work is `par_xl.data.build_data`.
+
+A long-document corpus of files, one file one document (`par_xl.data.corpora`): first written as
+`<corpus_directory>/{train,valid,test}.txt` and `corpus.json`, split by a hash of each file's
+path, then built as above with a tokenizer for source code (case and whitespace kept):
+
+  python build_data.py --corpus=python_stdlib --tfrecords_directory=data/stdlib \
+      --sp_model_prefix=data/stdlib/sp12k --seq_len=256 --batch_size=16
+  python build_data.py --input_files='src/**/*.py' --tfrecords_directory=... --sp_model_prefix=...
 """
 
 import os
@@ -21,6 +29,13 @@ from absl import app, flags  # noqa: E402
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from par_xl.data import BuildConfig, DataError, build_data  # noqa: E402
+from par_xl.data.corpora import (  # noqa: E402
+    CORPORA,
+    SOURCE_CODE,
+    glob_files,
+    prepare_corpus,
+    python_stdlib_files,
+)
 from par_xl.data.documents import WIKITEXT_DOCUMENT_START  # noqa: E402
 from par_xl.data.tokenizer import MODEL_TYPES  # noqa: E402
 from par_xl.files import DiskFull  # noqa: E402
@@ -30,6 +45,38 @@ flags.DEFINE_string(
     None,
     "A text file, or a directory holding train.txt, valid.txt and test.txt. A single file is "
     "built as the split its name says (valid.txt -> valid), else as train.",
+)
+flags.DEFINE_enum(
+    "corpus",
+    None,
+    list(CORPORA),
+    "Instead of --input_text: a corpus of files on this machine, one file one document: "
+    "python_stdlib, the standard library of the Python running the build (its test/ left out "
+    "unless --corpus_include_tests). Implies --nolowercase --keep_whitespace --unk_marker='' "
+    "and --document_start at each file's header line, unless given.",
+)
+flags.DEFINE_string(
+    "input_files",
+    None,
+    "Instead of --input_text: a glob of files, one file one document (quote it: "
+    "--input_files='src/**/*.py'), as --corpus does.",
+)
+flags.DEFINE_string(
+    "corpus_directory",
+    None,
+    "Where --corpus or --input_files writes its train.txt, valid.txt, test.txt and corpus.json "
+    "(default: <tfrecords_directory>/text).",
+)
+flags.DEFINE_float("valid_fraction", 0.05, "--corpus/--input_files: share of files in valid.")
+flags.DEFINE_float("test_fraction", 0.05, "--corpus/--input_files: share of files in test.")
+flags.DEFINE_bool(
+    "corpus_include_tests", False, "--corpus=python_stdlib: keep the standard library's test/."
+)
+flags.DEFINE_bool(
+    "keep_whitespace",
+    False,
+    "A tokenizer for source code: no normalization, runs of spaces kept as pieces, no space "
+    "added before a line, so that decoding gives each file back byte for byte.",
 )
 flags.DEFINE_string(
     "tfrecords_directory", None, "Output directory; each split goes to <directory>/<split>/."
@@ -99,17 +146,19 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        input_text, tokenizer = _corpus_or_input_text()
+    except DataError as e:
+        print(f"build_data.py: error: {e}", file=sys.stderr)
+        return 1
     config = BuildConfig(
-        input_text=FLAGS.input_text or "",
+        input_text=input_text,
         tfrecords_directory=FLAGS.tfrecords_directory or "",
         sp_model_prefix=FLAGS.sp_model_prefix or "",
         vocab_size=FLAGS.vocab_size,
         model_type=FLAGS.model_type,
-        lowercase=FLAGS.lowercase,
-        unk_marker=FLAGS.unk_marker,
         byte_fallback=FLAGS.byte_fallback,
-        document_start=FLAGS.document_start,
-        document_start_isolated=FLAGS.document_start_isolated,
+        **tokenizer,
         batch_size=FLAGS.batch_size,
         seq_len=FLAGS.seq_len,
         shards=FLAGS.shards,
@@ -139,6 +188,32 @@ def main(argv: list[str]) -> int:
         )
     print(f"SentencePiece model: {report.sp_model}; built in {report.seconds['total']:.1f} s")
     return 0
+
+
+def _corpus_or_input_text():
+    """`(input_text, tokenizer and document flags)`: --input_text as given, or the text files
+    --corpus / --input_files writes first, with the flags of a source-code build
+    (`SOURCE_CODE`) where not given."""
+    names = ("lowercase", "unk_marker", "keep_whitespace", "document_start",
+             "document_start_isolated")  # fmt: skip
+    given = {name: getattr(FLAGS, name) for name in names}
+    sources = [f"--{n}" for n in ("input_text", "corpus", "input_files") if getattr(FLAGS, n)]
+    if len(sources) > 1:
+        raise DataError(f"give one of --input_text, --corpus and --input_files, not {sources}")
+    if not (FLAGS.corpus or FLAGS.input_files):
+        return FLAGS.input_text or "", given
+    if not FLAGS.tfrecords_directory:
+        raise DataError("--tfrecords_directory is required")
+    if FLAGS.corpus:
+        files = python_stdlib_files(include_tests=FLAGS.corpus_include_tests)
+    else:
+        files = glob_files(FLAGS.input_files)
+    directory = FLAGS.corpus_directory or f"{FLAGS.tfrecords_directory}/text"
+    prepare_corpus(files, directory, FLAGS.valid_fraction, FLAGS.test_fraction,
+                   overwrite=FLAGS.overwrite)  # fmt: skip
+    tokenizer = {name: given[name] if FLAGS[name].present else SOURCE_CODE[name]
+                 for name in names}  # fmt: skip
+    return directory, tokenizer
 
 
 if __name__ == "__main__":

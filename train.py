@@ -134,6 +134,25 @@ flags.DEFINE_enum(
     "The gated feed-forward's (letter G): swiglu (the default) or geglu, gated, with the inner "
     "width set for F's parameter count; gelu or relu: F's form with that activation.",
 )
+flags.DEFINE_integer(
+    "recurrent_states",
+    None,
+    "S: the state vectors per stream of a block-recurrent block (letter R: --architecture, or "
+    "--choices with an R) (default 16).",
+)
+flags.DEFINE_integer(
+    "recurrent_block_size",
+    None,
+    "W: an R block updates its state after every W positions of a segment, and gradients flow "
+    "through the seq_len / W updates of a segment: keep seq_len / W >= 2 (default 16).",
+)
+flags.DEFINE_enum(
+    "recurrent_gate",
+    None,
+    ["fixed", "lstm"],
+    "The R block's state update: fixed (meliad's fixed:skip, a learned constant gate, the "
+    "default) or lstm (lstm:single, input and forget gates from an MLP of the attention).",
+)
 flags.DEFINE_float("max_lr", DEFAULT["max_lr"], "Peak learning rate.")
 flags.DEFINE_integer(
     "warmup_steps", DEFAULT["warmup_steps"], "Linear warmup steps, then cosine decay to 0."

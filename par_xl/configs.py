@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from par_xl.checks import INT_MAX, bad_field
 from par_xl.cost.objective import COSTS, FORMS
 from par_xl.cutoffs import validate_cutoffs
+from par_xl.layers.block_recurrent import validate_recurrent
 from par_xl.layers.choices import DEFAULT_CHOICES, validate_architecture, validate_choices
 from par_xl.layers.gated_feed_forward import validate_ffn_activation
 from par_xl.layers.gumbel_choice import validate_choice_at_inference
@@ -83,6 +84,9 @@ class ModelConfig:
     window: int | None = None  # W of sliding-window attention (W); None: the segment length
     position: str = "xl"  # attention's (A, M) position term: "xl", "rotary" or "t5"
     ffn_activation: str = "swiglu"  # the gated feed-forward's (G)
+    recurrent_states: int = 16  # S: block-recurrent (R) state vectors per stream
+    recurrent_block_size: int = 16  # W: an R block updates its state every W positions
+    recurrent_gate: str = "fixed"  # the R state's update: "fixed" or "lstm"
 
     def model_kwargs(self):
         """The configuration as `PARTransformerXL` keyword arguments."""
@@ -123,6 +127,8 @@ class ModelConfig:
             )
         _as_flag_error(validate_position, self.position, self.d_model // self.num_heads)
         _as_flag_error(validate_ffn_activation, self.ffn_activation)
+        _as_flag_error(validate_recurrent, self.recurrent_states, self.recurrent_block_size,
+                       self.recurrent_gate)  # fmt: skip
 
 
 PRESETS = {

@@ -145,3 +145,32 @@ def tiny_data(small_text_dir, tmp_path_factory) -> Path:
         )
     )
     return root
+
+
+def write_tiny_run(tiny_data, directory, architecture, choices="AMF", **overrides):
+    """An untrained run on `tiny_data` as `train.py` leaves one (`config.json`, a checkpoint at
+    step 0) in `directory`: 3 blocks of width 16, document boundaries, kNN stores of 1,024
+    entries, weights drawn wide (initializer range 0.5) so that the stores change the losses.
+    Returns its checkpoint directory."""
+    import keras
+
+    from par_xl.configs import ModelConfig, TrainConfig
+    from par_xl.data import read_metadata
+    from par_xl.training.checkpoints import CheckpointManager
+    from par_xl.training.runs import build_model, write_run_config
+
+    model_config = ModelConfig(**{
+        **dict(vocab_size=400, d_model=16, num_heads=2, d_ffn=32, num_layers=3, mem_len=8,
+               cutoffs=(), architecture=architecture, choices=choices, document_boundaries=True,
+               knn_memory_size=1024, knn_neighbors=4, initializer_range=0.5),
+        **overrides})  # fmt: skip
+    split = tiny_data / "tf"
+    train_config = TrainConfig(str(split / "train"), str(split / "valid"), str(split / "test"),
+                               jit_compile=False)  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = build_model(model_config, train_config, (4, 16), 1)
+    Path(directory).mkdir(parents=True)
+    write_run_config(directory, model_config, train_config,
+                     {"train": read_metadata(split / "train")})  # fmt: skip
+    CheckpointManager(directory).save(model, 0)
+    return Path(directory)

@@ -44,6 +44,12 @@ def build(name, value, message):
     return ("build_data.py", (*BUILD, f"--{name}={value}"), 1, message)
 
 
+def corpus(name, value, message):
+    """build_data.py on a corpus of files: the small corpus's three text files."""
+    return ("build_data.py", ("--input_files={text}/*.txt", *BUILD[1:], f"--{name}={value}"), 1,
+            message)  # fmt: skip
+
+
 def cuts(name, value, message):
     return ("optimal_cuts.py", (*CUTS, f"--{name}={value}"), 1, message)
 
@@ -110,6 +116,11 @@ FLAG_CASES = {
     "knn_neighbors_above_memory_size": (
         "train.py", (*TRAIN, "--knn_layers=1", "--knn_memory_size=8", "--knn_neighbors=16"), 2,
         "--knn_memory_size must be at least knn_neighbors=16, received 8."),
+    "recurrent_states_zero": train(
+        "recurrent_states", 0, "--recurrent_states must be a positive integer, received 0."),
+    "recurrent_block_size_negative": train(
+        "recurrent_block_size", -4,
+        "--recurrent_block_size must be a positive integer, received -4."),
     "enum_flag_unknown_value": train(
         "search", "random", "flag --search=random: value should be one of", code=1),
     "bool_flag_not_a_bool": train(
@@ -224,6 +235,16 @@ FLAG_CASES = {
         "flag --lowercase=maybe: ('Non-boolean argument"),
     "build_enum_flag_unknown_value": build(
         "model_type", "word", "flag --model_type=word: value should be one of"),
+    "build_input_files_no_match": (
+        "build_data.py", ("--input_files={tmp}/nothing/*.py", *BUILD[1:]), 1,
+        "--input_files='{tmp}/nothing/*.py' names no file"),
+    "build_valid_fraction_above_one": corpus(
+        "valid_fraction", 1.5, "--valid_fraction=1.5: expected a fraction in (0, 1)"),
+    "build_test_fraction_zero": corpus(
+        "test_fraction", 0, "--test_fraction=0.0: expected a fraction in (0, 1)"),
+    "build_corpus_directory_holds_a_corpus": corpus(
+        "corpus_directory", "{text}", "{text} already holds train.txt, valid.txt, test.txt; "
+        "pass --overwrite"),
     # optimal_cuts.py.
     "cuts_filename_missing": (
         "optimal_cuts.py", ("--filename={tmp}/nothing.txt",), 1,
@@ -283,6 +304,9 @@ FLAG_CASES = {
         "characters_used", 0, "characters_used=0 must be a positive integer"),
     "metadata_documents_negative": metadata(
         "documents", -1, "documents=-1 must be an integer >= 0"),
+    "metadata_bytes_used_negative": metadata(
+        "bytes_used", -1, "bytes_used=-1 must be an integer >= 0"),
+    "metadata_corpus_a_string": metadata("corpus", "stdlib", "corpus='stdlib' is not of type dict"),
     "metadata_document_start": metadata(
         "document_start", "(", "document_start='(' must be a regular expression"),
     "metadata_lowercase": metadata("lowercase", "yes", "lowercase='yes' is not of type bool"),

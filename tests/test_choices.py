@@ -43,6 +43,11 @@ EXPECTED_MACS = {
     # Query, focus, key, value and output projections; five products over H per head.
     "L": 5 * D * D + 5 * D,
     "G": 3 * D * GATED_INNER,  # SwiGLU (the default): gate, up, down
+    # A's; the tokens' query and output over the state (2 D^2) and S scores and values per
+    # head (2 S D); per segment one update of the S = 16 states (W = 16 > T: one block of T):
+    # 4 projections, attention over themselves and the T tokens, the fixed gate's 2D -> D.
+    "R": ATTENTION_MACS + 2 * D * D + 2 * 16 * D
+    + (4 * 16 * D * D + 2 * 16 * 16 * D + 2 * 16 * T * D + 16 * 2 * D * D) / T,
 }
 # The sublayers each letter's block holds (and `derive()` copies), by attribute name.
 EXPECTED_SUBLAYERS = {
@@ -53,6 +58,7 @@ EXPECTED_SUBLAYERS = {
     "W": ["window_attention", "window_attention_norm"],
     "L": ["leap_attention", "leap_attention_norm"],
     "G": ["gated_feed_forward", "gated_feed_forward_norm"],
+    "R": ["block_recurrent_attention", "block_recurrent_attention_norm"],
 }
 
 
@@ -79,9 +85,9 @@ def sublayer_names(block):
 
 def test_default_is_what_par_searches():
     # Each new letter after the others: the old weights and choice columns keep their places.
-    assert DEFAULT_CHOICES == "AFI" and list(CHOICES) == ["A", "F", "I", "M", "W", "L", "G"]
+    assert DEFAULT_CHOICES == "AFI" and list(CHOICES) == ["A", "F", "I", "M", "W", "L", "G", "R"]
     assert [c.letter for c in CHOICES.values() if c.remembers] == ["M"]  # one store per block
-    assert [c.letter for c in CHOICES.values() if c.recurrent_state] == ["L"]  # one state too
+    assert [c.letter for c in CHOICES.values() if c.recurrent_state] == ["L", "R"]  # states too
     assert in_registry_order("IFA") == "AFI" and in_registry_order("IA") == "AI"
 
 
@@ -115,7 +121,9 @@ def test_every_entry_is_consistent(letter):
 
 @pytest.mark.parametrize("letter", list(CHOICES))
 def test_derive_keeps_exactly_the_chosen_sublayers_with_their_weights(letter):
-    everything = "".join(CHOICES)
+    # Every letter, but one with a recurrent state per block: this one's, else L's.
+    recurrent = letter if CHOICES[letter].recurrent_state else "L"
+    everything = "".join(c for c in CHOICES if not CHOICES[c].recurrent_state or c == recurrent)
     supernet = make_model(choices=everything, choice_at_inference="argmax")
     for block in supernet.blocks:
         block.gumbel.logits.assign(np.where(np.array(list(everything)) == letter, 5.0, -5.0))

@@ -27,6 +27,7 @@ import numpy as np
 
 from par_xl.checks import INT_MAX
 from par_xl.data.context_batching import context_batches, num_batches
+from par_xl.data.corpora import read_manifest
 from par_xl.data.documents import (
     WIKITEXT_DOCUMENT_START,
     compile_pattern,
@@ -41,7 +42,7 @@ from par_xl.data.metadata import (
     write_metadata,
 )
 from par_xl.data.text_files import find_splits, read_lines
-from par_xl.data.text_units import characters_per_id, word_count, words_per_id
+from par_xl.data.text_units import bytes_per_id, characters_per_id, word_count, words_per_id
 from par_xl.data.tfrecords import write_shards
 from par_xl.data.tokenizer import (
     MODEL_TYPES,
@@ -82,6 +83,7 @@ class BuildConfig:
     lowercase: bool = True
     unk_marker: str = "<unk>"  # the corpus's unknown-word marker, made one id; "" for none
     byte_fallback: bool = True
+    keep_whitespace: bool = False  # a tokenizer for source code (`tokenizer.train_tokenizer`)
     document_start: str = WIKITEXT_DOCUMENT_START  # regex of a document's first line; "": none
     document_start_isolated: bool = True  # the first line stands between blank lines
     batch_size: int = 32
@@ -315,6 +317,7 @@ def _train_tokenizer(config: BuildConfig, lines: list[str], source: Path, num_th
         lowercase=config.lowercase,
         unk_marker=config.unk_marker,
         byte_fallback=config.byte_fallback,
+        keep_whitespace=config.keep_whitespace,
         num_threads=num_threads,
         source=f"{source} (the training split)",
     )
@@ -325,7 +328,8 @@ def _load_tokenizer(config: BuildConfig, sp_model: Path, trained: bool):
     sp = load_tokenizer(sp_model)
     info = tokenizer_info(sp)
     log.info("SentencePiece model %s: %s", sp_model, info)
-    names = ("vocab_size", "lowercase", "model_type", "unk_marker", "byte_fallback")
+    names = ("vocab_size", "lowercase", "model_type", "unk_marker", "byte_fallback",
+             "keep_whitespace")  # fmt: skip
     differ = [n for n in names if getattr(info, n) != getattr(config, n)]
     if not trained and differ:
         log.warning(
@@ -383,6 +387,9 @@ class _SplitWriter:
         self.sha256 = sha256_file(sp_model)
         self.words_per_id = words_per_id(sp)
         self.characters_per_id = characters_per_id(sp)
+        self.bytes_per_id = bytes_per_id(sp)
+        corpus_directory = Path(config.input_text)
+        self.corpus = read_manifest(corpus_directory) if corpus_directory.is_dir() else None
         self.frequency_order = None
         self.cluster_shares = None
 
@@ -425,6 +432,8 @@ class _SplitWriter:
             sp_model_sha256=self.sha256,
             shards=shards,
             source=os.fspath(source.resolve()),
+            bytes_used=int(self.bytes_per_id[labels].sum()),
+            corpus=self.corpus or {},
         )
         write_metadata(directory, metadata)
         log.info(

@@ -30,7 +30,9 @@ _SHARD_FIELDS = ("file", "batches", "bytes", "sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Fields that must be >= 1 (words_used and characters_used divide the loss), and >= 0.
 _POSITIVE = ("vocab_size", "batch_size", "seq_len", "steps", "words_used", "characters_used")
-_NON_NEGATIVE = ("num_tokens", "tokens_used", "tokens_dropped", "num_words", "documents")
+_NON_NEGATIVE = ("num_tokens", "tokens_used", "tokens_dropped", "num_words", "documents",
+                 "bytes_used")  # fmt: skip
+OPTIONAL = {"bytes_used": 0, "corpus": {}}  # fields a split built before them lacks
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class DatasetMetadata:
     sp_model_sha256: str
     shards: tuple[Shard, ...]
     source: str  # the text file the split was built from
+    # Added later: a split built before them reads with these defaults (`OPTIONAL`).
+    bytes_used: int = 0  # UTF-8 bytes of the labels' text (bits per byte); 0: not counted
+    corpus: dict = dataclasses.field(default_factory=dict)  # corpus.json of a corpus build
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -113,6 +118,7 @@ def read_metadata(directory: str | os.PathLike) -> DatasetMetadata:
             f"reads format_version={FORMAT_VERSION}; rebuild the data with build_data.py"
         )
     fields = {field.name: field.type for field in dataclasses.fields(DatasetMetadata)}
+    raw = {**OPTIONAL, **raw}
     missing = [name for name in fields if name not in raw]
     if missing:
         raise DataError(f"{path} lacks the keys {', '.join(missing)}; rebuild the data")

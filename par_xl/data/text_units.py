@@ -33,6 +33,20 @@ def words_per_id(sp: spm.SentencePieceProcessor) -> np.ndarray:
     )
 
 
+def bytes_per_id(sp: spm.SentencePieceProcessor) -> np.ndarray:
+    """`(V,)` int64: UTF-8 bytes of the normalized text each id stands for: a piece's, `▁` as a
+    space; one per end-of-line and per byte of byte fallback; none for control and unknown ids.
+    Exact for a model without a dummy prefix (`keep_whitespace`: the bytes of the file); with
+    one, each line's first word counts the space the model put before it."""
+    counts = np.zeros(sp.get_piece_size(), np.int64)
+    for i in range(sp.get_piece_size()):
+        if i == sp.eos_id() or sp.is_byte(i):
+            counts[i] = 1
+        elif not (sp.is_control(i) or sp.is_unknown(i)):
+            counts[i] = len(sp.id_to_piece(i).replace(WORD_BOUNDARY, " ").encode("utf-8"))
+    return counts
+
+
 def characters_per_id(sp: spm.SentencePieceProcessor) -> np.ndarray:
     """`(V,)` int64: characters of the normalized text each id stands for."""
     counts = np.zeros(sp.get_piece_size(), np.int64)

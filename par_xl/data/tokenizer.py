@@ -14,6 +14,14 @@ What the trained model guarantees (data format 2):
 - Byte fallback (on by default): a character never seen in training is encoded as its UTF-8 bytes,
   so no text becomes the unknown id and decoding gives the text back exactly, as the model's
   normalization wrote it (NFKC, case folding when `lowercase`, runs of spaces as one space).
+- `keep_whitespace` (source code, `build_data.py --corpus` / `--input_files`): no normalization
+  at all (SentencePiece's "identity" rule: no NFKC, no case folding), runs of spaces kept
+  (`remove_extra_whitespaces=False`) and learned as pieces of their own
+  (`allow_whitespace_only_pieces`: an indentation of 8 spaces is one piece), no space added
+  before a line (`add_dummy_prefix=False`). With byte fallback, decoding a file's lines gives
+  the file back byte for byte, indentation, tabs, trailing spaces and `\r` included; newlines
+  are the end-of-line ids between lines (checked on every file of Python 3.11's standard
+  library, tests included; the tests check a sample).
 
 Each text line is encoded and followed by the `</s>` id as its end-of-line token, so an empty line
 still gives one id.
@@ -57,6 +65,7 @@ class TokenizerInfo:
     eos_id: int
     unk_marker: str  # the corpus's unknown-word marker, one piece; "" for none
     byte_fallback: bool
+    keep_whitespace: bool = False  # identity normalization, spaces kept (source code)
 
 
 def train_tokenizer(
@@ -68,6 +77,7 @@ def train_tokenizer(
     lowercase: bool = True,
     unk_marker: str = "<unk>",
     byte_fallback: bool = True,
+    keep_whitespace: bool = False,
     num_threads: int = 1,
     source: str = "the training text",
 ) -> Path:
@@ -75,8 +85,14 @@ def train_tokenizer(
 
     Trains on all lines (no sampling: on WikiText-2 it takes seconds), then encodes them once more
     to reorder the pieces by frequency (see the module docstring). `source` names the text in
-    error messages. Returns the path of the `.model` file.
+    error messages; `keep_whitespace` trains a model for source code (the module docstring).
+    Returns the path of the `.model` file.
     """
+    if keep_whitespace:
+        normalization = dict(normalization_rule_name="identity", remove_extra_whitespaces=False,
+                             add_dummy_prefix=False, allow_whitespace_only_pieces=True)  # fmt: skip
+    else:
+        normalization = dict(normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc")
     prefix = os.fspath(model_prefix)
     tmp_prefix = os.fspath(temporary_name(prefix))
     tmp_model, tmp_vocab = f"{tmp_prefix}.model", f"{tmp_prefix}.vocab"
@@ -87,7 +103,7 @@ def train_tokenizer(
                 model_prefix=tmp_prefix,
                 vocab_size=vocab_size,
                 model_type=model_type,
-                normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+                **normalization,
                 max_sentence_length=max(
                     _DEFAULT_MAX_SENTENCE_BYTES, max(len(line.encode("utf-8")) for line in lines)
                 ),
@@ -202,6 +218,7 @@ def tokenizer_info(sp: spm.SentencePieceProcessor) -> TokenizerInfo:
         eos_id=sp.eos_id(),
         unk_marker=min(markers, key=len, default=""),
         byte_fallback=proto.trainer_spec.byte_fallback,
+        keep_whitespace=not proto.normalizer_spec.remove_extra_whitespaces,
     )
 
 

@@ -4,12 +4,14 @@ A `StochasticBlock` offers some of these letters: a supernet block mixes or samp
 derived block holds one. Everything that depends on a letter reads its entry here: which
 sublayers a block builds for it (and `derive()` copies), how its residual branch is applied,
 whether it attends (so the block keeps XL memory), remembers (so the block keeps a kNN store)
-or carries a recurrent state of its own (LEAP's sums), its cost per token (`par_xl.cost.flops`),
-and its name and colour in logs and pictures. Adding a choice is adding one entry.
+or carries a recurrent state of its own (LEAP's sums, the block-recurrent cell's state vectors),
+its cost per token (`par_xl.cost.flops`), and its name and colour in logs and pictures. Adding a
+choice is adding one entry.
 
 Shape letters as in `par_xl.layers.relative_attention` (B, T, M, K, D, N, H), plus C the kNN
-store's capacity (`knn_memory_size`), k its neighbours per query (`knn_neighbors`) and W the
-window of sliding-window attention (`window`).
+store's capacity (`knn_memory_size`), k its neighbours per query (`knn_neighbors`), W the
+window of sliding-window attention (`window`), S the block-recurrent cell's state vectors
+(`recurrent_states`) and its block (`recurrent_block_size`).
 """
 
 import dataclasses
@@ -17,7 +19,8 @@ from collections.abc import Callable, Mapping
 
 import keras
 
-from par_xl.layers import leap_state
+from par_xl.layers import block_recurrent_state, leap_state
+from par_xl.layers.block_recurrent import BlockRecurrentAttention
 from par_xl.layers.feed_forward import FeedForward
 from par_xl.layers.gated_feed_forward import GATED, GatedFeedForward, matching_inner_size
 from par_xl.layers.leap_attention import LeapAttention
@@ -52,9 +55,10 @@ class Choice:
             projection of the K relative positions, shared by the batch (see `par_xl.cost.flops`).
         recurrent_state: `None`, or for a branch that carries a state of its own from segment
             to segment (besides the XL memory and the kNN store), `recurrent_state(block,
-            batch_size)` -> its state in an empty stream: a NamedTuple of float32 zeros whose
-            first axis is the B streams (L: `LeapState`). The model carries it like the XL
-            memory (`par_xl.models.state`). At most one letter of a block may have one.
+            batch_size)` -> its state in an empty stream: a NamedTuple of zeros whose first
+            axis is the B streams (L: `LeapState`; R: `BlockRecurrentState`). The model carries
+            it like the XL memory (`par_xl.models.state`). At most one letter of a block may
+            have one.
     """
 
     letter: str
@@ -119,6 +123,21 @@ def _gated_feed_forward(block, name):
     )
 
 
+def _block_recurrent_attention(block, name):
+    return BlockRecurrentAttention(
+        block.num_heads,
+        block.head_size,
+        num_states=block.recurrent_states,
+        block_size=block.recurrent_block_size,
+        gate=block.recurrent_gate,
+        inner_size=block.inner_size,
+        attention_dropout_rate=block.attention_dropout_rate,
+        kernel_initializer=block.kernel_initializer,
+        name=name,
+        dtype=block.dtype_policy,
+    )
+
+
 def _feed_forward(block, name):
     return FeedForward(
         block.inner_size,
@@ -167,6 +186,17 @@ def _apply_leap_attention(block, inputs, memory, position_encoding, mask, traini
         inputs, recurrent_state, training=training, document_starts=document_starts
     )
     output = _post_norm(block, block.leap_attention_norm, inputs, attended, training)
+    return output, knn_state, recurrent_state
+
+
+def _apply_block_recurrent_attention(block, inputs, memory, position_encoding, mask, training,
+                                     knn_state=None, document_starts=None,
+                                     recurrent_state=None):  # fmt: skip
+    attended, recurrent_state = block.block_recurrent_attention(
+        inputs, memory, position_encoding, mask, recurrent_state, training=training,
+        document_starts=document_starts,
+    )  # fmt: skip
+    output = _post_norm(block, block.block_recurrent_attention_norm, inputs, attended, training)
     return output, knn_state, recurrent_state
 
 
@@ -233,6 +263,28 @@ def _leap_attention_macs(block, segment_length, mem_len, batch_size, position_pr
     focus logit, weighted key and value, alignment, gated value."""
     d = block.num_heads * block.head_size
     return 5 * d * d + 5 * d
+
+
+def _block_recurrent_macs(block, segment_length, mem_len, batch_size, position_projection):
+    """A's, plus the tokens' attention over the S state vectors (their query projection, S
+    scores and S values per head, their share of the output projection), plus the state's
+    update once per block of W positions (`BlockRecurrentAttention.update_macs`), spread over
+    the block's tokens; a last, partial block counts as a whole one."""
+    d, t = block.num_heads * block.head_size, segment_length
+    local = _attention_macs(block, segment_length, mem_len, batch_size, position_projection)
+    cross = 2 * d * d + 2 * block.recurrent_states * d
+    blocks = -(-t // block.recurrent_block_size)  # ceil(T / W)
+    update = BlockRecurrentAttention.update_macs(
+        d, block.recurrent_states, min(block.recurrent_block_size, t), block.recurrent_gate,
+        block.inner_size,
+    )  # fmt: skip
+    return local + cross + blocks * update / t
+
+
+def _block_recurrent_state(block, batch_size):
+    return block_recurrent_state.empty_state(
+        batch_size, block.recurrent_states, block.num_heads * block.head_size
+    )
 
 
 def _feed_forward_macs(block, segment_length, mem_len, batch_size, position_projection):
@@ -334,6 +386,20 @@ CHOICES = {
             remembers=False,
             apply=_apply_gated_feed_forward,
             macs_per_token=_gated_feed_forward_macs,
+        ),
+        Choice(  # after G: the weights and choice columns of A, F, I, M, W, L, G keep theirs
+            letter="R",
+            name="block-recurrent attention",
+            color="tab:red",
+            sublayers={
+                "block_recurrent_attention": _block_recurrent_attention,
+                "block_recurrent_attention_norm": _layer_norm,
+            },
+            attends=True,  # its tokens attend over [XL memory; segment] as A's do
+            remembers=False,
+            apply=_apply_block_recurrent_attention,
+            macs_per_token=_block_recurrent_macs,
+            recurrent_state=_block_recurrent_state,
         ),
     )
 }

@@ -14,6 +14,7 @@ from par_xl.layers.gated_feed_forward import validate_ffn_activation
 from par_xl.layers.gumbel_choice import GumbelChoice
 from par_xl.layers.initializers import default_initializer
 from par_xl.layers.positions import validate_position
+from par_xl.memory.knn_memory import KNNMemory
 
 # How a supernet block trains: every branch, mixed by per-example Gumbel-softmax weights (PAR),
 # or one sampled branch per batch, the only one computed (GDAS).
@@ -40,11 +41,14 @@ class StochasticBlock(keras.layers.Layer):
         W: LayerNorm(x + Dropout(WindowAttention(x, memory)))
         L: LayerNorm(x + Dropout(LeapAttention(x, recurrent_state)))
         G: LayerNorm(x + Dropout(GatedFeedForward(x)))
+        R: LayerNorm(x + Dropout(BlockRecurrentAttention(x, memory, recurrent_state)))
     A block that offers M (`remembers`) keeps a kNN store, given and returned by each call:
     the M branch searches it and adds the segment; the other branches pass it through. In
     "all_branches" the M branch always runs, so the store gets every segment; in "single_path"
-    (and argmax inference) only when M is the branch computed. A block that offers L (`recurs`)
-    keeps L's recurrent state (`LeapState`) the same way.
+    (and argmax inference) only when M is the branch computed. A block that offers L or R
+    (`recurs`) keeps that letter's recurrent state (`LeapState`, `BlockRecurrentState`) the same
+    way, except that a branch that passes it through forgets it in the rows where a document
+    starts (it would otherwise carry an earlier document's state past the start).
     The supernet block (`choice=None`) trains in one of two ways (`search`):
         "all_branches": `sum_k w_k * branch_k` with per-example weights `w` from a
             `GumbelChoice` over `choices` (PAR); every branch is computed.
@@ -75,6 +79,11 @@ class StochasticBlock(keras.layers.Layer):
         position: the A and M branches' position term, "xl", "rotary" or "t5"
             (`par_xl.layers.positions`).
         ffn_activation: the G branch's, one of `gated_feed_forward.FFN_ACTIVATIONS`.
+        recurrent_states: S, the R branch's state vectors per stream.
+        recurrent_block_size: the R branch's block: its state is updated after every block of
+            this many positions of a segment.
+        recurrent_gate: the R branch's state update, "fixed" or "lstm"
+            (`par_xl.layers.block_recurrent`).
 
     Call arguments:
         inputs: `(B, T, D)`.
@@ -84,10 +93,11 @@ class StochasticBlock(keras.layers.Layer):
         knn_state: the block's kNN store (`KNNState` of B rows, N heads, C slots, size H, or a
             `KNNMemory`) if it `remembers`, else `None`.
         training: enables dropout and Gumbel noise.
-        document_starts: `None`, or `(B, T)` 0/1; the M branch's store and the L branch's
+        document_starts: `None`, or `(B, T)` 0/1; the M branch's store and the L or R branch's
             state forget at a start.
         recurrent_state: the block's recurrent state (of its letter with a `recurrent_state`
-            in the registry: L's `LeapState` of B rows) if it `recurs`, else `None`.
+            in the registry: L's `LeapState` or R's `BlockRecurrentState` of B rows) if it
+            `recurs`, else `None`.
 
     Returns:
         `(B, T, D)`; a block that `remembers` or `recurs` returns `(output (B, T, D),
@@ -116,6 +126,9 @@ class StochasticBlock(keras.layers.Layer):
         window=None,
         position="xl",
         ffn_activation="swiglu",
+        recurrent_states=16,
+        recurrent_block_size=16,
+        recurrent_gate="fixed",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -145,6 +158,9 @@ class StochasticBlock(keras.layers.Layer):
         self.window_length = window  # `window`, or the segment length once built
         self.position = validate_position(position, head_size)
         self.ffn_activation = validate_ffn_activation(ffn_activation)
+        self.recurrent_states = recurrent_states
+        self.recurrent_block_size = recurrent_block_size
+        self.recurrent_gate = recurrent_gate
         recurrent = [c for c in self.offered if CHOICES[c].recurrent_state is not None]
         if len(recurrent) > 1:
             raise ValueError(
@@ -170,7 +186,8 @@ class StochasticBlock(keras.layers.Layer):
 
     @property
     def recurs(self):
-        """Whether the block may carry a recurrent state of its own (L's), hence keeps one."""
+        """Whether the block may carry a recurrent state of its own (L's or R's), hence keeps
+        one."""
         return any(CHOICES[letter].recurrent_state is not None for letter in self.offered)
 
     def empty_recurrent_state(self, batch_size):
@@ -220,10 +237,13 @@ class StochasticBlock(keras.layers.Layer):
         document_starts=None,
         recurrent_state=None,
     ):
+        passed = _forgotten_at_starts(recurrent_state, document_starts)
+
         def branch(letter):
             apply = CHOICES[letter].apply
+            own = recurrent_state if CHOICES[letter].recurrent_state is not None else passed
             arguments = (memory, position_encoding, mask, training, knn_state, document_starts,
-                         recurrent_state)  # fmt: skip
+                         own)  # fmt: skip
             return lambda: apply(self, inputs, *arguments)
 
         if self.choice is not None:
@@ -245,8 +265,8 @@ class StochasticBlock(keras.layers.Layer):
         )
         if one_branch:
             index, gate = self.gumbel.single_choice(training)
-            output, knn_state, recurrent_state = self._switch(index, branches)
-            return output * gate, knn_state, recurrent_state
+            output, store, recurrent_state = self._switch(index, branches, knn_state)
+            return output * gate, store, recurrent_state
         weights = self.gumbel(inputs, training=training)[:, None, None, :]  # (B, 1, 1, C)
         output, new_store, new_recurrent = 0.0, knn_state, recurrent_state
         for k, (letter, run) in enumerate(zip(self.choices, branches)):
@@ -258,7 +278,7 @@ class StochasticBlock(keras.layers.Layer):
                 new_recurrent = recurrent
         return output, new_store, new_recurrent
 
-    def _switch(self, index, branches):
+    def _switch(self, index, branches, knn_state=None):
         """`branches[index]()`, `(output, knn_state, recurrent_state)`, computing only that
         branch.
 
@@ -267,7 +287,8 @@ class StochasticBlock(keras.layers.Layer):
         tracing cannot carry out of a `lax.switch` otherwise (a leaked tracer). The kNN store
         and the recurrent state go through it if the block keeps them (every branch returns
         them with the same structure); the others as `None`, outside it (a switch cannot
-        return `None`).
+        return `None`). A `KNNMemory` object (ScaNN's, filled in place) is no tensor either:
+        it stays outside, returned as given (`knn_state`).
         """
         states = [
             layer.seed_generator.state
@@ -276,7 +297,9 @@ class StochasticBlock(keras.layers.Layer):
         ]
         values = [ops.convert_to_tensor(state) for state in states]
 
-        keeps = (True, self.remembers, self.recurs)  # output, knn_state, recurrent_state
+        in_place = isinstance(knn_state, KNNMemory)
+        # output, knn_state, recurrent_state
+        keeps = (True, self.remembers and not in_place, self.recurs)
 
         def threaded(branch):
             def run():
@@ -291,7 +314,8 @@ class StochasticBlock(keras.layers.Layer):
         for state, value in zip(states, values):
             state.assign(value)
         kept = iter(result)
-        return tuple(next(kept) if keep else None for keep in keeps)
+        output, store, recurrent_state = (next(kept) if keep else None for keep in keeps)
+        return output, knn_state if in_place else store, recurrent_state
 
     def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return inputs_shape
@@ -318,5 +342,24 @@ class StochasticBlock(keras.layers.Layer):
             window=self.window,
             position=self.position,
             ffn_activation=self.ffn_activation,
+            recurrent_states=self.recurrent_states,
+            recurrent_block_size=self.recurrent_block_size,
+            recurrent_gate=self.recurrent_gate,
         )
         return config
+
+
+def _forgotten_at_starts(state, document_starts):
+    """A recurrent state (a NamedTuple of `(B, ...)` arrays) with the rows where a document
+    starts in `document_starts` `(B, T)` emptied (zeros, what `Choice.recurrent_state` gives an
+    empty stream): what a branch that does not use the state passes on. `state` as given
+    without starts."""
+    if state is None or document_starts is None:
+        return state
+    rows = ops.any(ops.cast(document_starts, "int32") > 0, axis=1)  # (B,)
+
+    def forget(x):
+        where = ops.reshape(rows, (-1,) + (1,) * (len(x.shape) - 1))
+        return ops.where(where, ops.zeros_like(x), x)
+
+    return type(state)(*map(forget, state))

@@ -308,6 +308,20 @@ def _compile_with_xla(model, jit_compile):
     return True if jit_compile is None else jit_compile
 
 
+def check_generates(model):
+    """Raises ValueError for a model that cannot generate token by token: one with
+    block-recurrent attention (R), whose state is updated once per block of
+    recurrent_block_size positions, from the block's start, which reading one position per
+    call would change (meliad does not generate with recurrence either)."""
+    if any("R" in block.offered for block in model.blocks):
+        raise ValueError(
+            "A model with block-recurrent attention (R) cannot generate token by token: its "
+            "state is updated once per block of recurrent_block_size positions, from the "
+            "block's start, which reading one position per call would change (meliad does not "
+            "generate with recurrence either)."
+        )
+
+
 def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=None):
     """Reads all but the last prompt token into an XL memory, in chunks through `forward`.
 
@@ -326,7 +340,11 @@ def read_prompt(model, prompt_ids, mem_len=None, chunk_length=None, jit_compile=
 
     Returns:
         A `PromptState`.
+
+    Raises:
+        ValueError: a bad prompt or setting, or a model with block-recurrent attention (R).
     """
+    check_generates(model)
     prompt, lengths, single = _prompt_rows(prompt_ids)  # (B, P) right-aligned, (B,)
     mem_len = model.mem_len if mem_len is None else mem_len
     if mem_len < 0:

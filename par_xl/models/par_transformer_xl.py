@@ -1,7 +1,8 @@
 """The PAR Transformer-XL language model: supernet and derived architectures.
 
 The model carries a recurrent state from segment to segment, the XL memory, the kNN stores and
-the recurrent states of blocks that offer L (LEAP's sums):
+the recurrent states of blocks that offer L (LEAP's sums) or R (the block-recurrent cell's
+state vectors):
 `forward` is the stateless core (a segment and a `ModelState` in, hidden states and the new
 state out); `call`, which `fit` runs, keeps the state in variables between batches
 (`par_xl.models.state`: why variables, per replica, checkpointed). `derive` turns a supernet
@@ -11,7 +12,7 @@ Document boundaries (`document_boundaries=True`, inputs `{"token_ids", "document
 position attends across a document start, and a row's memory holds only the positions since its
 last start, so its valid count is cut there: a stream's memory is cleared at each document start,
 its kNN stores too (a query at or after a start retrieves nothing of earlier documents), and
-LEAP's sums restart there.
+LEAP's sums restart there, and the block-recurrent state starts again from its initial state.
 """
 
 import math
@@ -22,6 +23,7 @@ from keras import ops
 
 from par_xl.distribution import replicas
 from par_xl.layers.adaptive_softmax import AdaptiveSoftmax
+from par_xl.layers.block_recurrent import validate_recurrent
 from par_xl.layers.choices import (
     DEFAULT_CHOICES,
     in_registry_order,
@@ -171,6 +173,12 @@ class PARTransformerXL(CarriedState, keras.Model):
             (Transformer-XL's), "rotary" or "t5" (`par_xl.layers.positions`).
         ffn_activation: the gated feed-forward's (G): "swiglu", "geglu" (gated, inner width
             set for F's parameter count), "gelu" or "relu" (F's form).
+        recurrent_states: S, the state vectors per stream of a block-recurrent block (R).
+        recurrent_block_size: W: an R block updates its state after every W positions of a
+            segment (T / W updates per segment, through which gradients flow; W >= T leaves
+            the update's own weights without gradient: `par_xl.layers.block_recurrent`).
+        recurrent_gate: an R block's state update: "fixed" (meliad's fixed:skip) or "lstm"
+            (lstm:single).
 
     Call arguments:
         inputs: `(B, T)` int token ids, or a dict `{"token_ids": (B, T), "document_starts":
@@ -221,6 +229,9 @@ class PARTransformerXL(CarriedState, keras.Model):
         window=None,
         position="xl",
         ffn_activation="swiglu",
+        recurrent_states=16,
+        recurrent_block_size=16,
+        recurrent_gate="fixed",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -230,6 +241,7 @@ class PARTransformerXL(CarriedState, keras.Model):
             validate_architecture(architecture, num_layers)
         validate_knn(num_layers, architecture, choices, knn_layers, knn_memory_size,
                      knn_neighbors, knn_backend)  # fmt: skip
+        validate_recurrent(recurrent_states, recurrent_block_size, recurrent_gate)
         knn_layers = sorted(knn_layers)
         if knn_backend == "scann" and keras.backend.backend() != "tensorflow":
             raise ValueError(
@@ -265,6 +277,9 @@ class PARTransformerXL(CarriedState, keras.Model):
         self.window = window
         self.position = position
         self.ffn_activation = ffn_activation
+        self.recurrent_states = recurrent_states
+        self.recurrent_block_size = recurrent_block_size
+        self.recurrent_gate = recurrent_gate
 
         initializer = default_initializer(initializer_range)
         self.output_layer = AdaptiveSoftmax(
@@ -309,6 +324,9 @@ class PARTransformerXL(CarriedState, keras.Model):
                 window=window,
                 position=position,
                 ffn_activation=ffn_activation,
+                recurrent_states=recurrent_states,
+                recurrent_block_size=recurrent_block_size,
+                recurrent_gate=recurrent_gate,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -346,7 +364,7 @@ class PARTransformerXL(CarriedState, keras.Model):
     @property
     def recurrent_blocks(self):
         """Indices of the blocks that keep a recurrent state of their own (those that may use
-        LEAP attention, "L")."""
+        LEAP attention, "L", or block-recurrent attention, "R")."""
         return [i for i, block in enumerate(self.blocks) if block.recurs]
 
     def build(self, inputs_shape):
@@ -574,5 +592,8 @@ class PARTransformerXL(CarriedState, keras.Model):
             window=self.window,
             position=self.position,
             ffn_activation=self.ffn_activation,
+            recurrent_states=self.recurrent_states,
+            recurrent_block_size=self.recurrent_block_size,
+            recurrent_gate=self.recurrent_gate,
         )
         return config

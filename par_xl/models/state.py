@@ -6,26 +6,27 @@ block name, its valid length per row, `(B,)`, and the kNN store (`KNNState`,
 `knn_layers`): per row and head the keys and values of its last C positions, searched for the k
 nearest of each query (Wu et al. 2022, arXiv 2203.08913), and the recurrent state of each block
 that may use LEAP attention ("L"): per row and head its focus-weighted sums since the stream's
-start (`LeapState`, `par_xl.layers.leap_state`), O(1) in the context's length. A block of
+start (`LeapState`, `par_xl.layers.leap_state`), O(1) in the context's length, or the
+block-recurrent cell ("R"): its S state vectors per row (`BlockRecurrentState`,
+`par_xl.layers.block_recurrent_state`; Hutchins et al. 2022, arXiv 2203.07852). A block of
 sliding-window attention ("W") keeps no state of its own: the keys and values of its window's
 last W positions are projections of its XL memory, which it reads like A does. The model's
-`forward` is stateless:
-one segment and a state in, hidden states and the new state out, any batch size and memory size
-M. Generation and evaluation carry the state themselves, as tensors through their compiled
-loops.
+`forward` is stateless: one segment and a state in, hidden states and the new state out, any
+batch size and memory size M. Generation and evaluation carry the state themselves, as tensors
+through their compiled loops.
 
 `model.fit` over context-batched data must also give every batch the memory of the previous
 one, under `jit_compile=True` and on the JAX backend. For it the state is also kept in
 non-trainable variables (`CarriedState`), `memory_<i>` per block in `memory_blocks`,
 `valid_memory_length`, the kNN stores' `knn_{keys,values,position,length}_<i>` per block in
 `knn_blocks`, and the recurrent states' `recurrent_<field>_<i>` per block in `recurrent_blocks`
-(L: `recurrent_{key_sum,value_sum,weight_sum}_<i>`), created in `build` from the (static) batch
-size of the data; checkpoints hold them, so a resumed run continues with the same stores and
-sums. `call` reads them into a `ModelState`, calls `forward`, and assigns the new state, exactly
-like a BatchNormalization layer updates its moving statistics: TensorFlow assigns the
-variables inside the compiled step, JAX's stateless training loop returns them as updated
-non-trainable state. The memory is written through
-`stop_gradient`, so it never receives gradients. Other designs fail one of the three
+(L: `recurrent_{key_sum,value_sum,weight_sum}_<i>`, R: `recurrent_{vectors,length}_<i>`),
+created in `build` from the (static) batch size of the data; checkpoints hold them, so a
+resumed run continues with the same stores, sums and states. `call` reads them into a
+`ModelState`, calls `forward`, and assigns the new state, exactly like a BatchNormalization
+layer updates its moving statistics: TensorFlow assigns the variables inside the compiled step,
+JAX's stateless training loop returns them as updated non-trainable state. The memory is written
+through `stop_gradient`, so it never receives gradients. Other designs fail one of the three
 requirements: Python-side caches do not survive `tf.function`/`jax.jit`, and passing the state
 as model inputs/outputs does not fit `fit`'s `(inputs, labels)` data contract.
 
@@ -78,8 +79,10 @@ class ModelState(NamedTuple):
             `position` and valid `length` `(B,)` (`par_xl.memory.exact_state`); `{}` without
             (the default: a state made by hand for a model without kNN memory).
         recurrent: `{block name: state}`, one entry per block that keeps a recurrent state of
-            its own (one that may use LEAP attention, `PARTransformerXL.recurrent_blocks`):
-            its `LeapState` of B rows, float32 (`par_xl.layers.leap_state`); `{}` without.
+            its own (one that may use LEAP attention or the block-recurrent cell,
+            `PARTransformerXL.recurrent_blocks`): its letter's state of B rows (L: a float32
+            `LeapState`, `par_xl.layers.leap_state`; R: a `BlockRecurrentState`,
+            `par_xl.layers.block_recurrent_state`); `{}` without.
     """
 
     xl_memory: dict
@@ -96,7 +99,8 @@ class CarriedState:
     `recurrent_blocks`, `mem_len`, `d_model`, `num_heads`, `knn_memory_size`, `knn_neighbors`,
     `knn_backend` and the dtypes, and holds the variables in `xl_memory` (`{block name: (B, M,
     D)}`), `valid_length` (`(B,)`), `knn_store` (`{block name: KNNState}`) and
-    `recurrent_state` (`{block name: LeapState}`), and `inference_state`'s ScaNN stores per
+    `recurrent_state` (`{block name: LeapState or BlockRecurrentState}`), and
+    `inference_state`'s ScaNN stores per
     batch size in `_knn_memories`.
     """
 
@@ -246,8 +250,9 @@ class CarriedState:
         store's `knn_keys_i`, `knn_values_i` `(B, N, C, H)`, `knn_position_i`, `knn_length_i`
         `(B,)`, then per block in `recurrent_blocks` its recurrent state's variables (L:
         `recurrent_key_sum_i`, `recurrent_value_sum_i` `(B, N, H)`, `recurrent_weight_sum_i`
-        `(B, N)`); empty without them. Per replica under tf.distribute (B rows per replica):
-        read and write them whole with `get_state` / `set_state`."""
+        `(B, N)`; R: `recurrent_vectors_i` `(B, S, D)`, `recurrent_length_i` `(B,)`); empty
+        without them. Per replica under tf.distribute (B rows per replica): read and write them
+        whole with `get_state` / `set_state`."""
         if self.valid_length is None:
             return []
         stores = [variable for store in self.knn_store.values() for variable in store]

@@ -50,7 +50,12 @@ from absl import logging as absl_logging
 from par_xl.files import temporary_name
 from par_xl.memory.exact_state import KNNState
 from par_xl.models.compiled import compiled_function
-from par_xl.models.generation import forget_padding, read_chunk, sampling_loop
+from par_xl.models.generation import (
+    check_generates,
+    forget_padding,
+    read_chunk,
+    sampling_loop,
+)
 from par_xl.models.state import ModelState
 from par_xl.serving.scoring import score_step
 
@@ -147,6 +152,7 @@ class ServingModule(tf.Module):
     def __init__(self, text_model, max_new_tokens_limit, jit_compile):
         super().__init__(name="par_xl")
         model = text_model.model
+        check_generates(model)
         if not model.mem_len:
             raise ValueError(
                 "the model has no XL memory (mem_len=0): its generation memory follows each "

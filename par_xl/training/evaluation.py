@@ -19,17 +19,22 @@ def evaluate_split(model, directory):
     The split's `metadata.json` counts the words and characters its labels cover, so
     `word_perplexity` = exp(total NLL / words) (WikiText's word count: comparable across
     tokenizers and with published results) and `bits_per_character` = total NLL / ln 2 /
-    characters. The split is read with its document starts when the model uses them.
+    characters; `bits_per_byte` the same per UTF-8 byte, when the split counts its bytes
+    (`bytes_used`, data built since issue 31). The split is read with its document starts
+    when the model uses them.
     """
     metadata = read_metadata(directory)
     dataset = load_dataset(directory, document_starts=model.document_boundaries)
     result = evaluate_batches(model, dataset)
     total = result["loss"] * metadata.tokens_used  # nats; every batch holds B * T tokens
-    return {
+    figures = {
         **result,
         "word_perplexity": perplexity(total / metadata.words_used),
         "bits_per_character": total / math.log(2.0) / metadata.characters_used,
     }
+    if metadata.bytes_used:
+        figures["bits_per_byte"] = total / math.log(2.0) / metadata.bytes_used
+    return figures
 
 
 def evaluate_batches(model, dataset):

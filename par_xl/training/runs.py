@@ -393,14 +393,17 @@ def make_training_optimizer(model, model_config, train_config, total_steps):
 
 def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None,
              tail_capacities=None, knn_backend=None, choice_at_inference=None,
-             flag="--checkpoint_dir"):  # fmt: skip
+             flag="--checkpoint_dir", knn_memory_size=None):  # fmt: skip
     """A compiled model restored from a run: its `config.json` and its newest intact (or the
     given) checkpoint, on one device or under `strategy`, whichever the run was trained with;
     `tail_capacities` as `AdaptiveSoftmax` takes them (`None`: the loss scores every position);
     `knn_backend` (if given) replaces the run's, the kNN search of evaluation and generation;
     `choice_at_inference` (if given) a supernet's: "argmax" evaluates the architecture the
-    search prefers, as `derive()` keeps it, without fine-tuning. `flag` names the flag that gave
-    `checkpoint_dir`. A checkpoint of another run is refused (`run_identity`).
+    search prefers, as `derive()` keeps it, without fine-tuning; `knn_memory_size` (if given)
+    replaces a fixed architecture's C: the stores are state, not weights, so the weights are
+    copied into a model with stores of that size (empty, as evaluation starts them). `flag`
+    names the flag that gave `checkpoint_dir`. A checkpoint of another run is refused
+    (`run_identity`).
     Returns `(model, model_config, train_config, train data)`, the last the training split's
     metadata fields as recorded (as read, for a run that recorded none)."""
     model_config, train_config, data = read_run_config(checkpoint_dir, flag)
@@ -414,4 +417,13 @@ def load_run(checkpoint_dir, checkpoint=None, jit_compile=False, strategy=None,
     batch_shape = (train["batch_size"], train["seq_len"])
     model = build_model(model_config, train_config, batch_shape, 1, tail_capacities, strategy)
     CheckpointManager(checkpoint_dir, owner=owner).restore(model, checkpoint)
+    if knn_memory_size not in (None, model_config.knn_memory_size):
+        if model_config.architecture is None:
+            raise ConfigError("a search's kNN store size is its own: its choice logits are "
+                              "not copied into another model.")  # fmt: skip
+        model_config = dataclasses.replace(model_config, knn_memory_size=knn_memory_size)
+        source = model
+        model = build_model(model_config, train_config, batch_shape, 1, tail_capacities,
+                            strategy)  # fmt: skip
+        model.copy_weights_from(source)
     return model, model_config, train_config, train
