@@ -223,63 +223,21 @@ def test_jax_backend_matches_tensorflow(tmp_path):
     np.testing.assert_allclose(saved["weight_sum"], weight_sum, rtol=1e-4, atol=1e-6)
 
 
-TWO_REPLICAS = r"""
-import json, sys
-import tensorflow as tf
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-import keras
-import numpy as np
-
-from par_xl.configs import ModelConfig, TrainConfig
-from par_xl.training.checkpoints import CheckpointManager
-from par_xl.distribution.strategies import distribute_rows, make_strategy
-from par_xl.training.runs import build_model
-
-strategy = make_strategy("mirrored")
-B, T, V = 4, 5, 40
-data = np.random.default_rng(0).integers(0, V, (4, 2, B, T)).astype("int32")
-model_config = ModelConfig(vocab_size=V, d_model=16, num_heads=2, d_ffn=24, num_layers=2,
-                           mem_len=3, cutoffs=(12,), dropout_rate=0.0, architecture="WL",
-                           window=2)
-train_config = TrainConfig("-", "-", max_lr=1e-2, warmup_steps=0, jit_compile=False)
-report = {}
-for name, scope in (("one", None), ("two", strategy)):
-    keras.utils.set_random_seed(0)
-    model = build_model(model_config, train_config, (B, T), 100, strategy=scope)
-    batches = tf.data.Dataset.from_tensor_slices((data[:, 0], data[:, 1]))
-    if scope is not None:
-        batches = distribute_rows(scope, lambda: batches, B)
-    history = model.fit(batches, epochs=1, verbose=0, shuffle=False,
-                        steps_per_epoch=None if scope is None else 4)
-    state = model.get_state()  # all streams, gathered from the replicas
-    report[name] = {"loss": history.history["loss"][-1],
-                    "key_sum": state.recurrent["block_1"].key_sum.tolist(),
-                    "memory": state.xl_memory["block_0"].tolist()}
-    CheckpointManager(f"{sys.argv[1]}/{name}").save(model, 4)
-keras.utils.set_random_seed(1)
-restored = build_model(model_config, train_config, (B, T), 100)  # on one device
-CheckpointManager(f"{sys.argv[1]}/two").restore(restored)
-report["restored_key_sum"] = restored.get_state().recurrent["block_1"].key_sum.tolist()
-print(json.dumps(report))
-"""
-
-
 @pytest.mark.slow
 def test_replicas_keep_their_rows_of_the_state_and_checkpoint_all_of_them(tmp_path):
-    from test_distribution import run_python
+    from test_distribution import fit_on_two_replicas
 
-    report = run_python(TWO_REPLICAS, tmp_path, str(tmp_path))
+    key_sum, memory = "recurrent/block_1/key_sum", "xl_memory/block_0"
+    report = fit_on_two_replicas(tmp_path, (4, 5), [key_sum, memory], num_layers=2,
+                                 architecture="WL", window=2)  # fmt: skip
     one, two = report["one"], report["two"]
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
-    for name in ("key_sum", "memory"):  # per stream: never averaged across the replicas
+    for name in (key_sum, memory):  # per stream: never averaged across the replicas
         # The all-reduce's order of sums changes the weights by ~1e-7; LEAP's exp(c x)
         # focus weights (c = 10) amplify it: 1e-4.
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-4)
-    assert np.abs(np.array(one["key_sum"])[:2] - np.array(one["key_sum"])[2:]).max() > 1e-3
-    np.testing.assert_allclose(report["restored_key_sum"], two["key_sum"], rtol=0, atol=0)
+    assert np.abs(np.array(one[key_sum])[:2] - np.array(one[key_sum])[2:]).max() > 1e-3
+    np.testing.assert_allclose(report["restored"][key_sum], two[key_sum], rtol=0, atol=0)
 
 
 def test_the_configuration_takes_the_new_options():

@@ -49,6 +49,75 @@ def run_python(script_text, directory, *args, env=None, timeout=240):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# A model's carried state fitted on one device and on two replicas, then restored on one device.
+# argv: the directory, then JSON {"model": ModelConfig's fields, "batch_shape": [B, T],
+# "fields": paths into `get_state()` such as "knn/block_1/keys"}.
+FIT_ON_TWO_REPLICAS = r"""
+import json, sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+import numpy as np
+
+from par_xl.configs import ModelConfig, TrainConfig
+from par_xl.distribution.strategies import distribute_rows, make_strategy
+from par_xl.training.checkpoints import CheckpointManager
+from par_xl.training.runs import build_model
+
+directory, request = sys.argv[1], json.loads(sys.argv[2])
+B, T = request["batch_shape"]
+model_config = ModelConfig(**request["model"])
+train_config = TrainConfig("-", "-", max_lr=1e-2, warmup_steps=0, jit_compile=False)
+data = np.random.default_rng(0).integers(0, model_config.vocab_size, (4, 2, B, T)).astype("int32")
+
+
+def read(model):
+    state = model.get_state()  # all streams, gathered from the replicas
+    report = {}
+    for path in request["fields"]:
+        value = state
+        for part in path.split("/"):
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
+        report[path] = np.asarray(value).tolist()
+    return report
+
+
+report = {}
+for name, scope in (("one", None), ("two", make_strategy("mirrored"))):
+    keras.utils.set_random_seed(0)
+    model = build_model(model_config, train_config, (B, T), 100, strategy=scope)
+    batches = tf.data.Dataset.from_tensor_slices((data[:, 0], data[:, 1]))
+    if scope is not None:
+        batches = distribute_rows(scope, lambda: batches, B)
+    history = model.fit(batches, epochs=1, verbose=0, shuffle=False,
+                        steps_per_epoch=None if scope is None else 4)
+    report[name] = {"loss": history.history["loss"][-1], **read(model)}
+    CheckpointManager(f"{directory}/{name}").save(model, 4)
+keras.utils.set_random_seed(1)
+restored = build_model(model_config, train_config, (B, T), 100)  # on one device
+CheckpointManager(f"{directory}/two").restore(restored)
+report["restored"] = read(restored)
+print(json.dumps(report))
+"""
+
+
+def fit_on_two_replicas(directory, batch_shape, fields, **model):
+    """Runs FIT_ON_TWO_REPLICAS for a small model (V 40, D 16, 2 heads, M 3, dropout 0; give
+    it a fixed architecture, so that neither run draws anything, and `model`'s other
+    ModelConfig fields) on 4 batches of `batch_shape` (B, T) random tokens; returns `{"one":
+    {"loss", *fields}, "two": {...}, "restored": {*fields}}`: the last loss and the state's
+    `fields` after fitting on one device and on 2 replicas, and the fields of a model on one
+    device restored from the 2 replicas' checkpoint."""
+    small = {"vocab_size": 40, "d_model": 16, "num_heads": 2, "d_ffn": 24, "num_layers": 3,
+             "mem_len": 3, "cutoffs": [12], "dropout_rate": 0.0}  # fmt: skip
+    request = {"model": {**small, **model}, "batch_shape": list(batch_shape),
+               "fields": list(fields)}  # fmt: skip
+    return run_python(FIT_ON_TWO_REPLICAS, directory, str(directory), json.dumps(request))
+
+
 # One process, 2 logical CPU devices: MirroredStrategy against one device.
 
 TWO_REPLICAS = r"""

@@ -412,56 +412,15 @@ def test_scann_evaluation_and_generation_search_like_the_exact_store():
         generate(scann, [1, 2, 3], 2, jit_compile=True)
 
 
-TWO_REPLICAS = r"""
-import json, sys
-import tensorflow as tf
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-import keras
-import numpy as np
-
-from par_xl.configs import ModelConfig, TrainConfig
-from par_xl.training.checkpoints import CheckpointManager
-from par_xl.distribution.strategies import distribute_rows, make_strategy
-from par_xl.training.runs import build_model
-
-strategy = make_strategy("mirrored")
-B, T, V = 4, 5, 40
-data = np.random.default_rng(0).integers(0, V, (4, 2, B, T)).astype("int32")
-model_config = ModelConfig(vocab_size=V, d_model=16, num_heads=2, d_ffn=24, num_layers=3,
-                           mem_len=3, cutoffs=(12,), dropout_rate=0.0, architecture="AMF",
-                           knn_memory_size=8, knn_neighbors=2)
-train_config = TrainConfig("-", "-", max_lr=1e-2, warmup_steps=0, jit_compile=False)
-report = {}
-for name, scope in (("one", None), ("two", strategy)):
-    keras.utils.set_random_seed(0)
-    model = build_model(model_config, train_config, (B, T), 100, strategy=scope)
-    batches = tf.data.Dataset.from_tensor_slices((data[:, 0], data[:, 1]))
-    if scope is not None:
-        batches = distribute_rows(scope, lambda: batches, B)
-    history = model.fit(batches, epochs=1, verbose=0, shuffle=False,
-                        steps_per_epoch=None if scope is None else 4)
-    store = model.get_state().knn["block_1"]  # all streams, gathered from the replicas
-    report[name] = {"loss": history.history["loss"][-1], "length": store.length.tolist(),
-                    "keys": store.keys.tolist()}
-    CheckpointManager(f"{sys.argv[1]}/{name}").save(model, 4)
-keras.utils.set_random_seed(1)
-restored = build_model(model_config, train_config, (B, T), 100)  # on one device
-CheckpointManager(f"{sys.argv[1]}/two").restore(restored)
-report["restored_keys"] = restored.get_state().knn["block_1"].keys.tolist()
-print(json.dumps(report))
-"""
-
-
 @pytest.mark.slow
 def test_replicas_keep_their_rows_of_the_store_and_checkpoint_all_of_them(tmp_path):
-    from test_distribution import run_python
+    from test_distribution import fit_on_two_replicas
 
-    report = run_python(TWO_REPLICAS, tmp_path, str(tmp_path))
+    keys, length = "knn/block_1/keys", "knn/block_1/length"
+    report = fit_on_two_replicas(tmp_path, (4, 5), [keys, length], architecture="AMF",
+                                 knn_memory_size=8, knn_neighbors=2)  # fmt: skip
     one, two = report["one"], report["two"]
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
-    assert one["length"] == two["length"] == [8] * 4
-    np.testing.assert_allclose(two["keys"], one["keys"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(report["restored_keys"], two["keys"], rtol=0, atol=0)
+    assert one[length] == two[length] == [8] * 4
+    np.testing.assert_allclose(two[keys], one[keys], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(report["restored"][keys], two[keys], rtol=0, atol=0)

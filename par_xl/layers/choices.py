@@ -16,6 +16,7 @@ window of sliding-window attention (`window`), S the block-recurrent cell's stat
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import keras
 
@@ -48,7 +49,8 @@ class Choice:
             document_starts, recurrent_state)` -> `(output, knn_state, recurrent_state)`: the
             branch's `(B, T, D)` output from `(B, T, D)` inputs, and the block's kNN store and
             recurrent state after it (`None` in a block without one; a branch that does not
-            use one returns it as given). See `StochasticBlock.call`.
+            use one returns it as given; the arguments after `inputs` are a `BranchContext`). See
+            `StochasticBlock.call`.
         macs_per_token: `macs_per_token(block, segment_length, mem_len, batch_size,
             position_projection)` -> matrix multiply-adds per input token of the branch over
             `(B, T)` batches and M memory positions; `position_projection` counts the
@@ -148,76 +150,73 @@ def _feed_forward(block, name):
     )
 
 
-def _post_norm(block, norm, inputs, transformed, training):
-    """Transformer-XL's post-norm residual: `norm(inputs + Dropout(transformed))`."""
-    return norm(inputs + block.residual_dropout(transformed, training=training))
+class BranchContext(NamedTuple):
+    """What `StochasticBlock.call` gives a branch besides its `(B, T, D)` inputs, in
+    `Choice.apply`'s order: the XL memory, position encoding, mask, training flag, kNN store,
+    document starts and recurrent state (`None` where the block has none)."""
+
+    memory: Any
+    position_encoding: Any
+    mask: Any
+    training: Any
+    knn_state: Any = None
+    document_starts: Any = None
+    recurrent_state: Any = None
 
 
-def _apply_attention(block, inputs, memory, position_encoding, mask, training, knn_state=None,
-                     document_starts=None, recurrent_state=None):  # fmt: skip
-    attended = block.attention(inputs, memory, position_encoding, mask, training=training)
-    output = _post_norm(block, block.attention_norm, inputs, attended, training)
-    return output, knn_state, recurrent_state
+def _residual(sublayer, make, run):
+    """The `sublayers` and `apply` of a letter whose branch is Transformer-XL's post-norm
+    residual around one sublayer: `<sublayer>_norm(inputs + Dropout(transformed))`.
+
+    `make(block, name)` builds the sublayer; `run(layer, inputs, context)` ->
+    `(transformed (B, T, D), knn_state, recurrent_state)` calls it with what it reads of the
+    `BranchContext`, and passes on the store and state it does not use."""
+
+    def apply(block, inputs, *arguments):
+        context = BranchContext(*arguments)
+        transformed, knn_state, recurrent_state = run(getattr(block, sublayer), inputs, context)
+        dropped = block.residual_dropout(transformed, training=context.training)
+        return getattr(block, f"{sublayer}_norm")(inputs + dropped), knn_state, recurrent_state
+
+    return {"sublayers": {sublayer: make, f"{sublayer}_norm": _layer_norm}, "apply": apply}
 
 
-def _apply_memorizing_attention(block, inputs, memory, position_encoding, mask, training,
-                                knn_state=None, document_starts=None,
-                                recurrent_state=None):  # fmt: skip
-    attended, knn_state = block.memorizing_attention(
-        inputs, memory, position_encoding, mask, knn_state, training=training,
-        document_starts=document_starts,
-    )  # fmt: skip
-    output = _post_norm(block, block.memorizing_attention_norm, inputs, attended, training)
-    return output, knn_state, recurrent_state
+def _over_memory(layer, inputs, c):
+    """A, W: attention over `[XL memory; segment]`."""
+    attended = layer(inputs, c.memory, c.position_encoding, c.mask, training=c.training)
+    return attended, c.knn_state, c.recurrent_state
 
 
-def _apply_window_attention(block, inputs, memory, position_encoding, mask, training,
-                            knn_state=None, document_starts=None,
-                            recurrent_state=None):  # fmt: skip
-    attended = block.window_attention(inputs, memory, position_encoding, mask, training=training)
-    output = _post_norm(block, block.window_attention_norm, inputs, attended, training)
-    return output, knn_state, recurrent_state
+def _position_wise(layer, inputs, c):
+    """F, G: each position on its own."""
+    return layer(inputs, training=c.training), c.knn_state, c.recurrent_state
 
 
-def _apply_leap_attention(block, inputs, memory, position_encoding, mask, training,
-                          knn_state=None, document_starts=None,
-                          recurrent_state=None):  # fmt: skip
-    attended, recurrent_state = block.leap_attention(
-        inputs, recurrent_state, training=training, document_starts=document_starts
-    )
-    output = _post_norm(block, block.leap_attention_norm, inputs, attended, training)
-    return output, knn_state, recurrent_state
+def _memorizing(layer, inputs, c):
+    """M: also searches and fills the block's kNN store."""
+    attended, knn_state = layer(inputs, c.memory, c.position_encoding, c.mask, c.knn_state,
+                                training=c.training, document_starts=c.document_starts)  # fmt: skip
+    return attended, knn_state, c.recurrent_state
 
 
-def _apply_block_recurrent_attention(block, inputs, memory, position_encoding, mask, training,
-                                     knn_state=None, document_starts=None,
-                                     recurrent_state=None):  # fmt: skip
-    attended, recurrent_state = block.block_recurrent_attention(
-        inputs, memory, position_encoding, mask, recurrent_state, training=training,
-        document_starts=document_starts,
-    )  # fmt: skip
-    output = _post_norm(block, block.block_recurrent_attention_norm, inputs, attended, training)
-    return output, knn_state, recurrent_state
+def _leap(layer, inputs, c):
+    """L: its recurrent sums instead of the XL memory."""
+    attended, recurrent_state = layer(inputs, c.recurrent_state, training=c.training,
+                                      document_starts=c.document_starts)  # fmt: skip
+    return attended, c.knn_state, recurrent_state
 
 
-def _apply_feed_forward(block, inputs, memory, position_encoding, mask, training, knn_state=None,
-                        document_starts=None, recurrent_state=None):  # fmt: skip
-    transformed = block.feed_forward(inputs, training=training)
-    output = _post_norm(block, block.feed_forward_norm, inputs, transformed, training)
-    return output, knn_state, recurrent_state
+def _block_recurrent(layer, inputs, c):
+    """R: the XL memory and the block's recurrent state vectors."""
+    attended, recurrent_state = layer(inputs, c.memory, c.position_encoding, c.mask,
+                                      c.recurrent_state, training=c.training,
+                                      document_starts=c.document_starts)  # fmt: skip
+    return attended, c.knn_state, recurrent_state
 
 
-def _apply_gated_feed_forward(block, inputs, memory, position_encoding, mask, training,
-                              knn_state=None, document_starts=None,
-                              recurrent_state=None):  # fmt: skip
-    transformed = block.gated_feed_forward(inputs, training=training)
-    output = _post_norm(block, block.gated_feed_forward_norm, inputs, transformed, training)
-    return output, knn_state, recurrent_state
-
-
-def _apply_identity(block, inputs, memory, position_encoding, mask, training, knn_state=None,
-                    document_starts=None, recurrent_state=None):  # fmt: skip
-    return inputs, knn_state, recurrent_state
+def _apply_identity(block, inputs, *arguments):
+    context = BranchContext(*arguments)
+    return inputs, context.knn_state, context.recurrent_state
 
 
 def _attention_macs(block, segment_length, mem_len, batch_size, position_projection):
@@ -313,20 +312,18 @@ CHOICES = {
             letter="A",
             name="attention",
             color="tab:blue",
-            sublayers={"attention": _relative_attention, "attention_norm": _layer_norm},
+            **_residual("attention", _relative_attention, _over_memory),
             attends=True,
             remembers=False,
-            apply=_apply_attention,
             macs_per_token=_attention_macs,
         ),
         Choice(
             letter="F",
             name="feed-forward",
             color="tab:orange",
-            sublayers={"feed_forward": _feed_forward, "feed_forward_norm": _layer_norm},
+            **_residual("feed_forward", _feed_forward, _position_wise),
             attends=False,
             remembers=False,
-            apply=_apply_feed_forward,
             macs_per_token=_feed_forward_macs,
         ),
         Choice(
@@ -343,13 +340,9 @@ CHOICES = {
             letter="M",
             name="memorizing attention",
             color="tab:purple",
-            sublayers={
-                "memorizing_attention": _memorizing_attention,
-                "memorizing_attention_norm": _layer_norm,
-            },
+            **_residual("memorizing_attention", _memorizing_attention, _memorizing),
             attends=True,
             remembers=True,
-            apply=_apply_memorizing_attention,
             macs_per_token=_memorizing_attention_macs,
         ),
         # After M: the weights and choice columns of A, F, I, M keep their places.
@@ -357,20 +350,18 @@ CHOICES = {
             letter="W",
             name="window attention",
             color="tab:cyan",
-            sublayers={"window_attention": _window_attention, "window_attention_norm": _layer_norm},
+            **_residual("window_attention", _window_attention, _over_memory),
             attends=True,  # its window's cache is the XL memory
             remembers=False,
-            apply=_apply_window_attention,
             macs_per_token=_window_attention_macs,
         ),
         Choice(
             letter="L",
             name="LEAP",  # short: the heat map's column labels
             color="tab:pink",
-            sublayers={"leap_attention": _leap_attention, "leap_attention_norm": _layer_norm},
+            **_residual("leap_attention", _leap_attention, _leap),
             attends=False,  # its state is its own sums, not the XL memory
             remembers=False,
-            apply=_apply_leap_attention,
             macs_per_token=_leap_attention_macs,
             recurrent_state=_leap_state,
         ),
@@ -378,26 +369,18 @@ CHOICES = {
             letter="G",
             name="gated feed-forward",
             color="tab:brown",
-            sublayers={
-                "gated_feed_forward": _gated_feed_forward,
-                "gated_feed_forward_norm": _layer_norm,
-            },
+            **_residual("gated_feed_forward", _gated_feed_forward, _position_wise),
             attends=False,
             remembers=False,
-            apply=_apply_gated_feed_forward,
             macs_per_token=_gated_feed_forward_macs,
         ),
         Choice(  # after G: the weights and choice columns of A, F, I, M, W, L, G keep theirs
             letter="R",
             name="block-recurrent attention",
             color="tab:red",
-            sublayers={
-                "block_recurrent_attention": _block_recurrent_attention,
-                "block_recurrent_attention_norm": _layer_norm,
-            },
+            **_residual("block_recurrent_attention", _block_recurrent_attention, _block_recurrent),
             attends=True,  # its tokens attend over [XL memory; segment] as A's do
             remembers=False,
-            apply=_apply_block_recurrent_attention,
             macs_per_token=_block_recurrent_macs,
             recurrent_state=_block_recurrent_state,
         ),
