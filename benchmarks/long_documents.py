@@ -47,27 +47,33 @@ import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its 
 from benchmarks.series import Run, run_series  # noqa: E402
 from par_xl.files import atomic_write_text  # noqa: E402
 
-flags.DEFINE_list("runs", None, "Checkpoint directories, each `name=directory` or a directory.")
-flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate: valid, test.")
-flags.DEFINE_string(
-    "data_directory", None, "Evaluate <data_directory>/<split> instead of the runs' own splits."
-)
-flags.DEFINE_list("knn_backends", ["exact", "scann"], "Backends for runs with kNN memory (M).")
-flags.DEFINE_list("scann_splits", ["test"], "The splits also evaluated with ScaNN.")
-flags.DEFINE_list(
-    "knn_memory_sizes",
-    ["2048", "16384", "65536"],
-    "Store sizes for fixed architectures with M (entries per stream and head).",
-)
-flags.DEFINE_list("edges", ["0", "512", "2048", "8192"], "Starts of the position ranges.")
-flags.DEFINE_bool("jit_compile", True, "XLA for the exact evaluations (ScaNN never uses it).")
-flags.DEFINE_string("output", None, "JSON file to write (default: print only).")
-flags.DEFINE_bool("markdown", False, "Also print the results as markdown tables.")
-flags.DEFINE_bool("run", False, "Run (or resume) the series first, then evaluate its runs.")
-flags.DEFINE_bool("collect", False, "Report the series' runs evaluated so far; run nothing.")
-flags.DEFINE_string("runs_dir", "runs/stdlib", "--run: the directory of the series' runs.")
-flags.DEFINE_string("data_dir", "data/stdlib_t128", "--run: the corpus built at B 16, T 128.")
-flags.DEFINE_string("eval_data_dir", "data/stdlib_t128_b1", "--run: its valid and test at B 1.")
+
+def define_flags():
+    """The script's flags, defined when it runs: importing the module (its tests) defines
+    none, so that they cannot collide with other modules' in the same process."""
+    flags.DEFINE_list("runs", None, "Checkpoint directories, each `name=directory` or a directory.")
+    flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate: valid, test.")
+    flags.DEFINE_string(
+        "data_directory", None, "Evaluate <data_directory>/<split> instead of the runs' own splits."
+    )
+    flags.DEFINE_list("knn_backends", ["exact", "scann"], "Backends for runs with kNN memory (M).")
+    flags.DEFINE_list("scann_splits", ["test"], "The splits also evaluated with ScaNN.")
+    flags.DEFINE_list(
+        "knn_memory_sizes",
+        ["2048", "16384", "65536"],
+        "Store sizes for fixed architectures with M (entries per stream and head).",
+    )
+    flags.DEFINE_list("edges", ["0", "512", "2048", "8192"], "Starts of the position ranges.")
+    flags.DEFINE_bool("jit_compile", True, "XLA for the exact evaluations (ScaNN never uses it).")
+    flags.DEFINE_string("output", None, "JSON file to write (default: print only).")
+    flags.DEFINE_bool("markdown", False, "Also print the results as markdown tables.")
+    flags.DEFINE_bool("run", False, "Run (or resume) the series first, then evaluate its runs.")
+    flags.DEFINE_bool("collect", False, "Report the series' runs evaluated so far; run nothing.")
+    flags.DEFINE_string("runs_dir", "runs/stdlib", "--run: the directory of the series' runs.")
+    flags.DEFINE_string("data_dir", "data/stdlib_t128", "--run: the corpus built at B 16, T 128.")
+    flags.DEFINE_string("eval_data_dir", "data/stdlib_t128_b1", "--run: its valid and test at B 1.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -388,4 +394,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

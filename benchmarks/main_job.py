@@ -34,8 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from par_xl.reporting.run_events import read_scalars, training_seconds  # noqa: E402
 from par_xl.training.runs import read_run_config  # noqa: E402
 
-flags.DEFINE_string("run_dir", "runs/base", "The run directory: <log_dir>/<model_name>.")
-flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
+
+def define_flags():
+    """The script's flags, defined when it runs: importing the module (its tests) defines
+    none, so that they cannot collide with other modules' in the same process."""
+    flags.DEFINE_string("run_dir", "runs/base", "The run directory: <log_dir>/<model_name>.")
+    flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
+
+
 FLAGS = flags.FLAGS
 
 # The original's README, "Training and Benchmarks": step, train ppl, valid ppl (batch mean), time.
@@ -115,4 +121,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
