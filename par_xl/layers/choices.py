@@ -172,8 +172,8 @@ def _residual(sublayer, make, run):
     `(transformed (B, T, D), knn_state, recurrent_state)` calls it with what it reads of the
     `BranchContext`, and passes on the store and state it does not use."""
 
-    def apply(block, inputs, *arguments):
-        context = BranchContext(*arguments)
+    def apply(block, inputs, *arguments, **keywords):
+        context = BranchContext(*arguments, **keywords)
         transformed, knn_state, recurrent_state = run(getattr(block, sublayer), inputs, context)
         dropped = block.residual_dropout(transformed, training=context.training)
         return getattr(block, f"{sublayer}_norm")(inputs + dropped), knn_state, recurrent_state
@@ -214,8 +214,8 @@ def _block_recurrent(layer, inputs, c):
     return attended, c.knn_state, recurrent_state
 
 
-def _apply_identity(block, inputs, *arguments):
-    context = BranchContext(*arguments)
+def _apply_identity(block, inputs, *arguments, **keywords):
+    context = BranchContext(*arguments, **keywords)
     return inputs, context.knn_state, context.recurrent_state
 
 
