@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import run_on_jax
-from keras import ops
 from layer_test_case import run_layer_test
 from test_relative_attention import reference_attended
+from tiny_models import TinyModels, assert_resume_is_exact, assert_saved_and_loaded, numpy
 
 from par_xl.configs import ConfigError, ModelConfig
 from par_xl.cost.flops import evaluation_flops_per_token
@@ -23,15 +23,10 @@ from par_xl.layers.block_recurrent_state import BlockRecurrentState
 from par_xl.layers.relative_attention import causal_memory_mask, sinusoid_positions
 from par_xl.models import PARTransformerXL
 from par_xl.models.generation import generate
-from par_xl.training.checkpoints import CheckpointManager
 from par_xl.training.evaluation import evaluate_batches
 
 N, H, S, W = 2, 4, 3, 3  # heads, head size, state vectors, block
 D = N * H
-
-
-def numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 # The layer against numpy.
@@ -234,23 +229,9 @@ def test_layer_arguments_are_validated():
 # The model.
 
 VOCAB, B, T = 40, 2, 4
-TINY = dict(vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3, mem_len=4,
-            cutoffs=[10], dropout_rate=0.0, recurrent_states=3, recurrent_block_size=2)  # fmt: skip
-
-
-def make_model(seed=0, batch=B, segment=T, **overrides):
-    keras.utils.set_random_seed(seed)
-    model = PARTransformerXL(**{**TINY, "architecture": "ARF", **overrides})
-    model.build((batch, segment))
-    rng = np.random.default_rng(seed)
-    for block in model.blocks:  # distinct choice weights, so every branch matters
-        if block.choice is None:
-            block.gumbel.logits.assign(rng.normal(size=len(block.choices)).astype("float32"))
-    return model
-
-
-def tokens(shape, seed=1):
-    return np.random.default_rng(seed).integers(0, VOCAB, size=shape).astype("int32")
+TINY = TinyModels(B, T, vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3,
+                  mem_len=4, cutoffs=[10], dropout_rate=0.0, recurrent_states=3,
+                  recurrent_block_size=2, architecture="ARF")  # fmt: skip
 
 
 def recurrent_arrays(model):
@@ -262,9 +243,9 @@ def recurrent_arrays(model):
 def test_two_segments_with_state_equal_one_pass_over_both():
     """With M >= T and W dividing T, a segment's blocks and memory see what one pass over both
     segments sees: the outputs and the final state agree."""
-    model = make_model()
+    model = TINY.model()
     assert model.recurrent_blocks == [1] and model.memory_blocks == [0, 1]
-    x = tokens((B, 2 * T), seed=2)
+    x = TINY.tokens((B, 2 * T), seed=2)
     state = model.initial_state(B)
     halves = []
     for segment in np.split(x, 2, axis=1):
@@ -286,9 +267,9 @@ def test_two_segments_with_state_equal_one_pass_over_both():
 @pytest.mark.parametrize("architecture", ["ARF", None], ids=["fixed", "supernet"])
 def test_future_tokens_never_change_past_outputs_through_the_state(architecture):
     overrides = dict(architecture=architecture, choices="ARFI", mem_len=0)  # the state alone
-    model = make_model(**overrides)
+    model = TINY.model(**overrides)
     assert model.recurrent_blocks == ([1] if architecture else [0, 1, 2])
-    x = tokens((B, 3 * T), seed=4)
+    x = TINY.tokens((B, 3 * T), seed=4)
     changed = x.copy()
     changed[:, 6] = (x[:, 6] + 1) % VOCAB  # the third position of the second segment
     outputs = []
@@ -303,12 +284,12 @@ def test_future_tokens_never_change_past_outputs_through_the_state(architecture)
 def test_a_document_start_clears_the_streams_state():
     """With document boundaries, what a row saw before a start changes nothing after it,
     through the XL memory and the recurrent state alike; the other row keeps its state."""
-    model = make_model(document_boundaries=True)
+    model = TINY.model(document_boundaries=True)
     starts = np.zeros((3, B, T), "int32")
     starts[1, 0, 2] = 1  # row 0: a document starts at the second segment's third position
-    x = tokens((3, B, T), seed=7)
+    x = TINY.tokens((3, B, T), seed=7)
     other = x.copy()
-    other[0, 0], other[1, 0, :2] = tokens((T,), seed=8), tokens((2,), seed=9)  # row 0 before
+    other[0, 0], other[1, 0, :2] = TINY.tokens((T,), 8), TINY.tokens((2,), 9)  # row 0 before
     outputs = []
     for ids in (x, other):
         model.reset_state()
@@ -326,9 +307,9 @@ def test_a_document_start_clears_the_streams_state():
 def test_a_branch_that_skips_r_forgets_the_state_at_a_document_start():
     """A supernet computing only A (argmax) passes the R state on, emptied in the rows where a
     document starts: the state of an earlier document never reaches a later one."""
-    model = make_model(architecture=None, choices="AR", choice_at_inference="argmax",
+    model = TINY.model(architecture=None, choices="AR", choice_at_inference="argmax",
                        document_boundaries=True)  # fmt: skip
-    x = tokens((B, T), seed=11)
+    x = TINY.tokens((B, T), seed=11)
     model({"token_ids": x, "document_starts": np.zeros((B, T), "int32")})
     for block in model.blocks:
         block.gumbel.logits.assign([5.0, -5.0])  # A
@@ -344,25 +325,12 @@ def test_a_branch_that_skips_r_forgets_the_state_at_a_document_start():
         np.testing.assert_array_equal(state.vectors[1], 0.0)
 
 
-def compiled_model(jit_compile, run_eagerly=False, **overrides):
-    model = make_model(**{"dropout_rate": 0.1, **overrides})
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile,
-                  run_eagerly=run_eagerly)  # fmt: skip
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
-def batches(count, seed=10):
-    x, y = tokens((count, B, T), seed), tokens((count, B, T), seed + 1)
-    return tf.data.Dataset.from_tensor_slices((x, y))
-
-
 @pytest.mark.slow  # XLA compiles the step in ~10 s on 2 cores
 def test_fit_with_and_without_xla_gives_the_same_losses_and_states():
     results = []
     for jit_compile in (False, True):  # no noise: XLA draws other random numbers
-        model = compiled_model(jit_compile, dropout_rate=0.0, recurrent_gate="lstm")
-        history = model.fit(batches(4), epochs=2, shuffle=False, verbose=0)
+        model = TINY.compiled(jit_compile, dropout_rate=0.0, recurrent_gate="lstm")
+        history = model.fit(TINY.batches(4), epochs=2, shuffle=False, verbose=0)
         results.append((history.history["loss"], recurrent_arrays(model)["block_1"]))
         assert model.get_state().recurrent["block_1"].length.tolist() == [8 * T] * 2  # 2 epochs
     (losses, state), (xla_losses, xla_state) = results
@@ -371,10 +339,10 @@ def test_fit_with_and_without_xla_gives_the_same_losses_and_states():
 
 
 def test_fit_trains_every_weight_of_r_and_the_epoch_starts_empty():
-    model = compiled_model(False, run_eagerly=True)
+    model = TINY.compiled(False, run_eagerly=True)
     layer = model.blocks[1].block_recurrent_attention
     before = [numpy(w).copy() for w in layer.trainable_weights]
-    model.fit(batches(2), shuffle=False, verbose=0)
+    model.fit(TINY.batches(2), shuffle=False, verbose=0)
     for weight, old in zip(layer.trainable_weights, before):
         assert np.any(numpy(weight) != old), weight.path
     assert recurrent_arrays(model)["block_1"].length.tolist() == [2 * T] * 2
@@ -384,45 +352,17 @@ def test_fit_trains_every_weight_of_r_and_the_epoch_starts_empty():
 
 
 def test_resume_from_a_checkpoint_continues_with_the_same_state(tmp_path):
-    """A checkpoint holds the recurrent state (and the rest of the state): training resumed
-    from it is training without the interruption, to float rounding."""
-    uninterrupted = compiled_model(False, run_eagerly=True)  # eager: no tracing, quicker
-    uninterrupted.fit(batches(4), shuffle=False, verbose=0)
-    interrupted = compiled_model(False, run_eagerly=True)
-    interrupted.fit(batches(4).take(2), shuffle=False, verbose=0)
-    manager = CheckpointManager(tmp_path)
-    manager.save(interrupted, 2)
-    resumed = compiled_model(False, run_eagerly=True, seed=5)  # other weights until restored
-    assert manager.restore(resumed) == 2
-    for a, b in zip(recurrent_arrays(interrupted)["block_1"], recurrent_arrays(resumed)["block_1"]):
-        np.testing.assert_array_equal(b, a)
-    resumed.fit(batches(4).skip(2), shuffle=False, verbose=0)
-    expected = uninterrupted.variables + uninterrupted.optimizer.variables
-    for a, b in zip(expected, resumed.variables + resumed.optimizer.variables):
-        np.testing.assert_allclose(numpy(b), numpy(a), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert_resume_is_exact(TINY, tmp_path, steps=4)
 
 
 def test_saved_and_loaded_with_its_state(tmp_path):
-    model = make_model(recurrent_gate="lstm")
-    first, second = tokens((B, T), seed=12), tokens((B, T), seed=13)
-    model(first)
-    model.save(tmp_path / "model.keras")
-    model.save_weights(tmp_path / "model.weights.h5")
-    expected = numpy(model(second))  # reads the state after `first`
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert loaded.get_config() == model.get_config()
-    np.testing.assert_allclose(numpy(loaded(second)), expected, rtol=1e-6, atol=1e-6)
-    weights_only = make_model(seed=3, recurrent_gate="lstm")
-    weights_only.load_weights(tmp_path / "model.weights.h5")
-    np.testing.assert_allclose(numpy(weights_only(second)), expected, rtol=1e-6, atol=1e-6)
-    model.reset_state()  # an empty state: another output
-    assert np.abs(numpy(model(second)) - expected).max() > 1e-4
+    assert_saved_and_loaded(TINY, tmp_path, recurrent_gate="lstm")
 
 
 def test_evaluation_carries_the_state_from_empty_and_generation_is_refused():
-    model = make_model()
+    model = TINY.model()
     model.compile(optimizer="adam", jit_compile=False)
-    data = list(batches(3))
+    data = list(TINY.batches(3))
     model(data[0][0])  # a training state that evaluation leaves alone
     before = recurrent_arrays(model)
     result = evaluate_batches(model, data)
@@ -442,12 +382,12 @@ def test_evaluation_carries_the_state_from_empty_and_generation_is_refused():
 @pytest.mark.parametrize("search", ["all_branches", "single_path"])
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")  # eager: the branches not run
 def test_a_search_with_m_and_r_trains_and_derive_keeps_them(search):
-    model = compiled_model(False, run_eagerly=True, architecture=None, choices="AMRFI",
+    model = TINY.compiled(False, run_eagerly=True, architecture=None, choices="AMRFI",
                            search=search, knn_memory_size=6, knn_neighbors=2)  # fmt: skip
     assert model.choice_letters == "AFIMR"
     assert model.recurrent_blocks == model.knn_blocks == [0, 1, 2]
     logits = [numpy(block.gumbel.logits) for block in model.blocks]
-    history = model.fit(batches(3), shuffle=False, verbose=0)
+    history = model.fit(TINY.batches(3), shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert all(np.abs(numpy(b.gumbel.logits) - a).max() > 0 for b, a in zip(model.blocks, logits))
     if search == "all_branches":  # R computed at every step
@@ -465,8 +405,8 @@ def test_a_search_with_m_and_r_trains_and_derive_keeps_them(search):
 
 def test_flops_count_r_by_its_blocks():
     """R costs A, plus the tokens' reading of the state, plus one update per block."""
-    fixed = make_model(architecture="RRR", recurrent_gate="fixed")
-    attention = make_model(architecture="AAA")
+    fixed = TINY.model(architecture="RRR", recurrent_gate="fixed")
+    attention = TINY.model(architecture="AAA")
     d, s = 16, 3
     update = 4 * s * d * d + 2 * s * s * d + 2 * s * 2 * d + s * 2 * d * d  # a block of W = 2
     per_token = 2 * d * d + 2 * s * d + 2 * update / T  # two blocks per segment of 4
@@ -513,10 +453,10 @@ print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["l
 @pytest.mark.slow
 def test_jax_backend_carries_the_state_like_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    model = make_model(recurrent_gate="lstm")
+    model = TINY.model(recurrent_gate="lstm")
     path = tmp_path / "model.keras"
     model.save(path)
-    x, y = tokens((3, B, T), seed=20), tokens((3, B, T), seed=21)
+    x, y = TINY.tokens((3, B, T), seed=20), TINY.tokens((3, B, T), seed=21)
     outputs = np.stack([numpy(model(segment)) for segment in x])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
     model.reset_state()
@@ -551,7 +491,7 @@ def test_scann_evaluation_of_a_single_path_search_over_m_and_r_equals_the_exact(
     """At inference a single-path supernet computes its argmax branch in a switch; a ScaNN
     memory (an object, filled in place) stays outside it. Below ScaNN's index size it searches
     exactly: the same losses as the exact store."""
-    exact = make_model(architecture=None, choices="AMRFI", search="single_path",
+    exact = TINY.model(architecture=None, choices="AMRFI", search="single_path",
                        knn_memory_size=6, knn_neighbors=2)  # fmt: skip
     for block, letter in zip(exact.blocks, "MRM"):
         block.gumbel.logits.assign(np.where(np.array(list("AMRFI")) == letter, 5.0, -5.0))
@@ -560,6 +500,6 @@ def test_scann_evaluation_of_a_single_path_search_over_m_and_r_equals_the_exact(
     scann.set_weights(exact.get_weights())
     for model in (exact, scann):
         model.compile(jit_compile=False)
-    data = list(batches(3))
+    data = list(TINY.batches(3))
     expected = evaluate_batches(exact, data)["loss"]
     np.testing.assert_allclose(evaluate_batches(scann, data)["loss"], expected, rtol=1e-5)

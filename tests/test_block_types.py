@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import run_on_jax
-from keras import ops
 from test_generation import reference_generate
+from tiny_models import TinyModels, numpy
 
 from par_xl.configs import ConfigError, ModelConfig, TrainConfig, from_json, to_json
 from par_xl.cost.flops import evaluation_flops_per_token
@@ -22,34 +22,15 @@ from par_xl.models import PARTransformerXL
 from par_xl.models.generation import generate
 
 VOCAB, B, T = 40, 2, 5
-TINY = dict(vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3, mem_len=5,
-            cutoffs=[10], dropout_rate=0.0)  # fmt: skip
-
-
-def make_model(seed=0, batch=B, segment=T, **overrides):
-    keras.utils.set_random_seed(seed)
-    model = PARTransformerXL(**{**TINY, **overrides})
-    model.build((batch, segment))
-    rng = np.random.default_rng(seed)
-    for block in model.blocks:  # distinct choice weights, so every branch matters
-        if block.choice is None:
-            block.gumbel.logits.assign(rng.normal(size=len(block.choices)).astype("float32"))
-    return model
-
-
-def tokens(shape, seed=1):
-    return np.random.default_rng(seed).integers(0, VOCAB, size=shape).astype("int32")
-
-
-def numpy(x):
-    return ops.convert_to_numpy(x)
+TINY = TinyModels(B, T, vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3,
+                  mem_len=5, cutoffs=[10], dropout_rate=0.0)  # fmt: skip
 
 
 def test_a_w_block_sees_exactly_w_predecessors_across_segments():
     """One W block, window 3, memory 4: the second segment's position i changes when the token
     at distance 3 changes (in the first segment for i < 3) and never for distance 4."""
-    model = make_model(num_layers=1, architecture="W", window=3, mem_len=4, segment=4)
-    first, second = tokens((1, 4), 2), tokens((1, 4), 3)
+    model = TINY.model(num_layers=1, architecture="W", window=3, mem_len=4, segment=4)
+    first, second = TINY.tokens((1, 4), 2), TINY.tokens((1, 4), 3)
     _, state = model.forward(first, model.initial_state(1))
     base = numpy(model.forward(second, state)[0])[0]
     context = np.concatenate([first, second], axis=1)  # (1, 8): position 4 + i is query i
@@ -75,8 +56,8 @@ CARRIED = {  # architecture and options: the second segment sees all the long se
 
 @pytest.mark.parametrize("case", list(CARRIED))
 def test_state_carried_across_segments_equals_one_long_segment(case):
-    model = make_model(**CARRIED[case])
-    a, b = tokens((B, T), 4), tokens((B, T), 5)
+    model = TINY.model(**CARRIED[case])
+    a, b = TINY.tokens((B, T), 4), TINY.tokens((B, T), 5)
     full = numpy(model.forward(np.concatenate([a, b], axis=1))[0])
     hidden_a, state = model.forward(a, model.initial_state(B))
     hidden_b, state = model.forward(b, state)
@@ -89,10 +70,10 @@ def test_state_carried_across_segments_equals_one_long_segment(case):
 
 
 def test_future_tokens_never_change_past_outputs():
-    model = make_model(choices="AWLG", position="rotary", window=2)
+    model = TINY.model(choices="AWLG", position="rotary", window=2)
     state = model.initial_state(B)
-    _, state = model.forward(tokens((B, T), 6), state)
-    x = tokens((B, 7), 7)
+    _, state = model.forward(TINY.tokens((B, T), 6), state)
+    x = TINY.tokens((B, 7), 7)
     changed = x.copy()
     changed[:, 4:] = (changed[:, 4:] + 1) % VOCAB
     before, after = numpy(model.forward(x, state)[0]), numpy(model.forward(changed, state)[0])
@@ -103,9 +84,9 @@ def test_future_tokens_never_change_past_outputs():
 def test_a_document_start_forgets_the_context_before_it():
     """With document boundaries, the positions from a start on equal a fresh stream reading the
     document: W's window and LEAP's sums both stop at the start."""
-    model = make_model(architecture="WLA", window=3, document_boundaries=True, position="t5")
-    _, state = model.forward(tokens((B, T), 8), model.initial_state(B))
-    x = tokens((B, T), 9)
+    model = TINY.model(architecture="WLA", window=3, document_boundaries=True, position="t5")
+    _, state = model.forward(TINY.tokens((B, T), 8), model.initial_state(B))
+    x = TINY.tokens((B, T), 9)
     starts = np.zeros((B, T), "int32")
     starts[:, 2] = 1
     hidden, _ = model.forward(x, state, document_starts=starts)
@@ -119,7 +100,7 @@ def test_a_document_start_forgets_the_context_before_it():
 def test_cached_generation_equals_recomputing_the_prefix(architecture):
     """The compiled loop (LEAP's recurrent form, one position a step; W over its memory) against
     a Python loop over `forward`, the prompt read in chunks: the same tokens and scores."""
-    model = make_model(architecture=architecture, window=3)
+    model = TINY.model(architecture=architecture, window=3)
     prompt = np.random.default_rng(10).integers(0, VOCAB, 9).tolist()  # 8 read: 2 + 2 chunks
     settings = dict(temperature=0.9, top_k=0, top_p=1.0)
     ids, scores = generate(model, prompt, 10, seed=3, chunk_length=3, jit_compile=False,
@@ -134,8 +115,8 @@ def test_cached_generation_equals_recomputing_the_prefix(architecture):
 
 
 def test_saved_and_loaded_with_its_state(tmp_path):
-    model = make_model(choices="AWLG", position="t5", window=3, ffn_activation="geglu")
-    x = tokens((B, T), 11)
+    model = TINY.model(choices="AWLG", position="t5", window=3, ffn_activation="geglu")
+    x = TINY.tokens((B, T), 11)
     model(x)  # LEAP's sums and the XL memory, saved with the model
     leap_sums = numpy(model.recurrent_state["block_0"].weight_sum)
     assert leap_sums.min() > 0
@@ -159,11 +140,11 @@ def test_saved_and_loaded_with_its_state(tmp_path):
 def test_a_single_path_search_switches_between_the_new_branches():
     """GDAS's switch carries L's state out of the branch computed (the others pass it through):
     a fitted single-path supernet over W, L, G keeps the sums of the batches L ran on."""
-    model = make_model(num_layers=2, choices="WLG", search="single_path", window=2)
+    model = TINY.model(num_layers=2, choices="WLG", search="single_path", window=2)
     for block in model.blocks:  # L preferred, the others still drawn
         block.gumbel.logits.assign([0.0, 2.0, 0.0])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
-    x, y = tokens((4, B, T), 16), tokens((4, B, T), 17)
+    x, y = TINY.tokens((4, B, T), 16), TINY.tokens((4, B, T), 17)
     history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert numpy(model.recurrent_state["block_1"].weight_sum).min() > 0
@@ -171,12 +152,11 @@ def test_a_single_path_search_switches_between_the_new_branches():
 
 @pytest.mark.slow  # two compilations of a training step
 def test_fit_with_and_without_xla_agree():
-    x, y = tokens((3, B, T), 12), tokens((3, B, T), 13)
     losses, sums = [], []
-    for jit in (False, True):
-        model = make_model(seed=3, num_layers=2, architecture="WL", window=2)
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit)
-        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=1, verbose=0)
+    for jit in (False, True):  # no noise: XLA draws other random numbers
+        model = TINY.compiled(jit, seed=3, num_layers=2, architecture="WL", window=2,
+                              dropout_rate=0.0)  # fmt: skip
+        history = model.fit(TINY.batches(3, 12), shuffle=False, verbose=0)
         losses.append(history.history["loss"])
         sums.append(numpy(model.recurrent_state["block_1"].value_sum))
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
@@ -204,10 +184,10 @@ print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["l
 @pytest.mark.slow
 def test_jax_backend_matches_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    model = make_model(seed=4, num_layers=3, architecture="WLA", position="rotary", window=2)
+    model = TINY.model(seed=4, num_layers=3, architecture="WLA", position="rotary", window=2)
     path = tmp_path / "model.keras"
     model.save(path)
-    x, y = tokens((2, B, T), 14), tokens((2, B, T), 15)
+    x, y = TINY.tokens((2, B, T), 14), TINY.tokens((2, B, T), 15)
     output = numpy(model(x[0]))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
     model.reset_state()
@@ -265,25 +245,25 @@ def _train():
 
 
 def test_a_window_needs_a_static_segment_length_and_follows_it():
-    model = make_model(architecture="WWW", segment=4)
+    model = TINY.model(architecture="WWW", segment=4)
     assert [block.window_length for block in model.blocks] == [4, 4, 4]
     assert model.get_config()["window"] is None
     with pytest.raises(ValueError, match="window=None .* needs a static segment length"):
-        PARTransformerXL(**TINY, architecture="WWW").blocks[0].build((2, None, 16))
+        PARTransformerXL(**TINY.config, architecture="WWW").blocks[0].build((2, None, 16))
 
 
 def test_flops_count_the_windows_chunks_and_the_positions():
     """W < T: chunks of W queries over 2W keys, T padded to whole chunks (T = 5, W = 2: 6
     queries per 5 tokens); the projections over min(W, M) + T positions. A with rotary or T5
     positions: no position scores, no projection of the relative positions."""
-    d, m = TINY["d_model"], TINY["mem_len"]
-    identity = evaluation_flops_per_token(make_model(architecture="III"), T, B)
-    window = make_model(architecture="WWW", window=2)
+    d, m = TINY.config["d_model"], TINY.config["mem_len"]
+    identity = evaluation_flops_per_token(TINY.model(architecture="III"), T, B)
+    window = TINY.model(architecture="WWW", window=2)
     macs = 2 * d * d + 2 * d * d * (2 + T) / T + 2 * (2 * 2) * d * 6 / T
     np.testing.assert_allclose(evaluation_flops_per_token(window, T, B) - identity,
                                3 * 2 * macs, rtol=1e-12)  # fmt: skip
     for position in ("rotary", "t5"):
-        attention = make_model(architecture="AAA", position=position)
+        attention = TINY.model(architecture="AAA", position=position)
         macs = 2 * d * d + 2 * d * d * (m + T) / T + 2 * (m + T) * d
         np.testing.assert_allclose(evaluation_flops_per_token(attention, T, B) - identity,
                                    3 * 2 * macs, rtol=1e-12)  # fmt: skip

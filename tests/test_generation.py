@@ -3,12 +3,12 @@ the in-graph filtering against NumPy, cached generation against recomputing the 
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from conftest import run_on_jax
 from keras import ops
 from test_sampling_uniforms import reference_uniforms
+from tiny_models import TinyModels
 
 from par_xl.models import PARTransformerXL, generation
 from par_xl.models.compiled import compiled_function
@@ -21,19 +21,8 @@ from par_xl.models.generation import (
 )
 
 VOCAB = 40
-
-
-def tiny_model(seed=0, **overrides):
-    keras.utils.set_random_seed(seed)
-    config = dict(vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3,
+TINY = TinyModels(2, 4, vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3,
                   mem_len=3, cutoffs=[10, 25], proj_factor=2, dropout_rate=0.0)  # fmt: skip
-    model = PARTransformerXL(**{**config, **overrides})
-    model.build((2, 4))
-    rng = np.random.default_rng(seed)
-    for block in model.blocks:  # distinct choice weights, so every branch matters
-        if block.choice is None:
-            block.gumbel.logits.assign(rng.normal(size=3).astype("float32"))
-    return model
 
 
 def reference_filter(log_probs, temperature=1.0, top_k=0, top_p=1.0):
@@ -92,7 +81,7 @@ SETTINGS = {
 )
 def test_compiled_loop_equals_a_python_loop_over_forward(architecture, settings, jit_compile):
     num_layers = 3 if architecture is None else len(architecture)
-    model = tiny_model(architecture=architecture, num_layers=num_layers)
+    model = TINY.model(architecture=architecture, num_layers=num_layers)
     prompt = np.random.default_rng(5).integers(0, VOCAB, 8).tolist()  # 7 read: 1 + 2 chunks
     kwargs = SETTINGS[settings]
     ids, scores = generate(model, prompt, 12, seed=3, chunk_length=3, jit_compile=jit_compile,
@@ -105,7 +94,7 @@ def test_compiled_loop_equals_a_python_loop_over_forward(architecture, settings,
 
 
 def test_one_trace_for_every_prompt_length_and_seed():
-    model = tiny_model()
+    model = TINY.model()
     prompt = read_prompt(model, [1, 2, 3, 4, 5], jit_compile=False)
     first, _ = sample(model, prompt, 6, seed=0, jit_compile=False)
     again, _ = sample(model, prompt, 6, seed=0, jit_compile=False)  # the state is not changed
@@ -120,7 +109,7 @@ def test_one_trace_for_every_prompt_length_and_seed():
 def test_cached_generation_equals_recomputing_the_prefix():
     """With a memory longer than the whole context, each sampled token's log-probability is
     the one a single pass over the prompt and the tokens before it gives."""
-    model = tiny_model()
+    model = TINY.model()
     prompt = [3, 7, 1, 12, 30]
     ids, scores = generate(model, prompt, 8, seed=1, mem_len=16, chunk_length=2,
                            jit_compile=False)  # fmt: skip
@@ -132,13 +121,13 @@ def test_cached_generation_equals_recomputing_the_prefix():
 def test_a_model_without_memory_sees_its_whole_context():
     """mem_len=0: each token as if the whole prefix were recomputed; no attention at all: the
     context cannot matter, only the last token does."""
-    model = tiny_model(mem_len=0)
+    model = TINY.model(mem_len=0)
     prompt = [3, 7, 1, 12, 30, 2]
     ids, scores = generate(model, prompt, 6, seed=2, chunk_length=4, jit_compile=False)
     full = ops.convert_to_numpy(model.log_probs(model.forward(np.array([prompt + ids]))[0]))
     np.testing.assert_allclose(scores, full[0, np.arange(5, 11), ids], rtol=1e-4, atol=1e-5)
 
-    feed_forward = tiny_model(architecture="FFI")
+    feed_forward = TINY.model(architecture="FFI")
     assert not feed_forward.memory_blocks
     ids, _ = generate(feed_forward, prompt, 4, top_k=1, jit_compile=False)
     assert ids == generate(feed_forward, [9, 9, prompt[-1]], 4, top_k=1, jit_compile=False)[0]
@@ -184,7 +173,7 @@ def test_prompts_of_different_lengths_sample_what_each_prompt_alone_samples(arch
     """One batch of a long, a one-token and a short prompt (a memorizing block, or LEAP's
     recurrent sums, included): each row's greedy sample and its log-probabilities are those of
     a Python loop over its prompt alone, which reads no padding."""
-    model = tiny_model(architecture=architecture, initializer_range=0.5, **settings)
+    model = TINY.model(architecture=architecture, initializer_range=0.5, **settings)
     prompts = [[3, 7, 1, 12, 30, 2, 9, 4], [5], [8, 6, 11]]
     ids, scores = generate(model, prompts, 6, top_k=1, chunk_length=3, jit_compile=False)
     for row, prompt in enumerate(prompts):
@@ -206,7 +195,7 @@ def test_draw_follows_the_distribution_and_never_picks_a_filtered_token():
 
 
 def test_generation_rejects_what_cannot_work():
-    model = tiny_model()
+    model = TINY.model()
     for kwargs, name in [(dict(temperature=0), "temperature"), (dict(top_k=-1), "top_k"),
                          (dict(top_p=0), "top_p"), (dict(mem_len=-1), "mem_len"),
                          (dict(num_tokens=0), "num_tokens"),
@@ -233,7 +222,7 @@ print(json.dumps({"backend": keras.backend.backend(), "ids": ids, "scores": scor
 @pytest.mark.slow
 def test_jax_backend_samples_the_same_tokens(tmp_path):
     pytest.importorskip("jax")
-    model = tiny_model(seed=1)
+    model = TINY.model(seed=1)
     model.save(tmp_path / "model.keras")
     prompt = np.random.default_rng(6).integers(0, VOCAB, 9)
     np.save(tmp_path / "prompt.npy", prompt)
@@ -248,7 +237,7 @@ def test_jax_backend_samples_the_same_tokens(tmp_path):
 
 def test_an_argmax_supernet_samples_what_its_derived_model_samples():
     """`choice_at_inference="argmax"` computes only the preferred branches, inside the loop."""
-    supernet = tiny_model()
+    supernet = TINY.model()
     for block, preferred in zip(supernet.blocks, "AFI"):
         block.gumbel.logits.assign(np.where(np.arange(3) == "AFI".index(preferred), 2.0, 0.0))
     argmax = PARTransformerXL.from_config(

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import run_on_jax
-from keras import ops
 from scripts import run_script
 from test_generation import reference_generate
+from tiny_models import TinyModels, assert_resume_is_exact, assert_saved_and_loaded, numpy
 
 from par_xl.configs import ConfigError, ModelConfig
 from par_xl.memory import ScannKNNMemory
@@ -21,31 +21,12 @@ from par_xl.models import PARTransformerXL
 from par_xl.models.compiled import compiled_function
 from par_xl.models.generation import generate, read_prompt, sample
 from par_xl.training import evaluation
-from par_xl.training.checkpoints import CheckpointManager
 from par_xl.training.evaluation import evaluate_batches
 
 VOCAB, B, T, C, K = 40, 2, 4, 6, 2  # C slots per stream and head, K neighbours
-TINY = dict(vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=3, mem_len=3,
-            cutoffs=[10], dropout_rate=0.0, knn_memory_size=C, knn_neighbors=K)  # fmt: skip
-
-
-def make_model(seed=0, batch=B, **overrides):
-    keras.utils.set_random_seed(seed)
-    model = PARTransformerXL(**{**TINY, **overrides})
-    model.build((batch, T))
-    rng = np.random.default_rng(seed)
-    for block in model.blocks:  # distinct choice weights, so every branch matters
-        if block.choice is None:
-            block.gumbel.logits.assign(rng.normal(size=len(block.choices)).astype("float32"))
-    return model
-
-
-def tokens(shape, seed=1):
-    return np.random.default_rng(seed).integers(0, VOCAB, size=shape).astype("int32")
-
-
-def numpy(x):
-    return ops.convert_to_numpy(x)
+TINY = TinyModels(B, T, fit_config=dict(knn_layers=[1]), vocab_size=VOCAB, d_model=16,
+                  num_heads=2, d_ffn=24, num_layers=3, mem_len=3, cutoffs=[10], dropout_rate=0.0,
+                  knn_memory_size=C, knn_neighbors=K)  # fmt: skip
 
 
 def store_arrays(model):
@@ -54,7 +35,7 @@ def store_arrays(model):
 
 
 def test_a_closed_gate_on_the_store_equals_plain_attention():
-    memorizing, plain = make_model(architecture="FMA"), make_model(seed=1, architecture="FAA")
+    memorizing, plain = TINY.model(architecture="FMA"), TINY.model(seed=1, architecture="FAA")
     pairs = [(memorizing.embedding, plain.embedding), (memorizing.output_layer, plain.output_layer)]
     for source, target in zip(memorizing.blocks, plain.blocks):
         pairs += [(getattr(source, name), getattr(target, name))
@@ -67,7 +48,7 @@ def test_a_closed_gate_on_the_store_equals_plain_attention():
     weights = {w.name: w for w in block.memorizing_attention.weights}  # A's, gate, scale
     for weight in plain.blocks[1].attention.weights:
         weight.assign(weights[weight.name])
-    segments = [tokens((B, T), seed) for seed in range(3)]
+    segments = [TINY.tokens((B, T), seed) for seed in range(3)]
     block.memorizing_attention.gate_bias.assign([-1e4, -1e4])  # sigmoid: 0, the local only
     for x in segments:
         np.testing.assert_allclose(numpy(memorizing(x)), numpy(plain(x)), rtol=1e-6, atol=1e-6)
@@ -93,9 +74,9 @@ def forward_segments(model, ids, count=3):
 def test_future_tokens_never_change_past_outputs_through_the_store(architecture):
     """A query searches the store before its segment is added: a token changes nothing before
     it, in its own segment or earlier ones, and the later segments that retrieve it."""
-    model = make_model(architecture=architecture, knn_layers=[] if architecture else [1])
+    model = TINY.model(architecture=architecture, knn_layers=[] if architecture else [1])
     assert model.knn_blocks == [1] and model.blocks[1].offered in ("M", "MFI")
-    x = tokens((B, 3 * T), seed=4)
+    x = TINY.tokens((B, 3 * T), seed=4)
     changed = x.copy()
     changed[:, 6] = (x[:, 6] + 1) % VOCAB  # the third position of the second segment
     before, _ = forward_segments(model, x)
@@ -114,9 +95,9 @@ def unit(x):
 
 
 def test_the_store_holds_exactly_the_segments_keys_and_values_newest_last():
-    model = make_model(architecture="MF", num_layers=2)  # block 0's input is the scaled embedding
+    model = TINY.model(architecture="MF", num_layers=2)  # block 0's input is the scaled embedding
     layer = model.blocks[0].memorizing_attention
-    first, second = tokens((B, T), seed=5), tokens((B, T), seed=6)
+    first, second = TINY.tokens((B, T), seed=5), TINY.tokens((B, T), seed=6)
     _, state = model.forward(first, model.initial_state(B))
     store = state.knn["block_0"]
     embedded = numpy(model.embed(first))
@@ -142,12 +123,12 @@ def test_the_store_holds_exactly_the_segments_keys_and_values_newest_last():
 def test_a_document_start_clears_the_streams_store():
     """With document boundaries, what a row saw before a start changes nothing after it,
     through the XL memory and the store alike; the other row keeps its store."""
-    model = make_model(architecture="AMF", document_boundaries=True)
+    model = TINY.model(architecture="AMF", document_boundaries=True)
     starts = np.zeros((3, B, T), "int32")
     starts[1, 0, 2] = 1  # row 0: a document starts at the second segment's third position
-    x = tokens((3, B, T), seed=7)
+    x = TINY.tokens((3, B, T), seed=7)
     other = x.copy()
-    other[0, 0], other[1, 0, :2] = tokens((T,), seed=8), tokens((2,), seed=9)  # row 0 before
+    other[0, 0], other[1, 0, :2] = TINY.tokens((T,), 8), TINY.tokens((2,), 9)  # row 0 before
     outputs = []
     for ids in (x, other):
         model.reset_state()
@@ -161,25 +142,12 @@ def test_a_document_start_clears_the_streams_store():
     assert np.abs(second[1][0, :2] - first[1][0, :2]).max() > 1e-3  # the change shows before
 
 
-def compiled_model(jit_compile, run_eagerly=False, **overrides):
-    model = make_model(**{"knn_layers": [1], "dropout_rate": 0.1, **overrides})
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile,
-                  run_eagerly=run_eagerly)  # fmt: skip
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
-def batches(count, seed=10):
-    x, y = tokens((count, B, T), seed), tokens((count, B, T), seed + 1)
-    return tf.data.Dataset.from_tensor_slices((x, y))
-
-
 @pytest.mark.slow  # XLA compiles the step in ~10 s on 2 cores
 def test_fit_with_and_without_xla_gives_the_same_losses_and_stores():
     results = []
     for jit_compile in (False, True):  # no noise: XLA draws other random numbers
-        model = compiled_model(jit_compile, knn_layers=[], architecture="AMF", dropout_rate=0.0)
-        history = model.fit(batches(4), epochs=2, shuffle=False, verbose=0)
+        model = TINY.compiled(jit_compile, knn_layers=[], architecture="AMF", dropout_rate=0.0)
+        history = model.fit(TINY.batches(4), epochs=2, shuffle=False, verbose=0)
         results.append((history.history["loss"], store_arrays(model)["block_1"]))
         assert model.get_state().knn["block_1"].length.tolist() == [C, C]
     (losses, store), (xla_losses, xla_store) = results
@@ -189,50 +157,20 @@ def test_fit_with_and_without_xla_gives_the_same_losses_and_stores():
 
 
 def test_resume_from_a_checkpoint_continues_with_the_same_store(tmp_path):
-    """A checkpoint holds the stores (and the rest of the state): training resumed from it
-    is training without the interruption, to float rounding."""
-    uninterrupted = compiled_model(False, run_eagerly=True)  # eager: no tracing, quicker
-    uninterrupted.fit(batches(6), shuffle=False, verbose=0)
-    interrupted = compiled_model(False, run_eagerly=True)
-    interrupted.fit(batches(6).take(3), shuffle=False, verbose=0)
-    manager = CheckpointManager(tmp_path)
-    manager.save(interrupted, 3)
-    # Other weights, noise and stores until restored.
-    resumed = compiled_model(False, run_eagerly=True, seed=5)
-    assert manager.restore(resumed) == 3
-    for name, store in store_arrays(interrupted).items():
-        for a, b in zip(store, store_arrays(resumed)[name]):
-            np.testing.assert_array_equal(b, a)
-    resumed.fit(batches(6).skip(3), shuffle=False, verbose=0)
-    expected = uninterrupted.variables + uninterrupted.optimizer.variables
-    for a, b in zip(expected, resumed.variables + resumed.optimizer.variables):
-        np.testing.assert_allclose(numpy(b), numpy(a), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    resumed = assert_resume_is_exact(TINY, tmp_path, steps=6)
     assert store_arrays(resumed)["block_1"].length.tolist() == [C, C]
 
 
 def test_saved_and_loaded_with_its_stores(tmp_path):
-    model = make_model(architecture="AMF")
-    first, second = tokens((B, T), seed=12), tokens((B, T), seed=13)
-    model(first)
-    model.save(tmp_path / "model.keras")
-    model.save_weights(tmp_path / "model.weights.h5")
-    expected = numpy(model(second))  # retrieves from the store of `first`
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert loaded.get_config() == model.get_config()
-    np.testing.assert_allclose(numpy(loaded(second)), expected, rtol=1e-6, atol=1e-6)
-    weights_only = make_model(seed=3, architecture="AMF")
-    weights_only.load_weights(tmp_path / "model.weights.h5")
-    np.testing.assert_allclose(numpy(weights_only(second)), expected, rtol=1e-6, atol=1e-6)
-    model.reset_state()  # an empty store: another output
-    assert store_arrays(model)["block_1"].length.tolist() == [0, 0]
-    assert np.abs(numpy(model(second)) - expected).max() > 1e-4
+    cleared = assert_saved_and_loaded(TINY, tmp_path, architecture="AMF")
+    assert store_arrays(cleared)["block_1"].length.tolist() == [0, 0]
 
 
 def test_mixed_precision_keeps_the_stores_in_float16():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = compiled_model(False)
-        history = model.fit(batches(3), shuffle=False, verbose=0)
+        model = TINY.compiled(False)
+        history = model.fit(TINY.batches(3), shuffle=False, verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert np.isfinite(history.history["loss"][-1])
@@ -243,10 +181,10 @@ def test_mixed_precision_keeps_the_stores_in_float16():
 
 @pytest.mark.parametrize("search", ["all_branches", "single_path"])
 def test_a_search_over_amfi_trains_and_derive_keeps_m(search):
-    model = compiled_model(False, knn_layers=[], choices="AMFI", search=search)
+    model = TINY.compiled(False, knn_layers=[], choices="AMFI", search=search)
     assert model.choice_letters == "AFIM" and model.knn_blocks == [0, 1, 2]
     logits = [numpy(block.gumbel.logits) for block in model.blocks]
-    history = model.fit(batches(4), shuffle=False, verbose=0)
+    history = model.fit(TINY.batches(4), shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert all(np.abs(numpy(b.gumbel.logits) - a).max() > 0 for b, a in zip(model.blocks, logits))
     if search == "all_branches":  # M computed at every step: every store holds the last C
@@ -307,9 +245,9 @@ def test_knn_flags_that_work():
 
 
 def test_evaluation_carries_the_stores_from_empty():
-    model = make_model(knn_layers=[1])
+    model = TINY.model(knn_layers=[1])
     model.compile(optimizer="adam", jit_compile=False)
-    data = list(batches(3))
+    data = list(TINY.batches(3))
     model(data[0][0])  # a training state that evaluation leaves alone
     before = store_arrays(model)
     result = evaluate_batches(model, data)
@@ -326,7 +264,7 @@ def test_evaluation_carries_the_stores_from_empty():
 @pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)],
                          ids=["graph", "xla"])  # fmt: skip
 def test_generation_carries_the_stores_through_its_loop(jit_compile):
-    model = make_model(knn_layers=[1])
+    model = TINY.model(knn_layers=[1])
     prompt = np.random.default_rng(5).integers(0, VOCAB, 11).tolist()  # 10 read: 3 chunks
     settings = dict(temperature=0.9, top_k=0, top_p=1.0)
     ids, scores = generate(model, prompt, 12, seed=3, chunk_length=4, jit_compile=jit_compile,
@@ -363,10 +301,10 @@ print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["l
 @pytest.mark.slow
 def test_jax_backend_carries_the_exact_store_like_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    model = make_model(architecture="AMF")
+    model = TINY.model(architecture="AMF")
     path = tmp_path / "model.keras"
     model.save(path)
-    x, y = tokens((3, B, T), seed=20), tokens((3, B, T), seed=21)
+    x, y = TINY.tokens((3, B, T), seed=20), TINY.tokens((3, B, T), seed=21)
     outputs = np.stack([numpy(model(segment)) for segment in x])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
     model.reset_state()
@@ -387,13 +325,13 @@ def test_scann_evaluation_and_generation_search_like_the_exact_store():
     """Below ScaNN's index size (4,096 entries a row) its memory searches exactly: the same
     losses and samples as the exact store, from memories kept beside the state, filled in
     place on the host (no XLA: refused when asked for), traced once."""
-    exact = make_model(knn_layers=[1])
+    exact = TINY.model(knn_layers=[1])
     scann = PARTransformerXL.from_config({**exact.get_config(), "knn_backend": "scann"})
     scann.build((B, T))
     scann.set_weights(exact.get_weights())
     exact.compile(jit_compile=False)
     scann.compile(jit_compile=True)  # training's setting: evaluation leaves XLA out
-    data = list(batches(3))
+    data = list(TINY.batches(3))
     expected = evaluate_batches(exact, data)["loss"]
     for _ in range(2):  # the memories start empty each time, and are traced once
         np.testing.assert_allclose(evaluate_batches(scann, data)["loss"], expected, rtol=1e-5)

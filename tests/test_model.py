@@ -6,39 +6,13 @@ import pytest
 import tensorflow as tf
 from conftest import run_on_jax
 from keras import ops
+from tiny_models import TinyModels, numpy
 
 from par_xl.models import ModelState, PARTransformerXL
 
 VOCAB = 50
-TINY = dict(
-    vocab_size=VOCAB,
-    d_model=16,
-    num_heads=2,
-    d_ffn=24,
-    num_layers=4,
-    cutoffs=[10, 30],
-    proj_factor=2,
-    dropout_rate=0.0,
-)
-
-
-def make_model(batch=2, segment=5, seed=0, **overrides):
-    keras.utils.set_random_seed(seed)
-    model = PARTransformerXL(**{**TINY, "mem_len": 8, **overrides})
-    model.build((batch, segment))
-    rng = np.random.default_rng(seed)
-    for block in model.blocks:  # distinct choice weights, so every branch matters
-        if block.choice is None:
-            block.gumbel.logits.assign(rng.normal(size=3).astype("float32"))
-    return model
-
-
-def tokens(shape, seed=1):
-    return np.random.default_rng(seed).integers(0, VOCAB, size=shape).astype("int32")
-
-
-def numpy(x):
-    return ops.convert_to_numpy(x)
+TINY = TinyModels(2, 5, vocab_size=VOCAB, d_model=16, num_heads=2, d_ffn=24, num_layers=4,
+                  cutoffs=[10, 30], proj_factor=2, dropout_rate=0.0, mem_len=8)  # fmt: skip
 
 
 def random_state(model, batch, valid_length, seed=None):
@@ -50,9 +24,9 @@ def random_state(model, batch, valid_length, seed=None):
 
 @pytest.mark.parametrize("architecture", [None, "AFIA"])
 def test_future_tokens_never_change_past_outputs(architecture):
-    model = make_model(architecture=architecture)
+    model = TINY.model(architecture=architecture)
     state = random_state(model, 2, 8)
-    x = tokens((2, 7))
+    x = TINY.tokens((2, 7))
     changed = x.copy()
     changed[:, 4:] = (changed[:, 4:] + 1) % VOCAB
     before = numpy(model.forward(x, state)[0])
@@ -64,8 +38,8 @@ def test_future_tokens_never_change_past_outputs(architecture):
 @pytest.mark.parametrize("architecture", [None, "AFIA", "FFFF"])
 @pytest.mark.parametrize("mem_len", [3, 8])
 def test_segment_with_memory_equals_full_context(architecture, mem_len):
-    model = make_model(architecture=architecture, mem_len=mem_len, segment=3)
-    a, b = tokens((2, 3), seed=2), tokens((2, 3), seed=3)
+    model = TINY.model(architecture=architecture, mem_len=mem_len, segment=3)
+    a, b = TINY.tokens((2, 3), seed=2), TINY.tokens((2, 3), seed=3)
     full = numpy(model.forward(np.concatenate([a, b], axis=1))[0])
     model.reset_state()
     np.testing.assert_allclose(numpy(model(a)), full[:, :3], rtol=1e-5, atol=1e-5)
@@ -83,8 +57,8 @@ def test_segment_with_memory_equals_full_context(architecture, mem_len):
 
 def test_memory_keeps_the_last_mem_len_block_inputs():
     """With M < len(A), block l remembers exactly its last M inputs from segment A."""
-    model = make_model(mem_len=2, segment=4)
-    a, b = tokens((2, 4), seed=4), tokens((2, 4), seed=5)
+    model = TINY.model(mem_len=2, segment=4)
+    a, b = TINY.tokens((2, 4), seed=4), TINY.tokens((2, 4), seed=5)
     _, state = model.forward(a, model.initial_state(2))
     assert numpy(state.valid_length).tolist() == [2, 2]
     # Block 0's input is the scaled embedding (dropout is off).
@@ -100,7 +74,7 @@ def test_memory_keeps_the_last_mem_len_block_inputs():
 
 
 def test_model_state_is_a_tf_nest_structure_and_a_jax_pytree():
-    model = make_model(architecture="AFIA")
+    model = TINY.model(architecture="AFIA")
     state = model.initial_state(2)
     assert list(state.xl_memory) == ["block_0", "block_3"]  # the blocks that may attend
     assert numpy(state.valid_length).tolist() == [0, 0]
@@ -116,8 +90,8 @@ def test_model_state_is_a_tf_nest_structure_and_a_jax_pytree():
 
 
 def test_reset_state_restarts_the_stream_and_memory_has_no_gradient():
-    model = make_model()
-    a, b = tokens((2, 5), seed=6), tokens((2, 5), seed=7)
+    model = TINY.model()
+    a, b = TINY.tokens((2, 5), seed=6), TINY.tokens((2, 5), seed=7)
     first = numpy(model(a))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(model(b))
@@ -128,26 +102,26 @@ def test_reset_state_restarts_the_stream_and_memory_has_no_gradient():
 
 
 def test_wrong_batch_size_names_the_fix():
-    model = make_model(batch=2)
+    model = TINY.model(batch=2)
     with pytest.raises(ValueError, match="initial_state"):
-        model(tokens((3, 5)))
+        model(TINY.tokens((3, 5)))
 
 
 @pytest.mark.parametrize("architecture", ["AFIA", "IIFA"])
 def test_derive_reproduces_supernet_with_one_hot_choices(architecture):
-    model = make_model(choice_at_inference="argmax")
+    model = TINY.model(choice_at_inference="argmax")
     for block, letter in zip(model.blocks, architecture):
         block.gumbel.logits.assign(np.where(np.arange(3) == "AFI".index(letter), 5.0, -5.0))
     assert model.choice_probabilities()[1] == architecture
     derived = model.derive()
     assert derived.architecture == architecture
     assert derived.count_params() < model.count_params()
-    for x in (tokens((2, 5), seed=8), tokens((2, 5), seed=9)):  # memory carried in both
+    for x in (TINY.tokens((2, 5), seed=8), TINY.tokens((2, 5), seed=9)):  # memory carried in both
         np.testing.assert_allclose(numpy(derived(x)), numpy(model(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_choice_probabilities_report_every_block():
-    model = make_model()
+    model = TINY.model()
     model.blocks[0].gumbel.logits.assign([0.0, 2.0, 0.0])
     logits = np.stack([numpy(block.gumbel.logits) for block in model.blocks])  # (4, 3)
     expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -157,15 +131,15 @@ def test_choice_probabilities_report_every_block():
     np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
     assert string == "".join("AFI"[i] for i in expected.argmax(1)) == "FIAI"
     # Fixed blocks report their choice with certainty.
-    fixed_probabilities, fixed = make_model(architecture="AFIA").choice_probabilities()
+    fixed_probabilities, fixed = TINY.model(architecture="AFIA").choice_probabilities()
     np.testing.assert_array_equal(fixed_probabilities, np.eye(3)[[0, 1, 2, 0]])
     assert fixed == "AFIA"
 
 
 def test_fit_carries_memory_and_reports_corpus_perplexity():
-    model = make_model(batch=2, segment=5, dropout_rate=0.1)
+    model = TINY.model(batch=2, segment=5, dropout_rate=0.1)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    x, y = tokens((6, 2, 5), seed=10), tokens((6, 2, 5), seed=11)
+    x, y = TINY.tokens((6, 2, 5), seed=10), TINY.tokens((6, 2, 5), seed=11)
     history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
     logs = history.history
     assert numpy(model.valid_length).tolist() == [8, 8]
@@ -180,10 +154,10 @@ def test_fit_carries_memory_and_reports_corpus_perplexity():
 
 
 def test_choice_logits_and_all_sublayers_train():
-    model = make_model(dropout_rate=0.0, num_layers=2)
+    model = TINY.model(dropout_rate=0.0, num_layers=2)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     before = [numpy(w).copy() for w in model.trainable_weights]
-    x, y = tokens((2, 2, 5), seed=12), tokens((2, 2, 5), seed=13)
+    x, y = TINY.tokens((2, 2, 5), seed=12), TINY.tokens((2, 2, 5), seed=13)
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=1, verbose=0)
     names = [w.path for w in model.trainable_weights]
     assert any("gumbel/logits" in n for n in names)
@@ -192,19 +166,19 @@ def test_choice_logits_and_all_sublayers_train():
 
 
 def test_tied_embeddings_share_the_adaptive_tables():
-    model = make_model(tie_embeddings=True)
-    untied = make_model()
+    model = TINY.model(tie_embeddings=True)
+    untied = TINY.model()
     assert model.embedding is None
     assert model.count_params() < untied.count_params()
-    ids = tokens((2, 5))
+    ids = TINY.tokens((2, 5))
     np.testing.assert_allclose(
         numpy(model.embed(ids)), numpy(model.output_layer.embed(ids)) * 4.0, rtol=1e-6
     )
 
 
 def test_config_round_trip_and_keras_file(tmp_path):
-    model = make_model(tie_embeddings=True, cutoffs=[10])
-    x = tokens((2, 5))
+    model = TINY.model(tie_embeddings=True, cutoffs=[10])
+    x = TINY.tokens((2, 5))
     model(x)  # some memory state, saved with the model
     clone = PARTransformerXL.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
@@ -218,8 +192,8 @@ def test_config_round_trip_and_keras_file(tmp_path):
 
 
 def test_xla_and_eager_agree():
-    model = make_model()
-    x = tokens((2, 5))
+    model = TINY.model()
+    x = TINY.tokens((2, 5))
     state = random_state(model, 2, tf.constant([6, 3]), seed=1)
 
     def run(ids, state):
@@ -235,10 +209,10 @@ def test_xla_and_eager_agree():
 
 @pytest.mark.slow  # two compilations of the supernet's training step: ~40 s on 2 cores
 def test_fit_with_and_without_xla_agree():
-    x, y = tokens((3, 2, 5), seed=14), tokens((3, 2, 5), seed=15)
+    x, y = TINY.tokens((3, 2, 5), seed=14), TINY.tokens((3, 2, 5), seed=15)
     losses = []
     for jit in (False, True):
-        model = make_model(seed=3, num_layers=2)  # two blocks: memory passed on; XLA time halved
+        model = TINY.model(seed=3, num_layers=2)  # two blocks: memory passed on; XLA time halved
         model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
         history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
         losses.append(history.history["loss"])
@@ -266,8 +240,8 @@ print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["l
 @pytest.mark.slow
 def test_jax_backend_matches_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    model = make_model(seed=4, num_layers=2)  # JAX's compile time grows with the blocks
-    x = tokens((2, 2, 5), seed=16)
+    model = TINY.model(seed=4, num_layers=2)  # JAX's compile time grows with the blocks
+    x = TINY.tokens((2, 2, 5), seed=16)
     path = tmp_path / "model.keras"
     model.save(path)
     first = numpy(model(x[0]))
@@ -295,10 +269,10 @@ def test_rejects_bad_configuration():
 def test_mixed_precision_trains_with_a_float32_output_layer():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = PARTransformerXL(**{**TINY, "mem_len": 8, "num_layers": 2}, tie_embeddings=True,
+        model = PARTransformerXL(**{**TINY.config, "num_layers": 2}, tie_embeddings=True,
                                  tail_capacities=[8, 8])  # fmt: skip
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        x, y = tokens((2, 2, 5), seed=17), tokens((2, 2, 5), seed=18)
+        x, y = TINY.tokens((2, 2, 5), seed=17), TINY.tokens((2, 2, 5), seed=18)
         history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=2, verbose=0)
         assert np.all(np.isfinite(history.history["loss"]))
         hidden = model(x[0])
