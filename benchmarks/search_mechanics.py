@@ -200,16 +200,18 @@ def short_settings(figures):
 
 
 def markdown(report):
-    lines = ["| run | search | settings | moved at | derived | latency / FLOPs x std | valid "
-             "word ppl | test word ppl | steps | seconds |", "|" + "---|" * 10]  # fmt: skip
+    lines = ["| run | search | settings | moved at | derived | latency / FLOPs x std | eval tok/s "
+             "x std | valid word ppl | test word ppl | steps | seconds |",
+             "|" + "---|" * 11]  # fmt: skip
     for name, f in report.items():
+        ppl = [f.get(split, {}).get("word_perplexity") for split in ("valid", "test")]
         lines.append(
             f"| {name} | {f.get('search') or '-'} | {short_settings(f)}"
             + f" | {f.get('moved_at', '-')} | {f['derived'] or f['architecture']} | "
             f"{f.get('latency_x_standard', '-')} / {f.get('flops_x_standard', '-')} | "
-            f"{f.get('valid', {}).get('word_perplexity', '-')} | "
-            f"{f.get('test', {}).get('word_perplexity', '-')} | "
-            f"{f.get('total_steps', f['steps'])} | {f.get('total_seconds', f['seconds'])} |"
+            f"{f.get('eval_speedup_over_AFAFAF', '-')} | "
+            + " | ".join("-" if p is None else f"{p:.1f}" for p in ppl)
+            + f" | {f.get('total_steps', f['steps'])} | {f.get('total_seconds', f['seconds'])} |"
         )
     return "\n".join(lines)
 
