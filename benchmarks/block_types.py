@@ -13,8 +13,9 @@ WFWFWF, LFLFLF and AGAGAG), untrained (speed does not depend on the weights), wi
 (W; default the segment length), `--position` (A's) and `--ffn_activation` (G's). Shapes `TxM`:
 segment length T and XL memory M (`--batch_size` rows).
 
-Train: `model.fit` steps (the real path: callbacks, progress off) of `--steps` per timed run,
-after an untimed run of as many (compilation, warm-up); `--jit_compile` as train.py (default
+Train: `model.fit` steps (the real path: callbacks, progress off) of `--steps` per timed run
+(`fit_seconds`: the steps, without the call's ~1 s iterator teardown), after an untimed run of
+as many (compilation, warm-up); `--jit_compile` as train.py (default
 off: its CPU default). Evaluation: `par_xl.training.evaluation.evaluate_batches` (train.py's
 validation) over `--eval_tokens` tokens per timed run. Generation: `read_prompt`, then the
 timed `sample` loop of `--num_tokens` tokens at batch 1 with XLA, after a prompt of T tokens
@@ -41,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import par_xl.runtime.quiet  # noqa: E402, F401  (before TensorFlow: quiets its C++ start-up logs)
 from benchmarks.common import (  # noqa: E402
+    fit_seconds,
     matmul_peak_gflops,
     median,
     rounds,
@@ -127,15 +129,14 @@ def train(segment, mem_len):
     for architecture in FLAGS.architectures:
         model = build(architecture, segment, mem_len, capacity)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=FLAGS.jit_compile)
-        functions[architecture] = lambda m=model: m.fit(data, steps_per_epoch=FLAGS.steps,
-                                                        verbose=0)  # fmt: skip
+        functions[architecture] = lambda m=model: fit_seconds(m, data, FLAGS.steps)
         warmup = seconds(functions[architecture])
         figures[architecture] = {
             "compile_and_warmup_seconds": round(warmup, 1),
             "mflop_per_token": training_flops_per_token(model, segment, FLAGS.batch_size) / 1e6,
             "parameters": model.count_params(),
         }
-    times = rounds(functions, FLAGS.repeats)
+    times = rounds(functions, FLAGS.repeats, timer=lambda function: function())
     tokens = FLAGS.steps * FLAGS.batch_size * segment
     for architecture, figure in figures.items():
         figure["tokens_per_second"] = round(tokens / median(times[architecture]))

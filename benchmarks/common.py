@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: the machine's fp32 matmul peak and a throughput's
-share of it, medians, timed rounds."""
+share of it, medians, timed rounds and training steps."""
 
 import statistics
 import time
@@ -18,13 +18,35 @@ def seconds(function):
     return time.perf_counter() - start
 
 
-def rounds(functions, repeats):
+def fit_seconds(model, data, steps):
+    """Wall seconds of `steps` training steps of `model.fit(data)`: from the first step's start
+    to the end of training, as a callback sees them. The call's own end is left out: closing
+    the dataset iterator waits for its prefetch thread, which on this machine ends `fit` on the
+    next whole second after the last step (a ~1 s step in the timings of short runs)."""
+    import keras
+
+    marks = {}
+
+    class Marks(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            marks.setdefault("start", time.perf_counter())
+
+        def on_train_end(self, logs=None):
+            marks["end"] = time.perf_counter()
+
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Marks()])
+    return marks["end"] - marks["start"]
+
+
+def rounds(functions, repeats, timer=seconds):
     """`{name: [seconds of each round]}` over `repeats` rounds, the functions taking turns in
-    each round (a change of the machine's load touches all of them)."""
+    each round (a change of the machine's load touches all of them); `timer(function)` gives a
+    call's seconds (default: its wall time; `lambda function: function()` for functions that
+    time themselves, as `fit_seconds` does)."""
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            times[name].append(seconds(function))
+            times[name].append(timer(function))
     return times
 
 
