@@ -51,6 +51,7 @@ from benchmarks.common import (  # noqa: E402
     zipf_tokens,
 )
 from par_xl.configs import PRESETS  # noqa: E402
+from par_xl.cost.parameters import count_parameters  # noqa: E402
 from par_xl.layers.gated_feed_forward import FFN_ACTIVATIONS  # noqa: E402
 from par_xl.layers.positions import POSITIONS  # noqa: E402
 
@@ -134,7 +135,7 @@ def train(segment, mem_len):
         figures[architecture] = {
             "compile_and_warmup_seconds": round(warmup, 1),
             "mflop_per_token": training_flops_per_token(model, segment, FLAGS.batch_size) / 1e6,
-            "parameters": model.count_params(),
+            "parameters": count_parameters(model),
         }
     times = rounds(functions, FLAGS.repeats, timer=lambda function: function())
     tokens = FLAGS.steps * FLAGS.batch_size * segment

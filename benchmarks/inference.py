@@ -52,6 +52,7 @@ from benchmarks.common import (  # noqa: E402
     zipf_tokens,
 )
 from par_xl.configs import PRESETS  # noqa: E402
+from par_xl.cost.parameters import count_parameters  # noqa: E402
 
 flags.DEFINE_enum("preset", "base", sorted(PRESETS), "The models' shape (its mem_len: --shapes').")
 flags.DEFINE_list(
@@ -197,7 +198,7 @@ def measure_shape(segment, mem_len):
     if FLAGS.tail_capacity:  # as train.py's validation: the most any batch needs
         capacity = max_tail_labels_per_batch(labels, cutoffs, vocab_size)
     supernet, models = build_models(segment, mem_len, capacity)
-    result = {"parameters": {name: model.count_params() for name, model in models.items()}}
+    result = {"parameters": {name: count_parameters(model) for name, model in models.items()}}
     if "evaluation" in FLAGS.parts:  # what every model computes alike: embedding and softmax
         shared = supernet.derive("I" * PRESETS[FLAGS.preset].num_layers)
         result["evaluation_softmax_flops_per_token"] = evaluation_flops_per_token(

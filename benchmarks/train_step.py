@@ -30,6 +30,7 @@ from benchmarks.common import (  # noqa: E402
     zipf_tokens,
 )
 from par_xl.configs import PRESETS  # noqa: E402
+from par_xl.cost.parameters import count_parameters  # noqa: E402
 
 FLAGS = flags.DEFINE_integer("repeats", 5, "Timed runs per configuration.")
 flags.DEFINE_integer("steps", 40, "Training steps per timed run.")
@@ -87,7 +88,7 @@ def prepare(jit_compile, search, knn_layers):
         # For a single path: the expected FLOPs at the choice probabilities of the timed steps
         # (still uniform here, as at the start of a search).
         "flops_per_token": training_flops_per_token(model, FLAGS.seq_len, FLAGS.batch_size),
-        "parameters": model.count_params(),
+        "parameters": count_parameters(model),
         "tail_capacities": capacity,
     }
 

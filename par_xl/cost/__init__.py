@@ -1,1 +1,1 @@
-"""What a model costs: FLOPs per token (`flops`)."""
+"""What a model costs: FLOPs per token (`flops`), trainable parameters (`parameters`)."""

@@ -1,5 +1,6 @@
-"""The benchmarks' timing helpers (benchmarks/common.py): `fit_seconds` times the training steps
-of a `fit` call, and only them."""
+"""The benchmarks' helpers (benchmarks/common.py): `fit_seconds` times the training steps of a
+`fit` call, and only them; `count_parameters` (par_xl.cost.parameters) counts weights, not
+the state a model carries."""
 
 import time
 
@@ -8,6 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import fit_seconds, rounds
+from par_xl.configs import PRESETS
+from par_xl.cost.parameters import count_parameters
+from par_xl.models import PARTransformerXL
 
 
 class SlowStart(keras.callbacks.Callback):
@@ -43,3 +47,15 @@ def test_rounds_take_turns_and_use_the_given_timer():
                    2, timer=lambda function: function())  # fmt: skip
     assert calls == ["a", "b", "a", "b"]
     assert times == {"a": [1.0, 1.0], "b": [2.0, 2.0]}
+
+
+def test_parameters_do_not_count_the_carried_state_which_grows_with_batch_and_memory():
+    counts = {}
+    for batch, mem_len in ((2, 4), (8, 16)):
+        config = PRESETS["tiny"].model_kwargs() | {"architecture": "AFL", "mem_len": mem_len}
+        model = PARTransformerXL(**config)
+        model.build((batch, 8))
+        counts[batch] = (count_parameters(model), model.count_params())
+    assert counts[2][0] == counts[8][0]  # the weights: independent of B and M
+    d_model = PRESETS["tiny"].d_model  # the XL memory of the one A block: B x M x D
+    assert counts[8][1] - counts[2][1] >= 8 * 16 * d_model - 2 * 4 * d_model
