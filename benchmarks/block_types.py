@@ -14,7 +14,7 @@ WFWFWF, LFLFLF and AGAGAG), untrained (speed does not depend on the weights), wi
 segment length T and XL memory M (`--batch_size` rows).
 
 Train: `model.fit` steps (the real path: callbacks, progress off) of `--steps` per timed run
-(`fit_seconds`: the steps, without the call's ~1 s iterator teardown), after an untimed run of
+(`fit_seconds`: the steps, without the wait at the end of a `fit` call), after an untimed run of
 as many (compilation, warm-up); `--jit_compile` as train.py (default
 off: its CPU default). Evaluation: `par_xl.training.evaluation.evaluate_batches` (train.py's
 validation) over `--eval_tokens` tokens per timed run. Generation: `read_prompt`, then the

@@ -20,9 +20,9 @@ def seconds(function):
 
 def fit_seconds(model, data, steps):
     """Wall seconds of `steps` training steps of `model.fit(data)`: from the first step's start
-    to the end of training, as a callback sees them. The call's own end is left out: closing
-    the dataset iterator waits for its prefetch thread, which on this machine ends `fit` on the
-    next whole second after the last step (a ~1 s step in the timings of short runs)."""
+    to the end of training, as a callback sees them. What `fit` does after `on_train_end` is left
+    out: on this project's machines it waits up to ~2.5 s there (the calls end on multiples of
+    ~2.56 s), which quantized the timings of short runs."""
     import keras
 
     marks = {}
