@@ -84,8 +84,7 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
     with the backends compared at each size (`scann_vs_exact[ C=<size>]`). With `partial` (a
     path), the figures so far are written there after each evaluation, and those found there
     are not evaluated again."""
-    import numpy as np
-
+    from par_xl.cost.parameters import count_parameters
     from par_xl.training.document_positions import split_report
     from par_xl.training.runs import load_run, read_run_config
 
@@ -133,7 +132,7 @@ def evaluate_run(name, checkpoint_dir, splits, backends, sizes, edges, jit_compi
             model = load_run(checkpoint_dir, jit_compile=jit_compile and backend == "exact",
                              knn_backend=backend, knn_memory_size=size)[0]  # fmt: skip
             if "parameters" not in run:
-                run["parameters"] = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+                run["parameters"] = count_parameters(model)
                 probabilities, architecture = model.choice_probabilities()
                 run["derived_architecture"] = architecture
                 run["gates"] = gates(model)
