@@ -49,7 +49,11 @@ train.py runs on a CPU) agree only in order: the standard model 3.9x the base su
 (FLOPs: 5.9x), T = M = 128 3.6x the standard's T = 64 step (per epoch 1.8x: T = 64 affords
 twice the steps).
 
-Without `--run`, reads every run directory under `--runs_dir` with a results.json, and the
+Each finished run's records go to `--archive_dir`, committed, so that the series goes on in a
+later session on another machine (`benchmarks/series.py`); the latency table and the inference
+JSON live there too. The table and its Markdown go to `benchmarks/results/par_claim.{json,md}`.
+
+Without `--run`, reads every finished run, under `--runs_dir` or in `--archive_dir`, and the
 JSON of one interleaved `benchmarks/inference.py` run of all their architectures (`--inference`;
 measured there, with `--measure_inference` or after `--run`, if missing): per model its valid
 and test perplexity per token and per word, bits per character, parameters, MFLOP per token
@@ -70,7 +74,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.series import REPO, Run, run_series  # noqa: E402
+from benchmarks.series import REPO, Run, finished_runs, run_series  # noqa: E402
 from par_xl.configs import PRESETS  # noqa: E402
 from par_xl.files import atomic_write_text  # noqa: E402
 from par_xl.models.rules import standard_architecture  # noqa: E402
@@ -85,6 +89,7 @@ FIXED = {"standard": "standard", "par_rule_p5": "par_rule:p=5", "late_rule_p5": 
          "sandwich_k6": "sandwich:k=6", "par_rule_p3": "par_rule:p=3"}  # fmt: skip
 SEARCHES = ("sp_latency", "sp")  # search_<s>, derived_<s> (from scratch), ft_<s>
 GOAL = {"speed": 1.3, "word_perplexity": 1.01}  # x the standard's
+ARCHIVE = "benchmarks/results/par_claim_runs"  # the finished runs' records, committed
 
 
 def define_flags():
@@ -92,18 +97,20 @@ def define_flags():
     none, so that they cannot collide with train.py's in the same process."""
     flags.DEFINE_bool("run", False, "Run (or resume) the series first (module docstring).")
     flags.DEFINE_string("runs_dir", "runs/par32", "The directory holding the run directories.")
+    flags.DEFINE_string("archive_dir", ARCHIVE,
+                        "The committed records of the finished runs (benchmarks/series.py).")
     flags.DEFINE_string("data_dir", "data/tfrecords_t64", "--run: the splits built with T = 64.")
     flags.DEFINE_string("sp_model_prefix", "data/sp12k", "--run: their SentencePiece model.")
-    flags.DEFINE_string("latency_table", "runs/par32/latency_par32.json",
+    flags.DEFINE_string("latency_table", f"{ARCHIVE}/latency_par32.json",
                         "latency_table.py's JSON at the preset's shape (--run measures it if "
                         "missing).")  # fmt: skip
     flags.DEFINE_integer("epochs", EPOCHS, "--run: epochs of every run (the docstring's budget).")
     flags.DEFINE_bool("fine_tune", False, "--run: also fine-tune each derived architecture.")
-    flags.DEFINE_string("inference", "runs/par32/inference.json",
+    flags.DEFINE_string("inference", f"{ARCHIVE}/inference.json",
                         "benchmarks/inference.py's JSON of every run's architecture.")
     flags.DEFINE_bool("measure_inference", False, "Measure --inference now (else: after --run).")
     flags.DEFINE_integer("inference_repeats", 3, "benchmarks/inference.py's rounds.")
-    flags.DEFINE_string("output", "runs/par32/par_claim",
+    flags.DEFINE_string("output", "benchmarks/results/par_claim",
                         "The table goes to <output>.json and .md.")  # fmt: skip
     flags.DEFINE_string("figure", "docs/par_claim_front.png", "The cost-quality front's picture.")
 
@@ -156,7 +163,7 @@ def run_all():
               f"--preset={PRESET}", f"--warmup_steps={WARMUP}", "--log_every=50",
               "--checkpoint_every=500"]  # fmt: skip
     runs = series(FLAGS.epochs, table, FLAGS.fine_tune)
-    failed = run_series(runs, FLAGS.runs_dir, common)
+    failed = run_series(runs, FLAGS.runs_dir, common, FLAGS.archive_dir)
     if failed is not None:
         raise SystemExit(f"par_claim.py: the run {failed} failed; see its .out file.")
 
@@ -193,10 +200,11 @@ def speed_figures(architecture, inference):
     }  # fmt: skip
 
 
-def collect(runs_dir, inference):
-    """`{run name: row}` of every finished run under `runs_dir` (module docstring)."""
+def collect(runs_dir, inference, archive=None):
+    """`{run name: row}` of every finished run under `runs_dir` or archived in `archive`
+    (module docstring)."""
     table = {}
-    for run in sorted(p.parent for p in Path(runs_dir).glob("*/results.json")):
+    for run in finished_runs(runs_dir, archive):
         figures = run_figures(run)
         architecture = figures["derived"] or figures["architecture"]
         table[run.name] = {
@@ -279,11 +287,11 @@ def main(argv):
     if FLAGS.run:
         run_all()
     inference_path = Path(FLAGS.inference)
-    table = collect(FLAGS.runs_dir, {})
+    table = collect(FLAGS.runs_dir, {}, FLAGS.archive_dir)
     if (FLAGS.measure_inference or FLAGS.run and not inference_path.is_file()) and table:
         measure_inference(table, inference_path)
     if inference_path.is_file():
-        table = collect(FLAGS.runs_dir, json.loads(inference_path.read_text()))
+        table = collect(FLAGS.runs_dir, json.loads(inference_path.read_text()), FLAGS.archive_dir)
     goal = goal_check(table)
     report = markdown(table, goal)
     atomic_write_text(f"{FLAGS.output}.json", json.dumps({"runs": table, "goal": goal}, indent=2))

@@ -14,7 +14,10 @@ joint updates with the weights' optimizer (par-xl before the architecture optimi
 bilevel fraction of 0.2. Then each derived architecture fine-tuned for 4 epochs from its
 supernet, and the standard AFAFAF trained from scratch for 8 epochs: equal total steps.
 
-Reads every run directory under `--runs_dir` that has a results.json: a search (a supernet), a
+Each finished run's records go to `--archive_dir`, committed, so that the series goes on in a
+later session on another machine (`benchmarks/series.py`); the latency table lives there too.
+
+Reads every finished run, under `--runs_dir` or in `--archive_dir`: a search (a supernet), a
 fine-tune of a derived architecture (`ft_<search>`, trained with `--init_from` the search) or a
 model trained from scratch. For a search:
     moved_at        the first logged step at which some block's choice probabilities are more
@@ -40,14 +43,17 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.series import Run, run_series  # noqa: E402
+from benchmarks.series import Run, finished_runs, run_series  # noqa: E402
 from par_xl.models.rules import standard_architecture  # noqa: E402
 from par_xl.reporting.run_figures import run_figures  # noqa: E402
 from par_xl.reporting.search_picture import NoSearchHistory, read_search_history  # noqa: E402
 from par_xl.training.runs import read_run_config  # noqa: E402
 
+ARCHIVE = "benchmarks/results/search_mechanics_runs"  # the finished runs' records, committed
 flags.DEFINE_string("runs_dir", "runs/t128", "The directory holding the run directories.")
-flags.DEFINE_string("latency_table", "runs/t128/latency_base128.json",
+flags.DEFINE_string("archive_dir", ARCHIVE,
+                    "The committed records of the finished runs (benchmarks/series.py).")
+flags.DEFINE_string("latency_table", f"{ARCHIVE}/latency_base128.json",
                     "latency_table.py's JSON at the runs' shape (--run measures it if missing).")
 flags.DEFINE_bool("run", False, "Run (or resume) the series of runs first.")
 flags.DEFINE_string("data_dir", "data/tfrecords_t128", "--run: the T = 128 splits.")
@@ -88,7 +94,7 @@ def run_all():
               f"--sp_model_prefix={FLAGS.sp_model_prefix}",
               "--preset=base128", "--warmup_steps=1000", "--log_every=50",
               "--checkpoint_every=500"]  # fmt: skip
-    failed = run_series(series(table), FLAGS.runs_dir, common)
+    failed = run_series(series(table), FLAGS.runs_dir, common, FLAGS.archive_dir)
     if failed is not None:
         raise SystemExit(f"search_mechanics.py: the run {failed} failed; see its .out file.")
 
@@ -149,10 +155,11 @@ def flops_table(run):
     return flops_costs(model, segment, model_config.mem_len, batch)
 
 
-def collect(runs_dir, table, inference, moved):
-    runs = sorted(p.parent for p in Path(runs_dir).glob("*/results.json"))
+def collect(runs_dir, table, inference, moved, archive=None):
+    """`{run name: figures}` of every finished run under `runs_dir` or archived in `archive`
+    (module docstring)."""
     report, flops = {}, None
-    for run in runs:
+    for run in finished_runs(runs_dir, archive):
         figures = run_figures(run)
         if figures["architecture"] == "supernet":
             figures["settings"] = settings(run)
@@ -221,7 +228,7 @@ def main(argv):
         run_all()
     table = json.loads(Path(FLAGS.latency_table).read_text()) if FLAGS.latency_table else None
     inference = json.loads(Path(FLAGS.inference).read_text()) if FLAGS.inference else None
-    report = collect(FLAGS.runs_dir, table, inference, FLAGS.moved)
+    report = collect(FLAGS.runs_dir, table, inference, FLAGS.moved, FLAGS.archive_dir)
     print(markdown(report) if FLAGS.markdown else json.dumps(report, indent=2))
 
 

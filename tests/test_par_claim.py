@@ -89,8 +89,8 @@ def test_the_table_and_the_front_of_a_tiny_series(tiny_data, tmp_path):
               "--arch_start_step=1", "--log_every=1"]  # fmt: skip
     runs = [run for run in series(1, "unused") if run.name in ("standard", "search_sp",
                                                                 "derived_sp")]  # fmt: skip
-    runs_dir = tmp_path / "runs"
-    assert run_series(runs, runs_dir, common) is None
+    runs_dir, archive = tmp_path / "runs", tmp_path / "archive"
+    assert run_series(runs, runs_dir, common, archive) is None
     derived = json.loads((runs_dir / "search_sp/results.json").read_text())["architecture"]
     speeds = {"AFA": (1000, 2000, 5.0e6), derived: (1500, 2500, 3.0e6)}  # eval, generation, FLOPs
     inference = {"T64_M64": {
@@ -117,10 +117,12 @@ def test_the_table_and_the_front_of_a_tiny_series(tiny_data, tmp_path):
     assert goal["x_standard"]["derived_sp"]["speed_x_standard"] == 1.5
     lines = markdown(table, goal).splitlines()
     assert lines[2].startswith(f"| derived_sp | searched | `{derived}` |")
+    # The machine is lost: the archived records give the same table.
+    assert collect(tmp_path / "lost", inference, archive) == table
     (tmp_path / "inference.json").write_text(json.dumps(inference))
-    out = run_script("benchmarks/par_claim.py", f"--runs_dir={runs_dir}",
-                     f"--inference={tmp_path}/inference.json", f"--output={tmp_path}/claim",
-                     f"--figure={tmp_path}/front.png")  # fmt: skip
+    out = run_script("benchmarks/par_claim.py", f"--runs_dir={tmp_path}/lost",
+                     f"--archive_dir={archive}", f"--inference={tmp_path}/inference.json",
+                     f"--output={tmp_path}/claim", f"--figure={tmp_path}/front.png")  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     written = json.loads((tmp_path / "claim.json").read_text())
     assert written == json.loads(json.dumps({"runs": table, "goal": goal}))

@@ -5,7 +5,14 @@ import json
 
 import pytest
 
-from benchmarks.series import Run, run_flags, run_series
+from benchmarks.series import (
+    Run,
+    archive_run,
+    finished_runs,
+    restore_run,
+    run_flags,
+    run_series,
+)
 
 
 def test_a_run_resumes_once_it_has_a_checkpoint_and_fine_tunes_what_its_search_derived(tmp_path):
@@ -21,6 +28,29 @@ def test_a_run_resumes_once_it_has_a_checkpoint_and_fine_tunes_what_its_search_d
         "--architecture=AFI", f"--init_from={tmp_path}/search/checkpoints"]  # fmt: skip
     scratch = Run("scratch", ("--epochs=2",), "search", from_scratch=True)
     assert run_flags(scratch, tmp_path)[-1] == "--architecture=AFI"  # no --init_from
+
+
+def test_the_archive_keeps_a_runs_records_but_not_its_weights(tmp_path):
+    run = tmp_path / "runs/search"
+    records = {"results.json": "{}", "checkpoints/config.json": "{}",
+               "train/events.out.tfevents.1.host": "t", "validation/events.out.tfevents.2.h": "v"}
+    for name, text in {**records, "checkpoints/ckpt-00000010.weights.h5": "w",
+                       "search.log": "log"}.items():  # fmt: skip
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    archive = tmp_path / "archive"
+    archive_run(run, archive)
+    kept = {str(p.relative_to(archive / "search")) for p in archive.rglob("*") if p.is_file()}
+    assert kept == set(records)
+    assert [p.name for p in archive.iterdir()] == ["search"]  # no temporary left
+    (run / "results.json").write_text('{"step": 2}')
+    archive_run(run, archive)  # again: replaced
+    assert (archive / "search/results.json").read_text() == '{"step": 2}'
+    assert finished_runs(tmp_path / "elsewhere", archive) == [archive / "search"]
+    assert finished_runs(tmp_path / "runs", archive) == [run]  # the run directory first
+    assert not restore_run("other", archive, tmp_path / "new")
+    assert restore_run("search", archive, tmp_path / "new")
+    assert (tmp_path / "new/search/checkpoints/config.json").read_text() == "{}"
 
 
 @pytest.mark.slow
@@ -40,3 +70,9 @@ def test_a_series_runs_what_is_missing_and_stops_at_a_failure(tiny_data, tmp_pat
     assert "end search exit 0" in log and "end bad exit 2" in log
     assert run_series(runs[:2], tmp_path, common) is None  # done: nothing runs again
     assert log == (tmp_path / "series.log").read_text()
+    # With an archive, on a new machine: the archived search is restored, not trained again.
+    archive, fresh = tmp_path / "archive", tmp_path / "fresh"
+    archive_run(tmp_path / "search", archive)
+    assert run_series(runs[:1], fresh, common, archive) is None
+    assert "restored search" in (fresh / "series.log").read_text()
+    assert not (fresh / "search.out").exists()
