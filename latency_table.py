@@ -4,8 +4,10 @@ r"""Measures a latency table for the architecture search's cost (`train.py --cos
   python train.py ... --cost=latency --latency_table=runs/latency_base128.json --cost_target=0.7
 
 Times one block of each letter of `--choices` (and the identity) at the model's shape on this
-device: the compiled forward pass over a (B, T) batch with M memory positions, and a training
-step; prints the table and writes it as JSON. Run it on the device the model will serve on (a
+device, and the rest of the model (its embedding and output layer, at `--vocab_size` and
+`--cutoffs`, which a run's table must match): the compiled forward pass and its loss over a
+(B, T) batch with M memory positions, and a training step; prints the table and writes it as
+JSON. Run it on the device the model will serve on (a
 GPU machine's table differs from a CPU's). The work is `par_xl.cost.latency`.
 """
 
@@ -25,6 +27,9 @@ flags.DEFINE_integer("num_heads", None, "Attention heads.")
 flags.DEFINE_integer("d_ffn", None, "Feed-forward inner width.")
 flags.DEFINE_integer("mem_len", None, "XL memory length M (default: the preset's).")
 flags.DEFINE_integer("knn_memory_size", None, "C, the M letter's kNN store per stream and head.")
+flags.DEFINE_integer("vocab_size", None, "The data's vocabulary (default the preset's, 12,000: "
+                     "the base data's); with --cutoffs, the output layer's shape.")
+flags.DEFINE_multi_integer("cutoffs", None, "Adaptive-softmax cutoffs (default: the preset's).")
 flags.DEFINE_string("choices", "AFI", f"The letters to time, of {legend()}.")
 flags.DEFINE_integer("seq_len", 32, "Segment length T: the data's (build_data.py --seq_len).")
 flags.DEFINE_integer("batch_size", 32, "Batch size B: the data's.")
@@ -41,8 +46,10 @@ def main(argv):
     from par_xl.cost.latency import measure_latency_table, write_latency_table
 
     overrides = {name: getattr(FLAGS, name) for name in
-                 ("d_model", "num_heads", "d_ffn", "mem_len", "knn_memory_size")
+                 ("d_model", "num_heads", "d_ffn", "mem_len", "knn_memory_size", "vocab_size")
                  if getattr(FLAGS, name) is not None}  # fmt: skip
+    if FLAGS.cutoffs is not None:
+        overrides["cutoffs"] = tuple(FLAGS.cutoffs)
     config = dataclasses.replace(PRESETS[FLAGS.preset], **overrides)
     try:
         config.validate()

@@ -119,18 +119,19 @@ def search_figures(run, moved):
 
 
 def relative_costs(architecture, table, flops):
-    """`architecture`'s latency (the table's) and FLOPs as multiples of the standard model's."""
+    """`architecture`'s latency (the table's) and FLOPs as multiples of the standard model's,
+    whole models (the cost every architecture pays included)."""
     standard = standard_architecture(len(architecture))
     result = {}
-    if table is not None:
-        latency = table["forward_ms"]
-        result["latency_x_standard"] = round(
-            sum(latency[c] for c in architecture) / sum(latency[c] for c in standard), 3
-        )
-    if flops is not None:
-        result["flops_x_standard"] = round(
-            sum(flops[c] for c in architecture) / sum(flops[c] for c in standard), 3
-        )
+    costs = {"latency": None if table is None else (table["forward_ms"],
+                                                    table["fixed_ms"]["forward_ms"]),
+             "flops": flops}  # fmt: skip
+    for name, pair in costs.items():
+        if pair is not None:
+            per_letter, fixed = pair
+            ratio = (fixed + sum(per_letter[c] for c in architecture)) / (
+                fixed + sum(per_letter[c] for c in standard))
+            result[f"{name}_x_standard"] = round(ratio, 3)
     return result
 
 
@@ -144,7 +145,8 @@ def settings(run):
 
 
 def flops_table(run):
-    """FLOPs per token of each letter at the run's shape (from its model)."""
+    """FLOPs per token of each letter and of the rest of the model at the run's shape (from
+    its model): `flops_costs`'s pair."""
     from par_xl.cost.objective import flops_costs
     from par_xl.models import PARTransformerXL
 

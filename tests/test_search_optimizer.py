@@ -2,6 +2,7 @@
 steps, the cost objective and the latency table (par_xl.training.search_optimizer,
 par_xl.cost.objective, par_xl.cost.latency)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from conftest import run_on_jax
 from keras import ops
 
 from par_xl.configs import ConfigError, ModelConfig
+from par_xl.cost.flops import evaluation_flops_per_token
 from par_xl.cost.latency import (
     LatencyTableError,
     measure_latency_table,
@@ -212,15 +214,21 @@ def tiny_supernet(choices="AFI", architecture=None):
 
 def test_flops_costs_are_the_registrys_and_the_target_the_standard_models():
     model = tiny_supernet()
-    costs = flops_costs(model, 5, 4, 2)
+    costs, fixed = flops_costs(model, 5, 4, 2)
     assert set(costs) == {"A", "F", "I"} and costs["I"] == 0
     block = model.blocks[0]
     from par_xl.layers.choices import CHOICES
 
     assert costs["F"] == 2 * CHOICES["F"].macs_per_token(block, 5, 4, 2, True)
-    objective = CostObjective(costs, 0.1, 0.7)
+    # The rest of the model: what a model of identity blocks computes (its output layer).
+    identity = tiny_supernet(architecture="III")
+    assert fixed == pytest.approx(evaluation_flops_per_token(identity, 5, 2)) and fixed > 0
+    objective = CostObjective(costs, 0.1, 0.7, fixed=fixed)
     assert standard_architecture(5) == "AFAFA"
-    assert objective.target(3) == pytest.approx(0.7 * (2 * costs["A"] + costs["F"]))
+    assert objective.target(3) == pytest.approx(0.7 * (fixed + 2 * costs["A"] + costs["F"]))
+    fixed_model = tiny_supernet(architecture="AFI")
+    assert objective.architecture_cost("AFI") == pytest.approx(
+        evaluation_flops_per_token(fixed_model, 5, 2))  # the whole model, as flops.py counts it
 
 
 def test_expected_cost_is_the_probability_weighted_sum():
@@ -229,15 +237,15 @@ def test_expected_cost_is_the_probability_weighted_sum():
     for layer in model.choice_layers:
         layer.logits.assign(rng.normal(size=3).astype("float32"))
     costs = {"A": 3.0, "F": 2.0, "I": 0.0}
-    objective = CostObjective(costs, 0.1, 1.0)
-    by_hand = 0.0
+    objective = CostObjective(costs, 0.1, 1.0, fixed=1.5)
+    by_hand = 1.5
     for layer, block in zip(model.choice_layers, model.blocks):
         logits = ops.convert_to_numpy(layer.logits).astype("float64")
         p = np.exp(logits - logits.max())
         by_hand += float(np.dot(p / p.sum(), [costs[c] for c in block.choices]))
     np.testing.assert_allclose(float(objective.expected_cost(model)), by_hand, rtol=1e-6)
     fixed = tiny_supernet(architecture="AFI")
-    assert float(objective.expected_cost(fixed)) == objective.architecture_cost("AFI") == 5.0
+    assert float(objective.expected_cost(fixed)) == objective.architecture_cost("AFI") == 6.5
 
 
 @pytest.mark.parametrize("form,target", [("additive", 0.8), ("multiplicative", 0.8),
@@ -247,7 +255,7 @@ def test_cost_term_gradient_matches_finite_differences(form, target):
     rng = np.random.default_rng(2)
     for layer in model.choice_layers:
         layer.logits.assign(rng.normal(size=3).astype("float32"))
-    objective = CostObjective({"A": 3.0, "F": 2.0, "I": 0.5}, 0.3, target, form)
+    objective = CostObjective({"A": 3.0, "F": 2.0, "I": 0.5}, 0.3, target, form, fixed=1.0)
     cross_entropy = tf.constant(4.0)
 
     def loss():
@@ -295,21 +303,30 @@ def test_the_cost_term_enters_the_training_loss_only():
 
 
 def test_latency_table_round_trips_through_json_and_refuses_another_shape(tmp_path):
-    config = ModelConfig(d_model=16, num_heads=2, d_ffn=32, num_layers=2, mem_len=4)
+    config = ModelConfig(vocab_size=3000, d_model=16, num_heads=2, d_ffn=32, num_layers=2,
+                         mem_len=4, cutoffs=(100, 1000))  # fmt: skip
     table = measure_latency_table(config.model_kwargs(), "AF", seq_len=8, mem_len=4,
                                   batch_size=2, repeats=2, rounds=1)  # fmt: skip
     assert set(table["forward_ms"]) == {"I", "A", "F"} and table["forward_ms"]["I"] == 0.0
     assert all(v >= 0 for kind in ("forward_ms", "train_step_ms") for v in table[kind].values())
+    # The rest of the model: the identity model with the real output layer, not the probes'.
+    assert table["fixed_ms"] == {kind: table["probe_ms"][kind]["fixed"]
+                                 for kind in ("forward_ms", "train_step_ms")}  # fmt: skip
+    assert table["shape"]["vocab_size"] == 3000 and table["shape"]["cutoffs"] == [100, 1000]
     path = tmp_path / "latency.json"
     write_latency_table(path, table)
     assert json.loads(path.read_text()) == json.loads(json.dumps(table))
-    assert read_latency_table(path, config, 8, 4) == pytest.approx(table["forward_ms"])
-    assert read_latency_table(path, config, 8, 4, "train_step_ms") == pytest.approx(
-        table["train_step_ms"]
-    )
+    costs, fixed = read_latency_table(path, config, 8, 4)
+    assert costs == pytest.approx(table["forward_ms"])
+    assert fixed == pytest.approx(table["fixed_ms"]["forward_ms"]) and fixed > 0
+    costs, fixed = read_latency_table(path, config, 8, 4, "train_step_ms")
+    assert costs == pytest.approx(table["train_step_ms"])
+    assert fixed == pytest.approx(table["fixed_ms"]["train_step_ms"])
     with pytest.raises(LatencyTableError, match=r"latency.json was measured at another shape "
                        r"\(seq_len 8 there, 16 here\)"):  # fmt: skip
         read_latency_table(path, config, 16, 4)
+    with pytest.raises(LatencyTableError, match=r"cutoffs \[100, 1000\] there, \[200\] here"):
+        read_latency_table(path, dataclasses.replace(config, cutoffs=(200,)), 8, 4)
     path.write_text('{"forward_ms": {}}')
     with pytest.raises(ConfigError, match="not a latency table"):
         read_latency_table(path, config, 8, 4)

@@ -40,7 +40,6 @@ def forward_flops_per_token(
         position_projection: count the projection of the K relative positions (shared by the
             batch); a loop whose K never changes computes it once (XLA hoists it).
     """
-    d = model.d_model
     m = model.mem_len if mem_len is None else mem_len
     probabilities = model.choice_probabilities()[0]  # (L, C) over model.choice_letters
     macs = 0.0
@@ -56,9 +55,15 @@ def forward_flops_per_token(
             macs += sum(branch.values())
         else:  # the expected branch (0 for letters not offered); a fixed block's row is one-hot
             macs += sum(float(p) * branch[c] for p, c in zip(row, model.choice_letters) if p)
-    softmax = model.output_layer
+    return 2.0 * macs + output_flops_per_token(model, segment_length, batch_size, all_tails)
+
+
+def output_flops_per_token(model, segment_length, batch_size, all_tails=False):
+    """Forward FLOPs per token of the output layer (the adaptive softmax's head and the tails
+    it scores), what every architecture of the model pays besides its blocks."""
+    d, softmax = model.d_model, model.output_layer
     bounds = softmax.bounds
-    macs += d * (bounds[1] + softmax.num_tails)  # head
+    macs = d * (bounds[1] + softmax.num_tails)  # head
     positions = batch_size * segment_length
     for i in range(1, softmax.num_tails + 1):
         reduced = tail_width(d, softmax.proj_factor, i)

@@ -1,15 +1,18 @@
 """A cost term for the architecture search: the expected cost of the sampled architecture.
 
-Each block choice has a cost per block (`choice_costs`): its inference FLOPs per token from the
-choice registry (`--cost=flops`), or its forward latency measured on the target device
-(`--cost=latency`, a table from `latency_table.py`, `par_xl.cost.latency`). The expected cost
-of a supernet is differentiable in the choice logits (FBNet, ProxylessNAS):
+Each block choice has a cost per block: its inference FLOPs per token from the choice registry
+(`--cost=flops`, `flops_costs`), or its forward latency measured on the target device
+(`--cost=latency`, a table from `latency_table.py`, `par_xl.cost.latency`). So has the rest of
+the model, which every architecture pays (the output layer's FLOPs; the embedding, output layer
+and framework time of a forward pass). The expected cost of a supernet is differentiable in the
+choice logits (FBNet, ProxylessNAS):
 
-    E[cost] = sum over blocks b, letters c of softmax(logits_b)_c * cost_c
+    E[cost] = fixed + sum over blocks b, letters c of softmax(logits_b)_c * cost_c
 
 (a fixed block adds its own letter's cost). With a target T (`--cost_target`, a fraction of the
-standard Transformer-XL of the same depth, `AFAF...`) and a weight w (`--cost_weight`) the loss
-becomes, for the cross-entropy CE:
+whole standard Transformer-XL of the same depth, `AFAF...`, its fixed part included, so that a
+target of 0.8 asks for a model that runs in 0.8 of the standard's time, not blocks that do) and
+a weight w (`--cost_weight`) the loss becomes, for the cross-entropy CE:
 
     additive        CE + w (E[cost] - T) / T          (ProxylessNAS, its lambda = w)
     multiplicative  CE * (E[cost] / T) ** w           (FBNet's and MnasNet's form: in logs,
@@ -28,6 +31,7 @@ import dataclasses
 import numpy as np
 from keras import ops
 
+from par_xl.cost.flops import output_flops_per_token
 from par_xl.layers.choices import CHOICES
 from par_xl.models.rules import standard_architecture
 
@@ -37,8 +41,9 @@ REFERENCE = standard_architecture(2)  # the letters of the standard model, the c
 
 
 def flops_costs(model, segment_length, mem_len, batch_size):
-    """`{letter: forward FLOPs per token}` of one block with each letter the model's blocks
-    offer, and of A and F (the reference), at `(B, T)` batches over M memory positions."""
+    """`({letter: forward FLOPs per token}, fixed)`: of one block with each letter the model's
+    blocks offer, and of A and F (the reference), at `(B, T)` batches over M memory positions;
+    and of the output layer, which every architecture pays."""
     costs = {}
     for block in model.blocks:
         for letter in {*block.offered, *REFERENCE}:
@@ -46,7 +51,7 @@ def flops_costs(model, segment_length, mem_len, batch_size):
                 macs = CHOICES[letter].macs_per_token(block, segment_length, mem_len, batch_size,
                                                       True)  # fmt: skip
                 costs[letter] = 2.0 * macs
-    return costs
+    return costs, output_flops_per_token(model, segment_length, batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,7 @@ class CostObjective:
         target_fraction: T as a fraction of `standard_architecture`'s cost, > 0.
         form: "additive", "multiplicative" or "hinge".
         unit: what a cost counts ("FLOPs per token", "ms per batch"), for logs.
+        fixed: the cost of the rest of the model, which every architecture pays, >= 0.
     """
 
     costs: dict
@@ -67,6 +73,7 @@ class CostObjective:
     target_fraction: float
     form: str = "additive"
     unit: str = ""
+    fixed: float = 0.0
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -77,16 +84,16 @@ class CostObjective:
             raise ValueError(
                 f"target_fraction must be a positive number, received {self.target_fraction!r}."
             )
-        for letter, cost in self.costs.items():
+        for letter, cost in {**self.costs, "the rest of the model": self.fixed}.items():
             if not (np.isfinite(cost) and cost >= 0):
                 raise ValueError(f"the cost of {letter!r} must be >= 0, received {cost!r}.")
 
     def architecture_cost(self, architecture):
-        """The cost of a fixed architecture string, e.g. `"AFAFAF"`."""
+        """The cost of the model with a fixed architecture string, e.g. `"AFAFAF"`."""
         missing = sorted(set(architecture) - set(self.costs))
         if missing:
             raise ValueError(f"no cost for the letters {missing} (costs of {sorted(self.costs)}).")
-        return float(sum(self.costs[letter] for letter in architecture))
+        return self.fixed + float(sum(self.costs[letter] for letter in architecture))
 
     def target(self, num_layers):
         """T: `target_fraction` of the standard architecture's cost."""
@@ -98,7 +105,7 @@ class CostObjective:
         missing = sorted({c for b in model.blocks for c in b.offered} - set(self.costs))
         if missing:
             raise ValueError(f"no cost for the letters {missing} (costs of {sorted(self.costs)}).")
-        total = ops.zeros((), "float32")
+        total = ops.convert_to_tensor(self.fixed, "float32")
         for block in model.blocks:
             if block.choice is not None:
                 total = total + self.costs[block.choice]

@@ -278,11 +278,11 @@ def search_cost(model, model_config, train_config, plan):
     batch, segment = plan.batch_shape
     if train_config.cost == "latency":
         path = train_config.latency_table
-        costs = read_latency_table(path, model_config, segment, model_config.mem_len)
+        costs, fixed = read_latency_table(path, model_config, segment, model_config.mem_len)
         unit = "ms per batch"
     else:
         path, unit = None, "FLOPs per token"
-        costs = flops_costs(model, segment, model_config.mem_len, batch)
+        costs, fixed = flops_costs(model, segment, model_config.mem_len, batch)
     needed = {*model.choice_letters, *standard_architecture(2)}
     if not needed <= set(costs):
         raise ConfigError(
@@ -290,7 +290,8 @@ def search_cost(model, model_config, train_config, plan):
             f"the letters {''.join(sorted(needed))} with latency_table.py."
         )
     weight = train_config.cost_weight if train_config.cost != "none" else 0.0
-    return CostObjective(costs, weight, train_config.cost_target, train_config.cost_form, unit)
+    return CostObjective(costs, weight, train_config.cost_target, train_config.cost_form, unit,
+                         fixed)  # fmt: skip
 
 
 def log_start(model, model_config, train_config, plan, strategy=None):
