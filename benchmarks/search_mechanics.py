@@ -50,17 +50,26 @@ from par_xl.reporting.search_picture import NoSearchHistory, read_search_history
 from par_xl.training.runs import read_run_config  # noqa: E402
 
 ARCHIVE = "benchmarks/results/search_mechanics_runs"  # the finished runs' records, committed
-flags.DEFINE_string("runs_dir", "runs/t128", "The directory holding the run directories.")
-flags.DEFINE_string("archive_dir", ARCHIVE,
-                    "The committed records of the finished runs (benchmarks/series.py).")
-flags.DEFINE_string("latency_table", f"{ARCHIVE}/latency_base128.json",
-                    "latency_table.py's JSON at the runs' shape (--run measures it if missing).")
-flags.DEFINE_bool("run", False, "Run (or resume) the series of runs first.")
-flags.DEFINE_string("data_dir", "data/tfrecords_t128", "--run: the T = 128 splits.")
-flags.DEFINE_string("sp_model_prefix", "data/sp12k", "--run: their SentencePiece model.")
-flags.DEFINE_string("inference", None, "benchmarks/inference.py's JSON for the derived models.")
-flags.DEFINE_float("moved", 0.05, "How far from uniform a probability must be to have moved.")
-flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
+
+
+def define_flags():
+    """The script's flags, defined when it runs: importing the module (its tests) defines
+    none, so that they cannot collide with train.py's in the same process."""
+    flags.DEFINE_string("runs_dir", "runs/t128", "The directory holding the run directories.")
+    flags.DEFINE_string("archive_dir", ARCHIVE,
+                        "The committed records of the finished runs (benchmarks/series.py).")
+    flags.DEFINE_string("latency_table", f"{ARCHIVE}/latency_base128.json",
+                        "latency_table.py's JSON at the runs' shape (--run measures it if "
+                        "missing).")  # fmt: skip
+    flags.DEFINE_bool("run", False, "Run (or resume) the series of runs first.")
+    flags.DEFINE_string("data_dir", "data/tfrecords_t128", "--run: the T = 128 splits.")
+    flags.DEFINE_string("sp_model_prefix", "data/sp12k", "--run: their SentencePiece model.")
+    flags.DEFINE_string("inference", None,
+                        "benchmarks/inference.py's JSON for the derived models.")
+    flags.DEFINE_float("moved", 0.05, "How far from uniform a probability must be to have moved.")
+    flags.DEFINE_bool("markdown", False, "Print a Markdown table instead of JSON.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -235,4 +244,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

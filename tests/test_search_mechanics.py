@@ -1,0 +1,28 @@
+"""The search-mechanics comparison (benchmarks/search_mechanics.py): its series, and the
+derived architectures' costs as multiples of the whole standard model's."""
+
+import pytest
+
+from benchmarks.search_mechanics import relative_costs, series
+
+
+def test_the_series_gives_every_search_and_its_fine_tune_equal_steps_to_the_standard():
+    runs = {run.name: run for run in series("table.json")}
+    searches = [name for name in runs if name.startswith("s_")]
+    assert searches == [f"s_{s}_{n}" for s in ("sp", "ab") for n in ("cost", "arch", "joint",
+                                                                     "frac")]  # fmt: skip
+    for name in searches:
+        assert "--epochs=4" in runs[name].flags and "--epochs=4" in runs[f"ft_{name}"].flags
+        assert runs[f"ft_{name}"].after == name and not runs[f"ft_{name}"].from_scratch
+    assert "--epochs=8" in runs["std_AFAFAF"].flags  # a search plus its fine-tune
+    assert {"--cost=latency", "--latency_table=table.json"} <= set(runs["s_sp_cost"].flags)
+
+
+def test_relative_costs_are_whole_models_fixed_part_included():
+    table = {"forward_ms": {"A": 3.0, "F": 1.0, "I": 0.0}, "fixed_ms": {"forward_ms": 4.0}}
+    flops = ({"A": 10.0, "F": 6.0, "I": 0.0}, 16.0)
+    costs = relative_costs("AAIFAI", table, flops)
+    # latency (4 + 3 + 3 + 1 + 3) / (4 + 3 x 3 + 3 x 1); FLOPs (16 + 36) / (16 + 48)
+    assert costs == {"latency_x_standard": pytest.approx(14 / 16, abs=1e-3),
+                     "flops_x_standard": pytest.approx(52 / 64, abs=1e-3)}  # fmt: skip
+    assert relative_costs("AFAFAF", table, None) == {"latency_x_standard": 1.0}
