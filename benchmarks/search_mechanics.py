@@ -5,7 +5,7 @@ what that costs and how good it is after fine-tuning; prints JSON (or Markdown).
     python benchmarks/search_mechanics.py --runs_dir=runs/t128 \
         --latency_table=runs/t128/latency_base128.json [--inference=inference.json] [--markdown]
 
-The series (`--run`, `SERIES`, `benchmarks/series.py`): the base width at T = M = 128 (preset
+The series (`--run`, `series()`, `benchmarks/series.py`): the base width at T = M = 128 (preset
 base128, data built with `--seq_len=128` in `--data_dir`), 4 epochs per search with the weights'
 warm-up and the architecture's start at step 1,000; the latency table first
 (`latency_table.py`); for each search setting, single path and all branches: the architecture
@@ -13,6 +13,13 @@ optimizer's defaults; with a latency cost (hinge, target 0.7x the standard model
 joint updates with the weights' optimizer (par-xl before the architecture optimizer); a
 bilevel fraction of 0.2. Then each derived architecture fine-tuned for 4 epochs from its
 supernet, and the standard AFAFAF trained from scratch for 8 epochs: equal total steps.
+In order of importance, which the first three runs (`s_sp_cost`, `std_AFAFAF`,
+`ft_s_sp_cost`; their latency target was a fraction of the blocks' latency, before the cost
+counted the whole model) set: the bound of the goal, the fastest one-attention models
+(`bound_AFFFFF`, `bound_FFAFFF`) trained from scratch like the standard; and the cost search
+without identity (`s_sp_cost_AF`, `--choices=AF`, target 0.75x the whole standard model: PAR's
+trade, attention for feed-forward, where the first cost search paid with identity blocks),
+fine-tuned; then the rest.
 
 Each finished run's records go to `--archive_dir`, committed, so that the series goes on in a
 later session on another machine (`benchmarks/series.py`); the latency table lives there too.
@@ -83,10 +90,17 @@ def series(latency_table):
     for search, flag in (("sp", ("--search=single_path",)), ("ab", ())):
         runs += [Run(f"s_{search}_{name}", (*flag, "--epochs=4", *extra))
                  for name, extra in searches.items()]  # fmt: skip
-    runs.insert(1, Run("std_AFAFAF", ("--architecture=AFAFAF", "--epochs=8")))
-    runs.insert(2, Run("ft_s_sp_cost", ("--epochs=4",), after="s_sp_cost"))
-    return runs + [Run(f"ft_{r.name}", ("--epochs=4",), after=r.name) for r in runs
-                   if r.name.startswith("s_") and r.name != "s_sp_cost"]  # fmt: skip
+    first = ("s_sp_cost", "s_sp_cost_AF")
+    fixed = {name: Run(name, (f"--architecture={name.rpartition('_')[2]}", "--epochs=8"))
+             for name in ("std_AFAFAF", "bound_AFFFFF", "bound_FFAFFF")}  # fmt: skip
+    without_identity = Run("s_sp_cost_AF", ("--search=single_path", "--choices=AF",
+                                            "--epochs=4", *cost[:3], "--cost_target=0.75",
+                                            cost[4]))  # fmt: skip
+    head = [runs[0], fixed["std_AFAFAF"], Run("ft_s_sp_cost", ("--epochs=4",), after=first[0]),
+            fixed["bound_AFFFFF"], without_identity,
+            Run("ft_s_sp_cost_AF", ("--epochs=4",), after=first[1]), fixed["bound_FFAFFF"]]
+    return head + runs[1:] + [Run(f"ft_{r.name}", ("--epochs=4",), after=r.name)
+                              for r in runs[1:]]  # fmt: skip
 
 
 def run_all():
@@ -185,7 +199,8 @@ def collect(runs_dir, table, inference, moved, archive=None):
         search = report.get(name.removeprefix("ft_")) if name.startswith("ft_") else None
         if search is not None:
             figures["total_steps"] = search["steps"] + figures["steps"]
-            figures["total_seconds"] = search["seconds"] + figures["seconds"]
+            seconds = (search["seconds"], figures["seconds"])
+            figures["total_seconds"] = None if None in seconds else sum(seconds)
     if inference is not None:
         for shape in (v for k, v in inference.items() if k.startswith("T")):  # e.g. T128_M128
             speedups = shape.get("evaluation_speedup_over_AFAFAF", {})
@@ -217,6 +232,10 @@ def short_settings(figures):
     return ", ".join(words)
 
 
+def _or_dash(value):
+    return "-" if value is None else value
+
+
 def markdown(report):
     lines = ["| run | search | settings | moved at | derived | latency / FLOPs x std | eval tok/s "
              "x std | valid word ppl | test word ppl | steps | seconds |",
@@ -229,7 +248,8 @@ def markdown(report):
             f"{f.get('latency_x_standard', '-')} / {f.get('flops_x_standard', '-')} | "
             f"{f.get('eval_speedup_over_AFAFAF', '-')} | "
             + " | ".join("-" if p is None else f"{p:.1f}" for p in ppl)
-            + f" | {f.get('total_steps', f['steps'])} | {f.get('total_seconds', f['seconds'])} |"
+            + f" | {f.get('total_steps', f['steps'])} | "
+            f"{_or_dash(f.get('total_seconds', f['seconds']))} |"
         )
     return "\n".join(lines)
 

@@ -7,15 +7,26 @@ from benchmarks.search_mechanics import relative_costs, series
 
 
 def test_the_series_gives_every_search_and_its_fine_tune_equal_steps_to_the_standard():
+    order = [run.name for run in series("table.json")]
     runs = {run.name: run for run in series("table.json")}
-    searches = [name for name in runs if name.startswith("s_")]
-    assert searches == [f"s_{s}_{n}" for s in ("sp", "ab") for n in ("cost", "arch", "joint",
-                                                                     "frac")]  # fmt: skip
+    assert order[:7] == ["s_sp_cost", "std_AFAFAF", "ft_s_sp_cost", "bound_AFFFFF",
+                         "s_sp_cost_AF", "ft_s_sp_cost_AF", "bound_FFAFFF"]  # fmt: skip
+    searches = [name for name in order if name.startswith("s_")]
+    assert searches == ["s_sp_cost", "s_sp_cost_AF"] + [
+        f"s_{s}_{n}" for s in ("sp", "ab") for n in ("cost", "arch", "joint", "frac")
+        if (s, n) != ("sp", "cost")]  # fmt: skip
+    assert len(order) == len(runs) == 2 * len(searches) + 3  # each fine-tuned; 3 fixed
     for name in searches:
         assert "--epochs=4" in runs[name].flags and "--epochs=4" in runs[f"ft_{name}"].flags
         assert runs[f"ft_{name}"].after == name and not runs[f"ft_{name}"].from_scratch
-    assert "--epochs=8" in runs["std_AFAFAF"].flags  # a search plus its fine-tune
-    assert {"--cost=latency", "--latency_table=table.json"} <= set(runs["s_sp_cost"].flags)
+    for name, letters in (("std", "AFAFAF"), ("bound", "AFFFFF"), ("bound", "FFAFFF")):
+        # from scratch for a search plus its fine-tune
+        assert runs[f"{name}_{letters}"].flags == (f"--architecture={letters}", "--epochs=8")
+    assert {"--cost=latency", "--latency_table=table.json", "--cost_target=0.7"} <= set(
+        runs["s_sp_cost"].flags)  # fmt: skip
+    assert {"--choices=AF", "--cost=latency", "--cost_form=hinge", "--cost_target=0.75",
+            "--cost_weight=1.0"} <= set(runs["s_sp_cost_AF"].flags)  # fmt: skip
+    assert "--cost_target=0.7" not in runs["s_sp_cost_AF"].flags
 
 
 def test_relative_costs_are_whole_models_fixed_part_included():

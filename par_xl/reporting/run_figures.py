@@ -21,6 +21,7 @@ def run_figures(run):
         derived         a supernet's argmax architecture at the end, else None;
         steps           the steps it trained;
         seconds         its training time (steps x ms/step of its log, evaluations excluded);
+                        None for a run whose records kept no training events;
         init_from       the checkpoints it started from (a fine-tune), else None;
         valid, test     perplexity per token and per word, bits per character, of the splits
                         it was evaluated on (a supernet's: its argmax or expected branches).
@@ -34,7 +35,8 @@ def run_figures(run):
         "search": model_config.search if model_config.architecture is None else None,
         "derived": results["architecture"] if model_config.architecture is None else None,
         "steps": results["step"],
-        "seconds": round(training_seconds(run, tokens_per_step)),
+        "seconds": round(training_seconds(run, tokens_per_step))
+        if (run / "train").is_dir() else None,
         "init_from": train_config.init_from,
     }
     for split in ("valid", "test"):
