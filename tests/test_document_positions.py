@@ -128,7 +128,8 @@ def test_a_run_loads_with_another_store_size(tiny_data, tmp_path):
     result = position_losses(trained, split)
     expected = result["losses"]
     assert 8 < result["positions"].max() < 1024  # documents between the stores' sizes
-    np.testing.assert_allclose(position_losses(larger, split)["losses"], expected, rtol=1e-5)
+    # The exact search over a larger store sums in another order: float32 noise, ~1e-5.
+    np.testing.assert_allclose(position_losses(larger, split)["losses"], expected, rtol=1e-4)
     assert not np.allclose(position_losses(smaller, split)["losses"], expected, rtol=1e-3)
     with pytest.raises(ConfigError, match="a search's kNN store size is its own"):
         load_run(runs["search"], knn_memory_size=4096)
