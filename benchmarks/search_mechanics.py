@@ -9,7 +9,9 @@ The series (`--run`, `series()`, `benchmarks/series.py`): the base width at T = 
 base128, data built with `--seq_len=128` in `--data_dir`), 4 epochs per search with the weights'
 warm-up and the architecture's start at step 1,000; the latency table first
 (`latency_table.py`); for each search setting, single path and all branches: the architecture
-optimizer's defaults; with a latency cost (hinge, target 0.7x the standard model, weight 1);
+optimizer's defaults; with a latency cost (hinge, target 0.84x the standard model, weight 1;
+`s_sp_cost` ran on 2026-12-03 with 0.7x the blocks' latency, before the cost counted the whole
+model, which is 0.85x the whole on the table of 2026-12-04);
 joint updates with the weights' optimizer (par-xl before the architecture optimizer); a
 bilevel fraction of 0.2. Then each derived architecture fine-tuned for 4 epochs from its
 supernet, and the standard AFAFAF trained from scratch for 8 epochs: equal total steps.
@@ -17,9 +19,12 @@ In order of importance, which the first three runs (`s_sp_cost`, `std_AFAFAF`,
 `ft_s_sp_cost`; their latency target was a fraction of the blocks' latency, before the cost
 counted the whole model) set: the bound of the goal, the fastest one-attention models
 (`bound_AFFFFF`, `bound_FFAFFF`) trained from scratch like the standard; and the cost search
-without identity (`s_sp_cost_AF`, `--choices=AF`, target 0.75x the whole standard model: PAR's
-trade, attention for feed-forward, where the first cost search paid with identity blocks),
-fine-tuned; then the rest.
+without identity (`s_sp_cost_AF`, `--choices=AF`, PAR's trade, attention for feed-forward,
+where the first cost search paid with identity blocks), fine-tuned; then the rest. The
+target, 0.84x the whole standard model, is the latency table's price of a model with one
+attention block (AFFFFF 0.835, FFFFFF 0.753, AAFFFF 0.917 at T = M = 128 on the machine of
+2026-12-04): the goal's 1.25x needs one (measured: one-attention models evaluate at 1.32-1.39x,
+two-attention ones under 1.25x), and a lower target would push every block to F.
 
 Each finished run's records go to `--archive_dir`, committed, so that the series goes on in a
 later session on another machine (`benchmarks/series.py`); the latency table lives there too.
@@ -83,7 +88,7 @@ FLAGS = flags.FLAGS
 def series(latency_table):
     """The runs of `--run`, in order of importance (module docstring)."""
     cost = ("--cost=latency", f"--latency_table={latency_table}", "--cost_form=hinge",
-            "--cost_target=0.7", "--cost_weight=1.0")  # fmt: skip
+            "--cost_target=0.84", "--cost_weight=1.0")  # fmt: skip
     searches = {"cost": cost, "arch": (), "joint": ("--arch_optimizer=none",),
                 "frac": ("--arch_fraction=0.2",)}  # fmt: skip
     runs = []
@@ -93,9 +98,8 @@ def series(latency_table):
     first = ("s_sp_cost", "s_sp_cost_AF")
     fixed = {name: Run(name, (f"--architecture={name.rpartition('_')[2]}", "--epochs=8"))
              for name in ("std_AFAFAF", "bound_AFFFFF", "bound_FFAFFF")}  # fmt: skip
-    without_identity = Run("s_sp_cost_AF", ("--search=single_path", "--choices=AF",
-                                            "--epochs=4", *cost[:3], "--cost_target=0.75",
-                                            cost[4]))  # fmt: skip
+    without_identity = Run("s_sp_cost_AF",
+                           ("--search=single_path", "--choices=AF", "--epochs=4", *cost))
     head = [runs[0], fixed["std_AFAFAF"], Run("ft_s_sp_cost", ("--epochs=4",), after=first[0]),
             fixed["bound_AFFFFF"], without_identity,
             Run("ft_s_sp_cost_AF", ("--epochs=4",), after=first[1]), fixed["bound_FFAFFF"]]

@@ -22,11 +22,12 @@ def test_the_series_gives_every_search_and_its_fine_tune_equal_steps_to_the_stan
     for name, letters in (("std", "AFAFAF"), ("bound", "AFFFFF"), ("bound", "FFAFFF")):
         # from scratch for a search plus its fine-tune
         assert runs[f"{name}_{letters}"].flags == (f"--architecture={letters}", "--epochs=8")
-    assert {"--cost=latency", "--latency_table=table.json", "--cost_target=0.7"} <= set(
-        runs["s_sp_cost"].flags)  # fmt: skip
-    assert {"--choices=AF", "--cost=latency", "--cost_form=hinge", "--cost_target=0.75",
-            "--cost_weight=1.0"} <= set(runs["s_sp_cost_AF"].flags)  # fmt: skip
-    assert "--cost_target=0.7" not in runs["s_sp_cost_AF"].flags
+    cost = {"--cost=latency", "--latency_table=table.json", "--cost_form=hinge",
+            "--cost_target=0.84", "--cost_weight=1.0"}  # one attention block's price
+    for name in ("s_sp_cost", "s_sp_cost_AF", "s_ab_cost"):
+        assert cost <= set(runs[name].flags)
+    assert "--choices=AF" in runs["s_sp_cost_AF"].flags
+    assert not any(flag.startswith("--cost") for flag in runs["s_sp_arch"].flags)
 
 
 def test_relative_costs_are_whole_models_fixed_part_included():
