@@ -51,7 +51,9 @@ twice the steps).
 
 Each finished run's records go to `--archive_dir`, committed, so that the series goes on in a
 later session on another machine (`benchmarks/series.py`); the latency table and the inference
-JSON live there too. The table and its Markdown go to `benchmarks/results/par_claim.{json,md}`.
+JSON live there too. The table and its Markdown go to
+`benchmarks/results/par_claim_table.{json,md}`; what they say is in
+`benchmarks/results/par_claim.md`.
 
 Without `--run`, reads every finished run, under `--runs_dir` or in `--archive_dir`, and the
 JSON of one interleaved `benchmarks/inference.py` run of all their architectures (`--inference`;
@@ -110,7 +112,7 @@ def define_flags():
                         "benchmarks/inference.py's JSON of every run's architecture.")
     flags.DEFINE_bool("measure_inference", False, "Measure --inference now (else: after --run).")
     flags.DEFINE_integer("inference_repeats", 3, "benchmarks/inference.py's rounds.")
-    flags.DEFINE_string("output", "benchmarks/results/par_claim",
+    flags.DEFINE_string("output", "benchmarks/results/par_claim_table",
                         "The table goes to <output>.json and .md.")  # fmt: skip
     flags.DEFINE_string("figure", "docs/par_claim_front.png", "The cost-quality front's picture.")
 

@@ -33,7 +33,7 @@ def front(points):
 def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
                ylabel="perplexity", title=None):  # fmt: skip
     """Writes a PNG to `path` (atomically): each group's points, and the first group's front
-    as a staircase (the edge of what its models dominate).
+    as a staircase (the edge of what its models dominate), speed on a log axis.
 
     Args:
         groups: `{label: {name: (speed, perplexity)}}`, one marker style per group; each point
@@ -56,9 +56,10 @@ def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
         if i == 0 and len(steps) > 1:  # up at each point, then across to the next
             axes.step(*zip(*steps), where="pre", color=dots.get_facecolor()[0], alpha=0.6,
                       label=f"{label}: front")  # fmt: skip
-        for name, (x, y) in points.items():
-            axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4),
-                          fontsize="small")  # fmt: skip
+    # Labels above and below in turn along the speed axis, so that neighbours do not overlap.
+    for i, (name, (x, y)) in enumerate(sorted(everything.items(), key=lambda item: item[1])):
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 if i % 2 else -11),
+                      fontsize="small")  # fmt: skip
     if reference is not None and goal is not None and reference in everything:
         x, y = everything[reference]
         right = max(p[0] for p in everything.values())
@@ -67,6 +68,7 @@ def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
                           goal[1] * y, color="tab:green", alpha=0.15,
                           label=f"goal: >= {goal[0]:g}x {reference}'s speed, "
                           f"<= {goal[1]:g}x its perplexity")  # fmt: skip
+    axes.set_xscale("log")  # speed-ups as distances: 1.3x is as wide anywhere
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
