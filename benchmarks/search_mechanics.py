@@ -11,7 +11,7 @@ warm-up and the architecture's start at step 1,000; the latency table first
 (`latency_table.py`); for each search setting, single path and all branches: the architecture
 optimizer's defaults; with a latency cost (hinge, target 0.84x the standard model, weight 1;
 `s_sp_cost` ran on 2026-12-03 with 0.7x the blocks' latency, before the cost counted the whole
-model, which is 0.85x the whole on the table of 2026-12-04);
+model, about 0.85x the whole on the tables of 2026-12-04);
 joint updates with the weights' optimizer (par-xl before the architecture optimizer); a
 bilevel fraction of 0.2. Then each derived architecture fine-tuned for 4 epochs from its
 supernet, and the standard AFAFAF trained from scratch for 8 epochs: equal total steps.
@@ -24,7 +24,7 @@ shape (`benchmarks/results/block_types.md`) at F's cost; and the cost search
 without identity (`s_sp_cost_AF`, `--choices=AF`, PAR's trade, attention for feed-forward,
 where the first cost search paid with identity blocks), fine-tuned; then the rest. The
 target, 0.84x the whole standard model, is the latency table's price of a model with one
-attention block (AFFFFF 0.835, FFFFFF 0.753, AAFFFF 0.917 at T = M = 128 on the machine of
+attention block (AFFFFF 0.818, FFFFFF 0.727, AAFFFF 0.909 at T = M = 128 on the machine of
 2026-12-04): the goal's 1.25x needs one (measured: one-attention models evaluate at 1.32-1.39x,
 two-attention ones under 1.25x), and a lower target would push every block to F.
 
