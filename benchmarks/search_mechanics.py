@@ -18,15 +18,16 @@ supernet, and the standard AFAFAF trained from scratch for 8 epochs: equal total
 In order of importance, which the first three runs (`s_sp_cost`, `std_AFAFAF`,
 `ft_s_sp_cost`; their latency target was a fraction of the blocks' latency, before the cost
 counted the whole model) set: the bound of the goal, the fastest one-attention models
-(`bound_AFFFFF`, `bound_FFAFFF`) trained from scratch like the standard, and `bound_AGGGGG`,
-one attention block and the gated feed-forward, 3.2% better than F at 20 epochs of the base
-shape (`benchmarks/results/block_types.md`) at F's cost; and the cost search
-without identity (`s_sp_cost_AF`, `--choices=AF`, PAR's trade, attention for feed-forward,
-where the first cost search paid with identity blocks), fine-tuned; then the rest. The
-target, 0.84x the whole standard model, is the latency table's price of a model with one
-attention block (AFFFFF 0.818, FFFFFF 0.727, AAFFFF 0.909 at T = M = 128 on the machine of
-2026-12-04): the goal's 1.25x needs one (measured: one-attention models evaluate at 1.32-1.39x,
-two-attention ones under 1.25x), and a lower target would push every block to F.
+trained from scratch like the standard (`bound_AFFFFF`; `bound_FFAFFF`, last) and with the
+gated feed-forward (`bound_AGGGGG`: G was 3.2% better than F after 20 epochs at the base shape,
+`benchmarks/results/block_types.md`, at F's cost); the cost search without identity
+(`s_sp_cost_AF`, `--choices=AF`, PAR's trade, attention for feed-forward, where the first cost
+search paid with identity blocks), fine-tuned; then the cost-free searches, single path and
+all branches (do they agree?), the other settings, their fine-tunes. The cost target, 0.84x
+the whole standard model, is the latency table's price of a model with one attention block
+(AFFFFF 0.818, FFFFFF 0.727, AAFFFF 0.909 at T = M = 128 on the machine of 2026-12-04): the
+goal's 1.25x needs one (measured: one-attention models evaluate at 1.32-1.39x, two-attention
+ones under 1.25x), and a lower target would push every block to F.
 
 Each finished run's records go to `--archive_dir`, committed, so that the series goes on in a
 later session on another machine (`benchmarks/series.py`); the latency table lives there too.
@@ -91,24 +92,25 @@ def series(latency_table):
     """The runs of `--run`, in order of importance (module docstring)."""
     cost = ("--cost=latency", f"--latency_table={latency_table}", "--cost_form=hinge",
             "--cost_target=0.84", "--cost_weight=1.0")  # fmt: skip
-    searches = {"cost": cost, "arch": (), "joint": ("--arch_optimizer=none",),
+    settings = {"cost": cost, "arch": (), "joint": ("--arch_optimizer=none",),
                 "frac": ("--arch_fraction=0.2",)}  # fmt: skip
-    runs = []
-    for search, flag in (("sp", ("--search=single_path",)), ("ab", ())):
-        runs += [Run(f"s_{search}_{name}", (*flag, "--epochs=4", *extra))
-                 for name, extra in searches.items()]  # fmt: skip
-    first = ("s_sp_cost", "s_sp_cost_AF")
+    kinds = {"sp": ("--search=single_path",), "ab": ()}
+    searches = {f"s_{kind}_{name}": Run(f"s_{kind}_{name}", (*flag, "--epochs=4", *extra))
+                for kind, flag in kinds.items() for name, extra in settings.items()}  # fmt: skip
+    searches["s_sp_cost_AF"] = Run("s_sp_cost_AF", ("--search=single_path", "--choices=AF",
+                                                    "--epochs=4", *cost))  # fmt: skip
     fixed = {f"{kind}_{letters}": Run(f"{kind}_{letters}", (f"--architecture={letters}",
                                                             "--epochs=8"))
              for kind, letters in (("std", "AFAFAF"), ("bound", "AFFFFF"), ("bound", "AGGGGG"),
                                    ("bound", "FFAFFF"))}  # fmt: skip
-    without_identity = Run("s_sp_cost_AF",
-                           ("--search=single_path", "--choices=AF", "--epochs=4", *cost))
-    head = [runs[0], fixed["std_AFAFAF"], Run("ft_s_sp_cost", ("--epochs=4",), after=first[0]),
-            fixed["bound_AFFFFF"], fixed["bound_AGGGGG"], without_identity,
-            Run("ft_s_sp_cost_AF", ("--epochs=4",), after=first[1]), fixed["bound_FFAFFF"]]
-    return head + runs[1:] + [Run(f"ft_{r.name}", ("--epochs=4",), after=r.name)
-                              for r in runs[1:]]  # fmt: skip
+    tuned = {f"ft_{name}": Run(f"ft_{name}", ("--epochs=4",), after=name) for name in searches}
+    order = ("s_sp_cost", "std_AFAFAF", "ft_s_sp_cost", "bound_AFFFFF", "bound_AGGGGG",
+             "s_sp_cost_AF", "ft_s_sp_cost_AF",
+             # whether the two searches agree without a cost, then the other settings
+             "s_sp_arch", "s_ab_arch", "s_sp_frac", "s_sp_joint", "s_ab_cost", "s_ab_frac",
+             "s_ab_joint", "ft_s_sp_arch", "ft_s_ab_arch", "ft_s_sp_frac", "ft_s_sp_joint",
+             "ft_s_ab_cost", "ft_s_ab_frac", "ft_s_ab_joint", "bound_FFAFFF")  # fmt: skip
+    return [{**searches, **fixed, **tuned}[name] for name in order]
 
 
 def run_all():
