@@ -23,7 +23,9 @@ gated feed-forward (`bound_AGGGGG`: G was 3.2% better than F after 20 epochs at 
 `benchmarks/results/block_types.md`, at F's cost); the cost search without identity
 (`s_sp_cost_AF`, `--choices=AF`, PAR's trade, attention for feed-forward, where the first cost
 search paid with identity blocks), fine-tuned; then the cost-free searches, single path and
-all branches (do they agree?), the other settings, their fine-tunes. The cost target, 0.84x
+all branches (do they agree?); LEAP's bounds (`bound_LFLFLF`, no softmax attention, and
+`bound_ALFFFF`: whether L, 1.41x in `LFLFLF`, keeps enough of attention's quality to reach the
+goal where one A block does not); the other settings, their fine-tunes. The cost target, 0.84x
 the whole standard model, is the latency table's price of a model with one attention block
 (AFFFFF 0.818, FFFFFF 0.727, AAFFFF 0.909 at T = M = 128 on the machine of 2026-12-04): the
 goal's 1.25x needs one (measured: one-attention models evaluate at 1.32-1.39x, two-attention
@@ -102,12 +104,14 @@ def series(latency_table):
     fixed = {f"{kind}_{letters}": Run(f"{kind}_{letters}", (f"--architecture={letters}",
                                                             "--epochs=8"))
              for kind, letters in (("std", "AFAFAF"), ("bound", "AFFFFF"), ("bound", "AGGGGG"),
+                                   ("bound", "LFLFLF"), ("bound", "ALFFFF"),
                                    ("bound", "FFAFFF"))}  # fmt: skip
     tuned = {f"ft_{name}": Run(f"ft_{name}", ("--epochs=4",), after=name) for name in searches}
     order = ("s_sp_cost", "std_AFAFAF", "ft_s_sp_cost", "bound_AFFFFF", "bound_AGGGGG",
              "s_sp_cost_AF", "ft_s_sp_cost_AF",
-             # whether the two searches agree without a cost, then the other settings
-             "s_sp_arch", "s_ab_arch", "s_sp_frac", "s_sp_joint", "s_ab_cost", "s_ab_frac",
+             # whether the two searches agree without a cost, LEAP's bounds, the other settings
+             "s_sp_arch", "s_ab_arch", "bound_LFLFLF", "bound_ALFFFF", "s_sp_frac",
+             "s_sp_joint", "s_ab_cost", "s_ab_frac",
              "s_ab_joint", "ft_s_sp_arch", "ft_s_ab_arch", "ft_s_sp_frac", "ft_s_sp_joint",
              "ft_s_ab_cost", "ft_s_ab_frac", "ft_s_ab_joint", "bound_FFAFFF")  # fmt: skip
     return [{**searches, **fixed, **tuned}[name] for name in order]

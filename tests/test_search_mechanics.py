@@ -17,12 +17,12 @@ def test_the_series_gives_every_search_and_its_fine_tune_equal_steps_to_the_stan
         f"s_{s}_{n}" for s in ("sp", "ab") for n in ("cost", "arch", "joint", "frac")])  # fmt: skip
     for name in searches:  # each search before its fine-tune
         assert order.index(name) < order.index(f"ft_{name}")
-    assert len(order) == len(runs) == 2 * len(searches) + 4  # each fine-tuned; 4 fixed
+    assert len(order) == len(runs) == 2 * len(searches) + 6  # each fine-tuned; 6 fixed
     for name in searches:
         assert "--epochs=4" in runs[name].flags and "--epochs=4" in runs[f"ft_{name}"].flags
         assert runs[f"ft_{name}"].after == name and not runs[f"ft_{name}"].from_scratch
     for name, letters in (("std", "AFAFAF"), ("bound", "AFFFFF"), ("bound", "AGGGGG"),
-                          ("bound", "FFAFFF")):  # fmt: skip
+                          ("bound", "LFLFLF"), ("bound", "ALFFFF"), ("bound", "FFAFFF")):
         # from scratch for a search plus its fine-tune
         assert runs[f"{name}_{letters}"].flags == (f"--architecture={letters}", "--epochs=8")
     cost = {"--cost=latency", "--latency_table=table.json", "--cost_form=hinge",
