@@ -31,8 +31,9 @@ RECORDS = ("results.json", "checkpoints/config.json", "train/events.out.tfevents
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One train.py run of a series: its `--model_name`, its own flags, the search whose
-    derived architecture it trains (None: none), and whether it trains that from scratch
-    instead of fine-tuning the search's weights."""
+    derived architecture it trains (None: none; a cost search's is the most probable one
+    within its target, `CostObjective.within_target`, else the argmax), and whether it trains
+    that from scratch instead of fine-tuning the search's weights."""
 
     name: str
     flags: tuple[str, ...] = ()
@@ -48,7 +49,9 @@ def run_flags(run, log_dir):
         source = Path(log_dir) / run.after
         if not (source / "results.json").is_file():
             return None
-        architecture = json.loads((source / "results.json").read_text())["architecture"]
+        results = json.loads((source / "results.json").read_text())
+        # a cost search's derived model is the most probable one within its target
+        architecture = results.get("architecture_within_target") or results["architecture"]
         flags.append(f"--architecture={architecture}")
         if not run.from_scratch:
             flags.append(f"--init_from={source}/checkpoints")

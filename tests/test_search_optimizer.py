@@ -3,6 +3,7 @@ steps, the cost objective and the latency table (par_xl.training.search_optimize
 par_xl.cost.objective, par_xl.cost.latency)."""
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -246,6 +247,32 @@ def test_expected_cost_is_the_probability_weighted_sum():
     np.testing.assert_allclose(float(objective.expected_cost(model)), by_hand, rtol=1e-6)
     fixed = tiny_supernet(architecture="AFI")
     assert float(objective.expected_cost(fixed)) == objective.architecture_cost("AFI") == 6.5
+
+
+def test_within_target_is_the_most_probable_architecture_that_meets_it():
+    keras.utils.set_random_seed(0)
+    model = PARTransformerXL(vocab_size=40, d_model=16, num_heads=2, d_ffn=32, num_layers=5,
+                             mem_len=4, choices="AFI")  # fmt: skip
+    model.build((2, 5))
+    costs = {"A": 3.1, "F": 1.7, "I": 0.0}
+    rng = np.random.default_rng(2)
+    for trial in range(4):
+        for layer in model.choice_layers:
+            layer.logits.assign(rng.normal(scale=2.0, size=3).astype("float32"))
+        p = model.choice_probabilities()[0]  # (5, 3) over "AFI"
+        for fraction in (0.2, 0.45, 0.7, 0.9, 1.3):
+            objective = CostObjective(costs, 0.1, fraction, "hinge", fixed=2.0)
+            target = fraction * (2.0 + 3 * 3.1 + 2 * 1.7)
+            # By brute force over all 3^5 architectures.
+            feasible = [("".join(a), sum(np.log(p[i, "AFI".index(c)]) for i, c in enumerate(a)))
+                        for a in itertools.product("AFI", repeat=5)
+                        if 2.0 + sum(costs[c] for c in a) <= target]  # fmt: skip
+            expected = max(feasible, key=lambda item: item[1])[0] if feasible else None
+            assert objective.within_target(model) == expected, (trial, fraction)
+    objective = CostObjective(costs, 0.1, 0.1, "hinge", fixed=2.0)
+    assert objective.within_target(model) is None  # even IIIII costs 2.0 > 0.1 x 16.7
+    objective = CostObjective(costs, 0.1, 10.0, "hinge", fixed=2.0)
+    assert objective.within_target(model) == model.choice_probabilities()[1]  # the argmax
 
 
 @pytest.mark.parametrize("form,target", [("additive", 0.8), ("multiplicative", 0.8),

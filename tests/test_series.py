@@ -28,6 +28,11 @@ def test_a_run_resumes_once_it_has_a_checkpoint_and_fine_tunes_what_its_search_d
         "--architecture=AFI", f"--init_from={tmp_path}/search/checkpoints"]  # fmt: skip
     scratch = Run("scratch", ("--epochs=2",), "search", from_scratch=True)
     assert run_flags(scratch, tmp_path)[-1] == "--architecture=AFI"  # no --init_from
+    # A cost search's: the most probable architecture within its target, where it has one.
+    for within, expected in (("FFI", "FFI"), (None, "AFI")):
+        (tmp_path / "search/results.json").write_text(json.dumps(
+            {"architecture": "AFI", "architecture_within_target": within}))  # fmt: skip
+        assert run_flags(scratch, tmp_path)[-1] == f"--architecture={expected}"
 
 
 def test_the_archive_keeps_a_runs_records_but_not_its_weights(tmp_path):

@@ -99,6 +99,53 @@ class CostObjective:
         """T: `target_fraction` of the standard architecture's cost."""
         return self.target_fraction * self.architecture_cost(standard_architecture(num_layers))
 
+    def within_target(self, model, resolution=100_000):
+        """The most probable architecture of the supernet `model` whose cost is at most the
+        target: the letters maximizing the sum over blocks of log P(letter), subject to
+        `architecture_cost <= target` (a multiple-choice knapsack, solved exactly over costs
+        rounded up to `resolution` steps of the budget). The argmax architecture can cost far
+        more or less than the expectation the loss holds at the target (probability spread
+        over letters that win no block); this is the architecture the target asks for. None
+        when even the cheapest architecture costs more.
+        """
+        probabilities, argmax = model.choice_probabilities()
+        letters = model.choice_letters
+        target = self.target(len(model.blocks))
+        if self.architecture_cost(argmax) <= target:
+            return argmax
+        offered = [block.choices if block.choice is None else (block.choice,)
+                   for block in model.blocks]  # fmt: skip
+        budget = target - self.fixed
+        cheapest = sum(min(self.costs[c] for c in choices) for choices in offered)
+        if cheapest > budget:
+            return None
+        unit = max(budget, 1e-12) / resolution
+        best = np.zeros(resolution + 1)  # best[n]: the highest score of blocks so far in n units
+        picks = []
+        for row, choices in zip(probabilities, offered):
+            step = np.full(resolution + 1, -np.inf)
+            pick = np.zeros(resolution + 1, "int8")
+            for i, letter in enumerate(choices):
+                width = int(np.ceil(self.costs[letter] / unit - 1e-9))
+                if width > resolution:
+                    continue
+                score = np.log(max(float(row[letters.index(letter)]), 1e-30))
+                candidate = np.full(resolution + 1, -np.inf)
+                candidate[width:] = best[: resolution + 1 - width] + score
+                better = candidate > step
+                step[better], pick[better] = candidate[better], i
+            best = step
+            picks.append(pick)
+        n = int(np.argmax(best))
+        if not np.isfinite(best[n]):
+            return None  # only architectures the rounding put over the budget remain
+        chosen = []
+        for pick, choices in zip(picks[::-1], offered[::-1]):
+            letter = choices[pick[n]]
+            chosen.append(letter)
+            n -= int(np.ceil(self.costs[letter] / unit - 1e-9))
+        return "".join(chosen[::-1])
+
     def expected_cost(self, model):
         """E[cost] of the model under its choice probabilities: a float32 scalar tensor,
         differentiable in the choice logits."""

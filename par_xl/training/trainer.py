@@ -433,6 +433,12 @@ def write_results(model, train_config, evaluation):
 
     with stop_on_signals(interrupted):
         results = {"step": step, "architecture": model.choice_probabilities()[1]}
+        if model.cost_objective is not None and model.choice_layers:
+            within = model.cost_objective.within_target(model)
+            results["architecture_within_target"] = within
+            log.info("the most probable architecture within --cost_target=%g: %s",
+                     model.cost_objective.target_fraction,
+                     within or "none (the cheapest costs more)")  # fmt: skip
         results["valid"] = evaluation.evaluate()
         results["validation_history"] = evaluation.history
         if train_config.test_directory:
