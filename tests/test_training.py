@@ -277,6 +277,29 @@ def read_results(run):
 
 
 @pytest.mark.slow
+def test_a_cost_search_records_the_most_probable_architecture_within_its_target(tiny_data,
+                                                                              tmp_path):
+    from types import SimpleNamespace
+
+    from par_xl.training.runs import load_run
+    from par_xl.training.trainer import search_cost
+
+    args = train_args(tiny_data, tmp_path, "cost", "--max_steps=6", "--cost=flops",
+                      "--cost_target=0.9", "--arch_start_step=0", "--arch_lr=0.1")  # fmt: skip
+    result = run_script("train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_results(tmp_path / "cost")
+    model, model_config, train_config, data = load_run(tmp_path / "cost/checkpoints")
+    plan = SimpleNamespace(batch_shape=(data["batch_size"], data["seq_len"]))
+    objective = search_cost(model, model_config, train_config, plan)
+    within = results["architecture_within_target"]
+    assert within is not None and within == objective.within_target(model)
+    assert objective.architecture_cost(within) <= objective.target(model_config.num_layers)
+    assert "the most probable architecture within --cost_target=0.9" in (
+        tmp_path / "cost/training_log.log").read_text()
+
+
+@pytest.mark.slow
 def test_training_run_writes_logs_checkpoints_and_results(trained_run):
     results = read_results(trained_run)
     assert results["step"] == 60
