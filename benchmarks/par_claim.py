@@ -27,7 +27,8 @@ the architecture's start at its end), in this order:
     par_rule_p3         PAR's rule, p = 3: 11 attention blocks in the first two-thirds;
     ft_sp_latency, ft_sp   with `--fine_tune`: each derived architecture fine-tuned from its
                         search's weights for EPOCHS more epochs (twice the others' steps: shown,
-                        outside the equal-steps comparison).
+                        outside the equal-steps comparison), and
+    standard_long       the standard model trained for 2 x EPOCHS epochs: their reference.
 
 The budget, about 6 hours of this 2-core machine for the nine runs, sets the epochs (2,652
 steps a model; the warm-up about a fifth of them). Training FLOPs per step
@@ -134,8 +135,9 @@ def series(epochs, latency_table, fine_tune=False):
     order = ("standard", "search_sp_latency", "derived_sp_latency", "par_rule_p5", "search_sp",
              "derived_sp", "late_rule_p5", "sandwich_k6", "par_rule_p3")  # fmt: skip
     runs = [{**fixed, **searches, **derived}[name] for name in order]
-    if fine_tune:
+    if fine_tune:  # and the standard model for as many steps as a search and its fine-tune
         runs += [Run(f"ft_{s}", each, f"search_{s}") for s in SEARCHES]
+        runs.append(Run("standard_long", ("--architecture=standard", f"--epochs={2 * epochs}")))
     return runs
 
 

@@ -24,7 +24,10 @@ def test_the_series_trains_every_model_for_the_same_epochs_and_matches_the_atten
     assert list(runs) == [
         "standard", "search_sp_latency", "derived_sp_latency", "par_rule_p5", "search_sp",
         "derived_sp", "late_rule_p5", "sandwich_k6", "par_rule_p3", "ft_sp_latency", "ft_sp",
+        "standard_long",
     ]  # fmt: skip
+    long = runs.pop("standard_long")  # a search and its fine-tune's steps: twice the epochs
+    assert long.flags == ("--architecture=standard", "--epochs=6")
     for run in runs.values():  # equal steps: one --epochs each, the same, nothing stops early
         assert [f for f in run.flags if f.startswith(("--epochs", "--max_steps"))] == ["--epochs=3"]
     assert [run.name for run in series(3, "table.json")] == list(runs)[:-2]
@@ -47,7 +50,7 @@ def test_the_series_trains_every_model_for_the_same_epochs_and_matches_the_atten
     assert [kind(name) for name in runs] == [
         "fixed", "search", "searched", "fixed", "search", "searched", "fixed", "fixed", "fixed",
         "searched", "searched"]  # fmt: skip
-    assert kind("s_sp_cost") == "other"
+    assert kind("s_sp_cost") == kind("standard_long") == "other"  # outside the front
 
 
 def _row(kind, speed, perplexity):
