@@ -102,8 +102,9 @@ class CostObjective:
     def within_target(self, model, resolution=100_000):
         """The most probable architecture of the supernet `model` whose cost is at most the
         target: the letters maximizing the sum over blocks of log P(letter), subject to
-        `architecture_cost <= target` (a multiple-choice knapsack, solved exactly over costs
-        rounded up to `resolution` steps of the budget). The argmax architecture can cost far
+        `architecture_cost <= target` (a multiple-choice knapsack, solved by dynamic
+        programming over the blocks' costs rounded up to 1/`resolution` of the budget, so an
+        architecture within L/`resolution` of the target, for L blocks, may be left out). The argmax architecture can cost far
         more or less than the expectation the loss holds at the target (probability spread
         over letters that win no block); this is the architecture the target asks for. None
         when even the cheapest architecture costs more.
