@@ -104,10 +104,10 @@ class CostObjective:
         target: the letters maximizing the sum over blocks of log P(letter), subject to
         `architecture_cost <= target` (a multiple-choice knapsack, solved by dynamic
         programming over the blocks' costs rounded up to 1/`resolution` of the budget, so an
-        architecture within L/`resolution` of the target, for L blocks, may be left out). The argmax architecture can cost far
-        more or less than the expectation the loss holds at the target (probability spread
-        over letters that win no block); this is the architecture the target asks for. None
-        when even the cheapest architecture costs more.
+        architecture within L/`resolution` of the target, for L blocks, may be left out).
+        The argmax can cost far more or less than the expectation that the loss holds at the
+        target (probability spread over letters that win no block); this is the architecture
+        the target asks for. None when even the cheapest architecture costs more.
         """
         probabilities, argmax = model.choice_probabilities()
         letters = model.choice_letters
@@ -121,18 +121,18 @@ class CostObjective:
         if cheapest > budget:
             return None
         unit = max(budget, 1e-12) / resolution
+        width = {c: int(np.ceil(cost / unit - 1e-9)) for c, cost in self.costs.items()}
         best = np.zeros(resolution + 1)  # best[n]: the highest score of blocks so far in n units
         picks = []
         for row, choices in zip(probabilities, offered):
             step = np.full(resolution + 1, -np.inf)
             pick = np.zeros(resolution + 1, "int8")
             for i, letter in enumerate(choices):
-                width = int(np.ceil(self.costs[letter] / unit - 1e-9))
-                if width > resolution:
+                if width[letter] > resolution:
                     continue
                 score = np.log(max(float(row[letters.index(letter)]), 1e-30))
                 candidate = np.full(resolution + 1, -np.inf)
-                candidate[width:] = best[: resolution + 1 - width] + score
+                candidate[width[letter]:] = best[: resolution + 1 - width[letter]] + score
                 better = candidate > step
                 step[better], pick[better] = candidate[better], i
             best = step
@@ -144,7 +144,7 @@ class CostObjective:
         for pick, choices in zip(picks[::-1], offered[::-1]):
             letter = choices[pick[n]]
             chosen.append(letter)
-            n -= int(np.ceil(self.costs[letter] / unit - 1e-9))
+            n -= width[letter]
         return "".join(chosen[::-1])
 
     def expected_cost(self, model):
