@@ -96,13 +96,16 @@ def finished_runs(log_dir, archive=None):
 
 def run_series(runs, log_dir, common, archive=None, python=sys.executable):
     """Runs the `runs` that have no results yet, in order, each `train.py *common *flags`,
-    archiving each finished one in `archive` (None: no archive) and restoring those archived
-    there; stops at the first that fails (an interrupt included) and returns its name, else
-    None."""
+    archiving each finished one in `archive` (None: no archive; a finished one found missing
+    there too) and restoring those archived there; stops at the first that fails (an interrupt
+    included) and returns its name, else None."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:
         if (log_dir / run.name / "results.json").is_file():
+            if archive is not None and not (Path(archive) / run.name / "results.json").is_file():
+                archive_run(log_dir / run.name, archive)  # stopped between results and archive
+                _note(log_dir, f"archived {run.name}")
             continue
         if archive is not None and restore_run(run.name, archive, log_dir):
             _note(log_dir, f"restored {run.name} from {archive}")

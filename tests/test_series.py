@@ -2,6 +2,7 @@
 running a real series of two tiny runs, the second fine-tuning what the first derived."""
 
 import json
+import shutil
 
 import pytest
 
@@ -81,3 +82,8 @@ def test_a_series_runs_what_is_missing_and_stops_at_a_failure(tiny_data, tmp_pat
     assert run_series(runs[:1], fresh, common, archive) is None
     assert "restored search" in (fresh / "series.log").read_text()
     assert not (fresh / "search.out").exists()
+    # A run that finished but was stopped before its archive: archived when the series passes.
+    shutil.rmtree(archive / "search")
+    assert run_series(runs[:1], tmp_path, common, archive) is None
+    assert (archive / "search/results.json").is_file()
+    assert "archived search" in (tmp_path / "series.log").read_text()
