@@ -49,8 +49,8 @@ def test_the_series_trains_every_model_for_the_same_epochs_and_matches_the_atten
         assert derived.from_scratch and not fine_tune.from_scratch
     assert [kind(name) for name in runs] == [
         "fixed", "search", "searched", "fixed", "search", "searched", "fixed", "fixed", "fixed",
-        "searched", "searched"]  # fmt: skip
-    assert kind("s_sp_cost") == kind("standard_long") == "other"  # outside the front
+        "fine-tuned", "fine-tuned"]  # fmt: skip
+    assert kind("standard_long") == "long" and kind("s_sp_cost") == "other"
 
 
 def _row(kind, speed, perplexity):
@@ -66,17 +66,30 @@ def test_the_goal_is_1_3x_the_standards_speed_within_1_percent_and_the_fixed_fro
         "derived_sp_latency": _row("searched", 1300, 101.0),  # at both bounds: meets
         "derived_sp": _row("searched", 1500, 100.5),  # meets, beyond the fixed front
         "search_sp": _row("search", 2000, 90.0),  # a supernet: not a candidate
+        # Twice the steps: measured against the standard trained as long, not against the rest.
+        "standard_long": _row("long", 1000, 80.0),
+        "ft_sp": _row("fine-tuned", 1500, 85.0),  # better than the standard: 6% behind its own
+        "ft_sp_latency": _row("fine-tuned", 1300, 80.8),  # at both bounds: meets
     }
     goal = goal_check(table)
-    assert goal["meets_goal"] == ["par_rule_p5", "derived_sp_latency", "derived_sp"]
+    assert goal["meets_goal"] == ["par_rule_p5", "derived_sp_latency", "derived_sp",
+                                  "ft_sp_latency"]  # fmt: skip
     assert goal["x_standard"]["par_rule_p3"] == {
-        "speed_x_standard": 1.2, "word_perplexity_x_standard": 0.99}  # fmt: skip
-    assert "search_sp" not in goal["x_standard"]
+        "reference": "standard", "speed_x_standard": 1.2, "word_perplexity_x_standard": 0.99}
+    assert goal["x_standard"]["ft_sp"] == {
+        "reference": "standard_long", "speed_x_standard": 1.5, "word_perplexity_x_standard": 1.0625}
+    assert "search_sp" not in goal["x_standard"] and "standard_long" not in goal["x_standard"]
     assert goal["fixed_front"] == ["par_rule_p5", "par_rule_p3"]  # the standard: p3 dominates it
     assert goal["searched"] == {
         "derived_sp_latency": {"dominated_by": ["par_rule_p5"], "on_or_above_fixed_front": False},
         "derived_sp": {"dominated_by": [], "on_or_above_fixed_front": True},
+        "ft_sp": {"dominated_by": [], "on_or_above_fixed_front": True},
+        "ft_sp_latency": {"dominated_by": [], "on_or_above_fixed_front": True},
     }
+    table["ft_sp"]["eval_tokens_per_second"] = 900  # slower and worse than standard_long
+    assert goal_check(table)["searched"]["ft_sp"]["dominated_by"] == ["standard_long"]
+    for name in ("standard_long", "ft_sp", "ft_sp_latency"):
+        del table[name]
     table["par_rule_p5"]["valid"]["word_perplexity"] = 101.1  # 1.1% worse than the standard
     table["derived_sp_latency"]["eval_tokens_per_second"] = 1299
     table["derived_sp"]["kind"] = "other"

@@ -30,7 +30,7 @@ def front(points):
     return sorted(names, key=lambda name: -points[name][0])
 
 
-def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
+def draw_front(groups, path, references=(), goal=None, xlabel="tokens/s",
                ylabel="perplexity", title=None):  # fmt: skip
     """Writes a PNG to `path` (atomically): each group's points, and the first group's front
     as a staircase (the edge of what its models dominate), speed on a log axis.
@@ -38,9 +38,10 @@ def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
     Args:
         groups: `{label: {name: (speed, perplexity)}}`, one marker style per group; each point
             is annotated with its name.
-        reference: a name of `groups`' points whose point `goal` is measured against.
-        goal: `(speed factor, perplexity factor)`: the region at least `speed factor` x the
-            reference's speed and at most `perplexity factor` x its perplexity is shaded.
+        references: names of `groups`' points that `goal` is measured against.
+        goal: `(speed factor, perplexity factor)`: for each reference, the region at least
+            `speed factor` x its speed and at most `perplexity factor` x its perplexity is
+            shaded, in a colour of its own.
     """
     figure = Figure(figsize=(8, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -60,12 +61,13 @@ def draw_front(groups, path, reference=None, goal=None, xlabel="tokens/s",
     for i, (name, (x, y)) in enumerate(sorted(everything.items(), key=lambda item: item[1])):
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 if i % 2 else -11),
                       fontsize="small")  # fmt: skip
-    if reference is not None and goal is not None and reference in everything:
+    right = max(p[0] for p in everything.values())
+    bottom = min(p[1] for p in everything.values())
+    present = [name for name in references if name in everything] if goal else []
+    for reference, colour in zip(present, ("tab:green", "tab:purple", "tab:olive")):
         x, y = everything[reference]
-        right = max(p[0] for p in everything.values())
-        bottom = min(p[1] for p in everything.values())
         axes.fill_between([goal[0] * x, max(right, goal[0] * x) * 1.05], min(bottom, y) * 0.98,
-                          goal[1] * y, color="tab:green", alpha=0.15,
+                          goal[1] * y, color=colour, alpha=0.15,
                           label=f"goal: >= {goal[0]:g}x {reference}'s speed, "
                           f"<= {goal[1]:g}x its perplexity")  # fmt: skip
     axes.set_xscale("log")  # speed-ups as distances: 1.3x is as wide anywhere
