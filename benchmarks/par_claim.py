@@ -223,7 +223,7 @@ def collect(runs_dir, inference, archive=None):
         }
     for name, row in table.items():
         search = table.get(f"search_{name.partition('_')[2]}")
-        own = row["kind"] != "searched" or search is None
+        own = row["kind"] not in ("searched", "fine-tuned") or search is None
         row["total_steps"] = row["steps"] + (0 if own else search["steps"])
         row["total_seconds"] = row["seconds"] + (0 if own else search["seconds"])
     return table

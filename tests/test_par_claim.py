@@ -103,8 +103,8 @@ def test_the_table_and_the_front_of_a_tiny_series(tiny_data, tmp_path):
               f"--test_directory={tiny_data}/tf/test", f"--sp_model_prefix={tiny_data}/sp",
               "--preset=tiny", "--cutoffs=20", "--max_steps=3", "--warmup_steps=1",
               "--arch_start_step=1", "--log_every=1"]  # fmt: skip
-    runs = [run for run in series(1, "unused") if run.name in ("standard", "search_sp",
-                                                                "derived_sp")]  # fmt: skip
+    runs = [run for run in series(1, "unused", fine_tune=True)
+            if run.name in ("standard", "search_sp", "derived_sp", "ft_sp")]  # fmt: skip
     runs_dir, archive = tmp_path / "runs", tmp_path / "archive"
     assert run_series(runs, runs_dir, common, archive) is None
     derived = json.loads((runs_dir / "search_sp/results.json").read_text())["architecture"]
@@ -117,7 +117,8 @@ def test_the_table_and_the_front_of_a_tiny_series(tiny_data, tmp_path):
         "evaluation_speedup_over_AFA": {derived: 1.49},
     }}  # fmt: skip
     table = collect(runs_dir, inference)
-    assert list(table) == ["derived_sp", "search_sp", "standard"]
+    assert list(table) == ["derived_sp", "ft_sp", "search_sp", "standard"]
+    assert table["ft_sp"]["kind"] == "fine-tuned" and table["ft_sp"]["total_steps"] == 6
     standard, search, found = table["standard"], table["search_sp"], table["derived_sp"]
     assert [standard[k] for k in ("architecture", "attention", "kind")] == ["AFA", 2, "fixed"]
     assert search["architecture"] == found["architecture"] == derived
@@ -129,7 +130,7 @@ def test_the_table_and_the_front_of_a_tiny_series(tiny_data, tmp_path):
     assert standard["eval_speedup_over_standard"] == 1.0
     assert set(standard["test"]) == {"perplexity", "word_perplexity", "bits_per_character"}
     goal = goal_check(table)
-    assert list(goal["x_standard"]) == ["derived_sp"]
+    assert list(goal["x_standard"]) == ["derived_sp"]  # no standard_long: no fine-tune measured
     assert goal["x_standard"]["derived_sp"]["speed_x_standard"] == 1.5
     lines = markdown(table, goal).splitlines()
     assert lines[2].startswith(f"| derived_sp | searched | `{derived}` |")
