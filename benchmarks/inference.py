@@ -62,6 +62,8 @@ flags.DEFINE_list(
     "takes minutes to compile with XLA).",
 )
 flags.DEFINE_string("preferred", "AAFFFF", "The architecture the supernet's choices prefer.")
+flags.DEFINE_string("choices", None, "The supernet's letters (default: the preset's, plus any "
+                    "other letter of the derived --models).")
 flags.DEFINE_string(
     "reference", "supernet", "The model of --models the others' speed-ups are measured against."
 )
@@ -90,6 +92,8 @@ def build_models(segment, mem_len, capacity):
 
     keras.utils.set_random_seed(0)
     config = {**PRESETS[FLAGS.preset].model_kwargs(), "mem_len": mem_len}
+    letters = "".join(m for m in FLAGS.models if not m.startswith("supernet"))
+    config["choices"] = FLAGS.choices or "".join(dict.fromkeys(config["choices"] + letters))
     supernet = PARTransformerXL(**config, tail_capacities=capacity)
     supernet.build((FLAGS.eval_batch_size, segment))
     for block, choice in zip(supernet.blocks, FLAGS.preferred):
