@@ -61,11 +61,11 @@ def draw_front(groups, path, references=(), goal=None, xlabel="tokens/s",
     for i, (name, (x, y)) in enumerate(sorted(everything.items(), key=lambda item: item[1])):
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 if i % 2 else -11),
                       fontsize="small")  # fmt: skip
-    right = max(p[0] for p in everything.values())
-    bottom = min(p[1] for p in everything.values())
     present = [name for name in references if name in everything] if goal else []
     for reference, colour in zip(present, ("tab:green", "tab:purple", "tab:olive")):
         x, y = everything[reference]
+        right = max(p[0] for p in everything.values())
+        bottom = min(p[1] for p in everything.values())
         axes.fill_between([goal[0] * x, max(right, goal[0] * x) * 1.05], min(bottom, y) * 0.98,
                           goal[1] * y, color=colour, alpha=0.15,
                           label=f"goal: >= {goal[0]:g}x {reference}'s speed, "
