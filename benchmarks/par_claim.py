@@ -258,8 +258,8 @@ def goal_check(table):
                                 "speed_x_standard": round(s / speed, 3),
                                 "word_perplexity_x_standard": round(p / perplexity, 4)}
         for name, point in points(table, kinds[-1:]).items():
-            verdicts[name] = {"dominated_by": dominated_by(point, rivals),
-                              "on_or_above_fixed_front": not dominated_by(point, rivals)}
+            better = dominated_by(point, rivals)
+            verdicts[name] = {"dominated_by": better, "on_or_above_fixed_front": not better}
     meets = [name for name, r in ratios.items() if r["speed_x_standard"] >= GOAL["speed"]
              and r["word_perplexity_x_standard"] <= GOAL["word_perplexity"]]  # fmt: skip
     speed, perplexity = fixed["standard"]
